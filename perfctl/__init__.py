@@ -1,0 +1,33 @@
+"""perfctl: the command-line client of perfd, and its Python client API."""
+
+from perfctl.client import (
+    AccessDenied,
+    BadReply,
+    Busy,
+    Client,
+    CommandFailed,
+    ConfigInvalid,
+    DaemonNotRunning,
+    DaemonTimeout,
+    Forbidden,
+    InvalidArgs,
+    NotFound,
+    PerfctlError,
+    Timeout,
+)
+
+__all__ = [
+    "AccessDenied",
+    "BadReply",
+    "Busy",
+    "Client",
+    "CommandFailed",
+    "ConfigInvalid",
+    "DaemonNotRunning",
+    "DaemonTimeout",
+    "Forbidden",
+    "InvalidArgs",
+    "NotFound",
+    "PerfctlError",
+    "Timeout",
+]

@@ -1,0 +1,132 @@
+"""perfctl: ask perfd for its status, its config, or to reload.
+
+Exit codes: 0 ok; 1 perfd answered with an error; 2 usage; 3 perfd not running or not
+answering; 4 permission denied on the socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from perfctl import format as fmt
+from perfctl.client import (
+    DEFAULT_TIMEOUT,
+    AccessDenied,
+    Client,
+    CommandFailed,
+    DaemonNotRunning,
+    Forbidden,
+    PerfctlError,
+)
+from perfd import __version__
+
+JSON_SCHEMA = 1
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_DENIED = 0, 1, 2, 3, 4
+
+Formatter = Callable[[dict[str, Any], fmt.Style], str]
+
+_COMMANDS: dict[str, tuple[str, Formatter]] = {
+    "status": ("show perfd's version, uptime, config path and components", fmt.format_status),
+    "config": ("show the effective config as TOML (secrets redacted)", fmt.format_config),
+    "reload": ("re-read the config file (admin: perfd group)", fmt.format_reload),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--socket",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="perfd's socket (default: perfd.sock in $PERFD_RUNTIME_DIR or the runtime dir, "
+        "perfd-ro.sock for read-only commands when perfd.sock is not accessible)",
+    )
+    common.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help=f"wait this long for a reply, then retry once (default {DEFAULT_TIMEOUT:g})",
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the reply's result as JSON",
+    )
+    parser = argparse.ArgumentParser(
+        prog="perfctl",
+        description="Control and query perfd, the performance daemon for AI inference hosts.",
+        epilog="exit codes: 0 ok, 1 perfd answered with an error, 2 usage, "
+        "3 perfd not running or not answering, 4 permission denied",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"perfctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("ping", help="check that perfd answers", parents=[common])
+    for name, (help_text, _) in _COMMANDS.items():
+        sub.add_parser(name, help=help_text, parents=[common])
+    return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0 and 3600 seconds")
+    return value
+
+
+def _style() -> fmt.Style:
+    return fmt.Style(colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    as_json = getattr(args, "json", False)
+    socket = getattr(args, "socket", None)
+    timeout = getattr(args, "timeout", DEFAULT_TIMEOUT)
+    try:
+        with Client(socket, timeout=timeout) as client:
+            started = time.perf_counter()
+            result = client.call(args.command)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+    except PerfctlError as exc:
+        return _fail(exc, as_json)
+    if as_json:
+        print(json.dumps({"schema": JSON_SCHEMA, **result}, indent=2, sort_keys=False))
+    elif args.command == "ping":
+        print(fmt.format_ping(result, _style(), elapsed_ms))
+    else:
+        print(_COMMANDS[args.command][1](result, _style()))
+    return EXIT_OK
+
+
+def _fail(exc: PerfctlError, as_json: bool) -> int:
+    if isinstance(exc, AccessDenied | Forbidden):
+        code, status = "permission_denied", EXIT_DENIED
+    elif isinstance(exc, DaemonNotRunning):
+        code, status = "not_running", EXIT_NOT_RUNNING
+    else:
+        code, status = (exc.code if isinstance(exc, CommandFailed) else "error"), EXIT_ERROR
+    if isinstance(exc, Forbidden):
+        code = exc.code
+    if as_json:
+        print(json.dumps({"schema": JSON_SCHEMA, "error": {"code": code, "message": str(exc)}}))
+    print(f"perfctl: {exc}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from perfd.daemon import main
+
+sys.exit(main())

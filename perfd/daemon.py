@@ -1,0 +1,263 @@
+"""perfd's entry point: config, logging, sockets, the main loop and an ordered shutdown.
+
+Signal handlers only enqueue the signal (and wake the poll through the server's wake-up fd);
+the main loop takes them off the queue and dispatches ``_on_<name>``. Shutdown always runs in
+this order: STOPPING=1, stop taking requests, finish in-flight replies, stop threads, close
+and unlink the sockets, release the lock, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from perfd import __version__, config, handlers, log, paths, protocol, rundir
+from perfd.errors import CommandError, ConfigError, StartupError
+from perfd.server import Server
+from perfd.systemd import Liveness, Notifier, Watchdog
+
+_log = log.get("perfd.daemon")
+
+_SIGNALS: dict[int, str] = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup"}
+
+
+class Daemon:
+    def __init__(
+        self,
+        loaded: config.Loaded,
+        *,
+        config_arg: str | None,
+        runtime_dir: Path,
+        log_format: str | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.runtime_dir = runtime_dir
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self._config_arg = config_arg
+        self._log_format = log_format
+        self._signals: collections.deque[int] = collections.deque()
+        self._stop_reason: str | None = None
+        self.notifier = Notifier()
+        self.liveness = Liveness()
+        self.watchdog = Watchdog(self.notifier, self.liveness)
+        cfg = loaded.config.server
+        self.server = Server(
+            handlers.build(self),
+            max_message_bytes=cfg.max_message_bytes,
+            workers=cfg.workers,
+            command_timeout=cfg.command_timeout,
+        )
+        self.admin_socket = runtime_dir / protocol.MAIN_SOCKET
+        self.readonly_socket = runtime_dir / protocol.READONLY_SOCKET
+
+    # -- what handlers see ------------------------------------------------------------------
+
+    def components(self) -> dict[str, str]:
+        return {
+            "server": "started",
+            "workers": "started" if self.server.pool_started else "not_started",
+        }
+
+    def request_counts(self) -> dict[str, Any]:
+        c = self.server.counters
+        return {"total": c.requests, "errors": c.errors, "dropped": c.dropped}
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config and apply it; a bad file leaves the old config in force."""
+        self.notifier.reloading()
+        try:
+            new = config.load(self._config_arg)
+        except ConfigError as exc:
+            _log.error(
+                "config.invalid",
+                path=exc.path,
+                key=exc.key,
+                value=exc.value,
+                allowed=exc.allowed,
+                error=str(exc),
+                action="keeping the previous config",
+            )
+            self.notifier.ready(self.status_line())
+            raise CommandError(
+                protocol.CONFIG_INVALID, f"{exc}; the previous config stays"
+            ) from None
+        changed = config.changed_keys(self.loaded.config, new.config)
+        restart = sorted(k for k in changed if k in config.RESTART_ONLY)
+        self._apply(new)
+        _log.info("config.reloaded", path=str(new.path), file_present=new.exists, changed=changed)
+        if restart:
+            _log.warning("config.restart_required", keys=restart)
+        self.notifier.ready(self.status_line())
+        return {
+            "reloaded": True,
+            "path": str(new.path),
+            "changed": changed,
+            "restart_required": restart,
+        }
+
+    def _apply(self, new: config.Loaded) -> None:
+        cfg = new.config
+        log.configure(cfg.log.level, self._log_format or cfg.log.format, cfg.log.file)
+        self.server.command_timeout = cfg.server.command_timeout
+        self.loaded = new
+
+    def status_line(self) -> str:
+        c = self.server.counters
+        return f"serving on {self.runtime_dir} · {c.requests} requests · {c.errors} errors"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for signum in _SIGNALS:
+            signal.signal(signum, self._enqueue)
+        signal.set_wakeup_fd(self.server.wakeup_fd, warn_on_full_buffer=False)
+        rundir.prepare(self.runtime_dir)
+        lock_fd = rundir.lock(self.runtime_dir)
+        try:
+            self._bind()
+            return self._serve()
+        finally:
+            self.server.close()
+            rundir.unlock(self.runtime_dir, lock_fd)
+            signal.set_wakeup_fd(-1)
+
+    def _bind(self) -> None:
+        group = rundir.resolve_group(self.loaded.config.server.group)
+        if group.fallback:
+            _log.warning(
+                "access.group_missing",
+                group=self.loaded.config.server.group,
+                using=group.name,
+                hint="create it (systemd/perfd.sysusers) so operators can be added to it",
+            )
+        for path in (self.admin_socket, self.readonly_socket):
+            if rundir.clear_socket(path):
+                _log.warning("socket.stale_removed", path=str(path))
+        old_umask = os.umask(0o077)  # sockets are born private, then opened up below
+        try:
+            self.server.bind(self.admin_socket, readonly=False)
+            self.server.bind(self.readonly_socket, readonly=True)
+        finally:
+            os.umask(old_umask)
+        rundir.set_modes(self.admin_socket, self.readonly_socket, group)
+
+    def _serve(self) -> int:
+        beat = self.liveness.register("main")
+        self.notifier.ready(self.status_line())
+        _log.info(
+            "daemon.started",
+            version=__version__,
+            pid=os.getpid(),
+            config_path=str(self.loaded.path),
+            config_file_present=self.loaded.exists,
+            admin_socket=str(self.admin_socket),
+            readonly_socket=str(self.readonly_socket),
+            watchdog_interval_s=self.watchdog.interval,
+        )
+        while self._stop_reason is None:
+            self.server.poll(self.watchdog.timeout())
+            beat.beat()
+            while self._signals:
+                getattr(self, f"_on_{_SIGNALS[self._signals.popleft()]}")()
+            if self.watchdog.tick():
+                self.notifier.status(self.status_line())
+            elif self.watchdog.withheld:
+                _log.error("watchdog.withheld", stale=self.watchdog.withheld)
+        return self._shutdown()
+
+    def _enqueue(self, signum: int, _frame: object) -> None:
+        self._signals.append(signum)
+
+    def _on_term(self) -> None:
+        self._stop_reason = "SIGTERM"
+
+    def _on_int(self) -> None:
+        self._stop_reason = "SIGINT"
+
+    def _on_hup(self) -> None:
+        _log.info("config.reload_requested", signal="SIGHUP")
+        with contextlib.suppress(CommandError):  # logged as config.invalid; the old config stays
+            self.reload()
+
+    def _shutdown(self) -> int:
+        self.notifier.stopping()
+        _log.info("daemon.stopping", reason=self._stop_reason)
+        self.server.stop_accepting()
+        left = self.server.drain(self.loaded.config.server.shutdown_timeout)
+        if left:
+            _log.warning("daemon.unfinished", in_flight=left)
+        _log.info("daemon.stopped", uptime_s=round(time.monotonic() - self.started_monotonic, 3))
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="perfd", description="The performance daemon for AI inference hosts."
+    )
+    parser.add_argument("--version", action="version", version=f"perfd {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default: {paths.default_config_path()}; none there means defaults)",
+    )
+    parser.add_argument(
+        "--runtime-dir",
+        metavar="DIR",
+        help=f"socket directory (default: ${paths.RUNTIME_DIR_ENV}, then config, "
+        f"then {paths.default_runtime_dir()})",
+    )
+    parser.add_argument(
+        "--log-format", choices=config.LOG_FORMATS, help="overrides [log] format from the config"
+    )
+    parser.add_argument(
+        "--check-config",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="validate the config (PATH, --config or the default) and exit 0 if valid, 1 if not",
+    )
+    return parser
+
+
+def check_config(path: str | None) -> int:
+    try:
+        loaded = config.load(path)
+    except ConfigError as exc:
+        print(f"perfd: {exc}", file=sys.stderr)
+        return 1
+    if loaded.exists:
+        print(f"perfd: {loaded.path}: valid")
+    else:
+        print(f"perfd: no config file at {loaded.path}; the defaults apply")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.check_config is not None:
+        return check_config(args.check_config or args.config)
+    try:
+        loaded = config.load(args.config)
+    except ConfigError as exc:
+        print(f"perfd: {exc}", file=sys.stderr)
+        return 1
+    cfg = loaded.config
+    log.configure(cfg.log.level, args.log_format or cfg.log.format, cfg.log.file)
+    runtime_dir = paths.runtime_dir(args.runtime_dir, cfg.runtime_dir)
+    daemon = Daemon(
+        loaded, config_arg=args.config, runtime_dir=runtime_dir, log_format=args.log_format
+    )
+    try:
+        return daemon.run()
+    except StartupError as exc:
+        _log.error("daemon.start_failed", error=str(exc))
+        print(f"perfd: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,197 @@
+"""structlog set-up: one JSON object per line on stdout, journald priorities, a rotating file.
+
+Every line has ``ts`` (RFC 3339, UTC), ``level``, ``event`` (a dotted name such as
+``config.reloaded``), ``logger`` and the event's fields. When stdout is the journal
+(``$JOURNAL_STREAM`` names it), each line starts with the sd-daemon ``<N>`` priority so that
+``journalctl -p warning`` filters by level. Values of secret-looking keys are redacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import sys
+import threading
+from collections.abc import MutableMapping
+from typing import IO, Any, Final
+
+import structlog
+
+LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_SYSLOG_PRIORITY: Final = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+_SECRET_WORDS: Final = ("api_key", "apikey", "token", "password", "secret", "authorization")
+REDACTED: Final = "<redacted>"
+
+
+class _State:
+    """What configure() sets; read by the processors on every event."""
+
+    threshold = LEVELS["info"]
+    console = False
+    journald = False
+
+
+class Sink:
+    """Writes rendered lines to stdout and, optionally, to a file that survives logrotate.
+
+    The file is reopened when its path no longer names the open inode (logrotate moved it).
+    A failed write is reported once on stderr and perfd carries on.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, path: str = "") -> None:
+        self._stream = stream
+        self._path = path
+        self._file: IO[str] | None = None
+        self._inode: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+        self._failed = False
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            stream = self._stream or sys.stdout
+            try:
+                stream.write(line + "\n")
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # stdout closed (journald restarted): nothing better to do
+            if self._path:
+                self._write_file(line)
+
+    def _write_file(self, line: str) -> None:
+        try:
+            self._reopen_if_moved()
+            assert self._file is not None
+            self._file.write(line + "\n")
+            self._file.flush()
+            self._failed = False
+        except OSError as exc:
+            if not self._failed:
+                self._failed = True
+                sys.stderr.write(f"perfd: cannot write log file {self._path}: {exc.strerror}\n")
+            self._close_file()
+
+    def _reopen_if_moved(self) -> None:
+        try:
+            st = os.stat(self._path)
+            current: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            current = None
+        if self._file is None or current != self._inode:
+            self._close_file()
+            self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+            st = os.fstat(self._file.fileno())
+            self._inode = (st.st_dev, st.st_ino)
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._file = None
+        self._inode = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_file()
+
+
+class _SinkLogger:
+    """The structlog logger: writes each rendered line to the current sink.
+
+    Looking the sink up at each call lets cached loggers follow a reload to a new file.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def msg(self, message: str) -> None:
+        _sink.write(message)
+
+    debug = info = warning = error = critical = exception = msg
+
+
+_sink = Sink()
+
+
+def _filter(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    level = "warning" if method == "warn" else method
+    if level == "exception":
+        level = "error"
+    if LEVELS.get(level, 20) < _State.threshold:
+        raise structlog.DropEvent
+    event["level"] = level
+    return event
+
+
+def is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in event:
+        if is_secret_key(key):
+            event[key] = REDACTED
+    return event
+
+
+def _timestamp() -> str:
+    now = dt.datetime.now(dt.UTC)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def render(logger: Any, __: str, event: MutableMapping[str, Any]) -> str:
+    level = event.pop("level", "info")
+    head = {"ts": _timestamp(), "level": level, "event": event.pop("event", "")}
+    head["logger"] = getattr(logger, "name", "perfd")
+    if "exc_info" in event:
+        event.pop("exc_info")
+        if sys.exc_info()[0] is not None:
+            import traceback
+
+            event["exception"] = traceback.format_exc(limit=20)
+    if _State.console:
+        fields = " ".join(f"{k}={v!r}" for k, v in event.items())
+        line = f"{head['ts']} {level.upper():8} {head['event']:28} {fields}".rstrip()
+    else:
+        head.update(event)
+        line = json.dumps(head, default=str, ensure_ascii=False)
+    if _State.journald:
+        line = f"<{_SYSLOG_PRIORITY.get(level, 6)}>{line}"
+    return line
+
+
+def stdout_is_journal(stream: IO[str] | None = None) -> bool:
+    """True when $JOURNAL_STREAM names our stdout (systemd connected it to journald)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(part) for part in value.split(":"))
+        st = os.fstat((stream or sys.stdout).fileno())
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def configure(
+    level: str = "info", fmt: str = "json", file: str = "", stream: IO[str] | None = None
+) -> None:
+    """(Re)configure logging; safe to call again on reload."""
+    global _sink
+    _State.threshold = LEVELS[level]
+    _State.console = fmt == "console"
+    _State.journald = stdout_is_journal(stream)
+    old, _sink = _sink, Sink(stream, file)
+    old.close()
+    structlog.configure(
+        processors=[_filter, redact, render],
+        logger_factory=lambda *args: _SinkLogger(args[0] if args else "perfd"),
+        # Loggers are assembled per call, so a logger used before configure() (tests, import
+        # time) still follows the configuration; perfd logs little enough for this to be cheap.
+        cache_logger_on_first_use=False,
+    )
+
+
+def get(name: str) -> Any:
+    """A logger whose lines carry ``logger=name``."""
+    return structlog.get_logger(name)

@@ -1,0 +1,192 @@
+"""The perfd control protocol: pure encode/decode, no ZeroMQ, no I/O.
+
+perfctl imports this module, so it may import the standard library only.
+
+A request is one JSON object in one ZeroMQ frame (after the REQ envelope)::
+
+    {"v": 1, "id": "c1f0-1", "cmd": "status", "args": {}}
+
+A reply echoes the id and carries either a result or an error::
+
+    {"v": 1, "id": "c1f0-1", "ok": true, "result": {"version": "0.1.0", "pid": 4242, ...}}
+    {"v": 1, "id": "c1f0-1", "ok": false,
+     "error": {"code": "forbidden", "message": "'reload' needs the admin socket ..."}}
+
+Error codes are stable; clients switch on ``code`` and show ``message`` to people.
+docs/protocol.md describes every command with real examples.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+VERSION: Final = 1
+MAX_ID_LENGTH: Final = 128
+DEFAULT_MAX_MESSAGE_BYTES: Final = 1 << 20
+
+MAIN_SOCKET: Final = "perfd.sock"
+READONLY_SOCKET: Final = "perfd-ro.sock"
+
+# Stable error codes.
+BAD_REQUEST: Final = "bad_request"
+UNKNOWN_COMMAND: Final = "unknown_command"
+INVALID_ARGS: Final = "invalid_args"
+NOT_FOUND: Final = "not_found"
+FORBIDDEN: Final = "forbidden"
+BUSY: Final = "busy"
+TIMEOUT: Final = "timeout"
+UNSUPPORTED_VERSION: Final = "unsupported_version"
+INTERNAL: Final = "internal"
+CONFIG_INVALID: Final = "config_invalid"
+ERROR_CODES: Final = frozenset(
+    {
+        BAD_REQUEST,
+        UNKNOWN_COMMAND,
+        INVALID_ARGS,
+        NOT_FOUND,
+        FORBIDDEN,
+        BUSY,
+        TIMEOUT,
+        UNSUPPORTED_VERSION,
+        INTERNAL,
+        CONFIG_INVALID,
+    }
+)
+
+# Commands anyone who can reach the read-only socket may run; everything else is admin-only.
+READ_ONLY_COMMANDS: Final = frozenset({"ping", "status", "config"})
+
+_REQUEST_KEYS: Final = frozenset({"v", "id", "cmd", "args"})
+
+
+class ProtocolError(Exception):
+    """A message that does not follow the protocol; ``code`` is the reply's error code."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    cmd: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reply:
+    id: str | None
+    ok: bool
+    result: dict[str, Any] | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+def encode_request(request: Request) -> bytes:
+    body = {"v": VERSION, "id": request.id, "cmd": request.cmd, "args": request.args}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_request(frame: bytes) -> Request:
+    """Parse and validate one request frame; raise ProtocolError saying what is wrong."""
+    try:
+        body = json.loads(frame)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(BAD_REQUEST, f"request is not valid JSON: {_short(exc)}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(BAD_REQUEST, f"request must be a JSON object, got {_kind(body)}")
+    raw_id = body.get("id")
+    request_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= MAX_ID_LENGTH else None
+    if "v" not in body:
+        raise ProtocolError(BAD_REQUEST, 'request has no protocol version "v"', request_id)
+    version = body["v"]
+    if type(version) is not int:
+        raise ProtocolError(
+            BAD_REQUEST, f'"v" must be an integer, got {_kind(version)}', request_id
+        )
+    if version != VERSION:
+        raise ProtocolError(
+            UNSUPPORTED_VERSION,
+            f"protocol version {version} is not supported; this perfd speaks v{VERSION}",
+            request_id,
+        )
+    extra = sorted(set(body) - _REQUEST_KEYS)
+    if extra:
+        raise ProtocolError(
+            BAD_REQUEST, f"unknown request keys {extra}; allowed: v, id, cmd, args", request_id
+        )
+    if not isinstance(raw_id, str):
+        raise ProtocolError(BAD_REQUEST, f'"id" must be a string, got {_kind(raw_id)}')
+    if request_id is None:
+        raise ProtocolError(BAD_REQUEST, f'"id" is longer than {MAX_ID_LENGTH} characters')
+    cmd = body.get("cmd")
+    if not isinstance(cmd, str) or not cmd:
+        raise ProtocolError(
+            BAD_REQUEST, f'"cmd" must be a non-empty string, got {_kind(cmd)}', request_id
+        )
+    args = body.get("args", {})
+    if not isinstance(args, dict):
+        raise ProtocolError(BAD_REQUEST, f'"args" must be an object, got {_kind(args)}', request_id)
+    return Request(id=request_id, cmd=cmd, args=args)
+
+
+def encode_result(request_id: str | None, result: dict[str, Any]) -> bytes:
+    body = {"v": VERSION, "id": request_id, "ok": True, "result": result}
+    return json.dumps(body, separators=(",", ":"), default=str).encode()
+
+
+def encode_error(request_id: str | None, code: str, message: str) -> bytes:
+    body = {
+        "v": VERSION,
+        "id": request_id,
+        "ok": False,
+        "error": {"code": code, "message": message},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_reply(frame: bytes) -> Reply:
+    """Parse a reply; raise ProtocolError when the daemon's answer is not well-formed."""
+    try:
+        body = json.loads(frame)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(BAD_REQUEST, f"reply is not valid JSON: {_short(exc)}") from None
+    if not isinstance(body, dict) or body.get("v") != VERSION:
+        raise ProtocolError(BAD_REQUEST, "reply is not a perfd v1 message")
+    reply_id = body.get("id")
+    if reply_id is not None and not isinstance(reply_id, str):
+        raise ProtocolError(BAD_REQUEST, '"id" in reply is not a string')
+    if body.get("ok") is True and isinstance(body.get("result"), dict):
+        return Reply(id=reply_id, ok=True, result=body["result"])
+    error = body.get("error")
+    if body.get("ok") is False and isinstance(error, dict):
+        code, message = error.get("code"), error.get("message")
+        if isinstance(code, str) and isinstance(message, str):
+            return Reply(id=reply_id, ok=False, error_code=code, error_message=message)
+    raise ProtocolError(BAD_REQUEST, "reply has neither a result object nor an error object")
+
+
+def _kind(value: object) -> str:
+    """A JSON type name for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)[:120]

@@ -1,0 +1,363 @@
+"""The ZeroMQ side of perfd: two ROUTER sockets, request dispatch and the worker pool.
+
+The main loop (perfd.daemon) calls ``Server.poll`` over and over. Only that thread touches the
+ZeroMQ sockets. Fast commands run inline; commands marked ``slow`` run on a worker pool that is
+built on first use, and their replies come back through a queue plus a wake-up byte on a
+socketpair that the poller also watches (the same pair receives signal numbers, see
+``Server.wakeup_fd``). Nothing a client sends can raise out of ``poll``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import socket
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from perfd import log, protocol
+from perfd.errors import CommandError
+from perfd.protocol import ProtocolError
+
+_log = log.get("perfd.server")
+
+# Messages taken from one socket per poll turn, so one busy client cannot starve the other.
+_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command: its handler, who may run it, where it runs and which args it takes.
+
+    ``args`` maps each accepted argument to the Python types allowed for it.
+    """
+
+    name: str
+    handler: Callable[[dict[str, Any]], dict[str, Any]]
+    admin: bool = False
+    slow: bool = False
+    args: Mapping[str, tuple[type, ...]] = field(default_factory=dict)
+    required: frozenset[str] = frozenset()
+
+
+@dataclass
+class _Pending:
+    sock: zmq.Socket[bytes]
+    envelope: list[bytes]
+    request_id: str
+    cmd: str
+    deadline: float
+    answered: bool = False
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    errors: int = 0
+    dropped: int = 0
+    by_code: dict[str, int] = field(default_factory=dict)
+
+
+class Server:
+    """Binds the admin and read-only sockets and answers requests on them."""
+
+    def __init__(
+        self,
+        commands: Mapping[str, Command],
+        *,
+        max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+        workers: int = 4,
+        command_timeout: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.commands = dict(commands)
+        self.max_message_bytes = max_message_bytes
+        self.workers = workers
+        self.command_timeout = command_timeout
+        self.counters = Counters()
+        self._clock = clock
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._poller = zmq.Poller()
+        self._sockets: dict[zmq.Socket[bytes], bool] = {}  # socket -> read-only?
+        self._paths: list[Path] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._done: queue.SimpleQueue[tuple[int, Future[dict[str, Any]]]] = queue.SimpleQueue()
+        self._next_token = 0
+        self._accepting = True
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._poller.register(self._wake_r.fileno(), zmq.POLLIN)
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    @property
+    def wakeup_fd(self) -> int:
+        """A non-blocking fd for ``signal.set_wakeup_fd``: a signal wakes the poll at once."""
+        return self._wake_w.fileno()
+
+    def bind(self, path: Path, *, readonly: bool) -> None:
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
+        sock.bind(f"ipc://{path}")
+        self._sockets[sock] = readonly
+        self._paths.append(path)
+        self._poller.register(sock, zmq.POLLIN)
+
+    @property
+    def pool_started(self) -> bool:
+        return self._pool is not None
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for p in self._pending.values() if not p.answered)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def poll(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds for work and do it; True when the wake fd fired."""
+        deadline = self._next_deadline()
+        if deadline is not None:
+            until = max(0.0, deadline - self._clock())
+            timeout = until if timeout is None else min(timeout, until)
+        ms = None if timeout is None else int(timeout * 1000) + 1
+        events = dict(self._poller.poll(ms))
+        woke = self._wake_r.fileno() in events
+        if woke:
+            self._drain_wake()
+        for sock, readonly in self._sockets.items():
+            if self._accepting and events.get(sock):
+                self._serve(sock, readonly)
+        self._finish_done()
+        self._expire()
+        return woke
+
+    def stop_accepting(self) -> None:
+        """Stop reading requests; replies to those in flight still go out."""
+        self._accepting = False
+        for sock in self._sockets:
+            self._poller.unregister(sock)
+
+    def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for in-flight commands; return how many were left."""
+        end = self._clock() + timeout
+        while self.in_flight and self._clock() < end:
+            self.poll(min(0.1, max(0.0, end - self._clock())))
+        return self.in_flight
+
+    def close(self) -> None:
+        """Close the sockets, stop the pool and unlink the socket files."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        for sock in self._sockets:
+            sock.close(linger=200)
+        self._sockets.clear()
+        self._ctx.term()
+        for path in self._paths:
+            path.unlink(missing_ok=True)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _serve(self, sock: zmq.Socket[bytes], readonly: bool) -> None:
+        for _ in range(_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            if len(frames) < 2:  # no body at all: nothing to answer
+                self.counters.dropped += 1
+                continue
+            envelope, body = _split(frames)
+            try:
+                self._handle(sock, readonly, envelope, body)
+            except Exception:  # a bug in perfd must not take the socket loop down
+                _log.exception("request.crashed")
+                self._send(sock, envelope, protocol.encode_error(None, protocol.INTERNAL, "bug"))
+
+    def _handle(
+        self, sock: zmq.Socket[bytes], readonly: bool, envelope: list[bytes], body: list[bytes]
+    ) -> None:
+        self.counters.requests += 1
+        if len(body) != 1:
+            msg = f"expected 1 message frame after the envelope, got {len(body)}"
+            self._reply_error(sock, envelope, None, protocol.BAD_REQUEST, msg)
+            return
+        try:
+            request = protocol.decode_request(body[0])
+            command = self._command_for(request, readonly)
+        except ProtocolError as exc:
+            self._reply_error(sock, envelope, exc.request_id, exc.code, exc.message)
+            return
+        if command.slow:
+            self._submit(sock, envelope, request, command)
+            return
+        try:
+            result = command.handler(request.args)
+        except CommandError as exc:
+            self._reply_error(sock, envelope, request.id, exc.code, exc.message)
+            return
+        except Exception:
+            _log.exception("command.failed", cmd=request.cmd)
+            message = f"'{request.cmd}' failed inside perfd; see the daemon's log"
+            self._reply_error(sock, envelope, request.id, protocol.INTERNAL, message)
+            return
+        self._send(sock, envelope, protocol.encode_result(request.id, result))
+
+    def _command_for(self, request: protocol.Request, readonly: bool) -> Command:
+        command = self.commands.get(request.cmd)
+        if command is None:
+            known = ", ".join(sorted(self.commands))
+            raise ProtocolError(
+                protocol.UNKNOWN_COMMAND,
+                f"unknown command '{request.cmd[:64]}'; known: {known}",
+                request.id,
+            )
+        if readonly and command.admin:
+            raise ProtocolError(
+                protocol.FORBIDDEN,
+                f"'{command.name}' changes perfd and needs the admin socket "
+                f"{protocol.MAIN_SOCKET} (members of the perfd group)",
+                request.id,
+            )
+        unknown = sorted(set(request.args) - set(command.args))
+        if unknown:
+            allowed = ", ".join(sorted(command.args)) or "none"
+            raise ProtocolError(
+                protocol.INVALID_ARGS,
+                f"'{command.name}' takes no argument {unknown[0][:64]!r}; allowed: {allowed}",
+                request.id,
+            )
+        missing = sorted(command.required - set(request.args))
+        if missing:
+            raise ProtocolError(
+                protocol.INVALID_ARGS, f"'{command.name}' needs argument '{missing[0]}'", request.id
+            )
+        for name, value in request.args.items():
+            types = command.args[name]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                wanted = " or ".join(t.__name__ for t in types)
+                raise ProtocolError(
+                    protocol.INVALID_ARGS,
+                    f"'{command.name}' argument '{name}' must be {wanted}",
+                    request.id,
+                )
+        return command
+
+    # -- slow commands ----------------------------------------------------------------------
+
+    def _submit(
+        self,
+        sock: zmq.Socket[bytes],
+        envelope: list[bytes],
+        request: protocol.Request,
+        command: Command,
+    ) -> None:
+        if self.in_flight >= self.workers * 4:
+            message = f"{self.in_flight} commands in flight; retry shortly"
+            self._reply_error(sock, envelope, request.id, protocol.BUSY, message)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="perfd-worker")
+            _log.info("component.started", component="workers", threads=self.workers)
+        token = self._next_token
+        self._next_token += 1
+        deadline = self._clock() + self.command_timeout
+        self._pending[token] = _Pending(sock, envelope, request.id, request.cmd, deadline)
+        future = self._pool.submit(command.handler, request.args)
+        future.add_done_callback(lambda f: self._completed(token, f))
+
+    def _completed(self, token: int, future: Future[dict[str, Any]]) -> None:
+        """Runs on the worker thread: hand the result to the socket thread."""
+        self._done.put((token, future))
+        with contextlib.suppress(OSError):  # buffer full: a wake-up is already pending
+            self._wake_w.send(b"\0")
+
+    def _finish_done(self) -> None:
+        while True:
+            try:
+                token, future = self._done.get_nowait()
+            except queue.Empty:
+                return
+            pending = self._pending.pop(token, None)
+            if pending is None or pending.answered:
+                continue
+            sock, envelope, request_id = pending.sock, pending.envelope, pending.request_id
+            if future.cancelled():
+                self._reply_error(sock, envelope, request_id, protocol.BUSY, "perfd is stopping")
+                continue
+            exc = future.exception()
+            if isinstance(exc, CommandError):
+                self._reply_error(sock, envelope, request_id, exc.code, exc.message)
+            elif exc is not None:
+                _log.error("command.failed", cmd=pending.cmd, error=repr(exc))
+                message = f"'{pending.cmd}' failed inside perfd; see the daemon's log"
+                self._reply_error(sock, envelope, request_id, protocol.INTERNAL, message)
+            else:
+                self._send(sock, envelope, protocol.encode_result(request_id, future.result()))
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for pending in self._pending.values():
+            if not pending.answered and now >= pending.deadline:
+                pending.answered = True
+                message = f"'{pending.cmd}' did not finish within {self.command_timeout:g}s"
+                _log.warning("command.timeout", cmd=pending.cmd, timeout_s=self.command_timeout)
+                self._reply_error(
+                    pending.sock, pending.envelope, pending.request_id, protocol.TIMEOUT, message
+                )
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [p.deadline for p in self._pending.values() if not p.answered]
+        return min(deadlines) if deadlines else None
+
+    # -- replies ----------------------------------------------------------------------------
+
+    def _reply_error(
+        self,
+        sock: zmq.Socket[bytes],
+        envelope: list[bytes],
+        request_id: str | None,
+        code: str,
+        message: str,
+    ) -> None:
+        self.counters.errors += 1
+        self.counters.by_code[code] = self.counters.by_code.get(code, 0) + 1
+        _log.debug("request.rejected", code=code, message=message)
+        self._send(sock, envelope, protocol.encode_error(request_id, code, message))
+
+    def _send(self, sock: zmq.Socket[bytes], envelope: list[bytes], payload: bytes) -> None:
+        if sock.closed:
+            return
+        try:
+            sock.send_multipart([*envelope, payload], zmq.NOBLOCK)
+        except zmq.ZMQError:  # the peer is gone or its queue is full: drop, never block
+            self.counters.dropped += 1
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+
+def _split(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Split [identity, (b"",) body...] into the reply envelope and the body frames.
+
+    REQ peers put an empty delimiter after the identity; DEALER peers may not.
+    """
+    if len(frames) >= 2 and frames[1] == b"":
+        return frames[:2], frames[2:]
+    return frames[:1], frames[1:]
+

@@ -1,0 +1,146 @@
+"""The sd_notify protocol: READY, RELOADING, STOPPING, STATUS and the watchdog.
+
+Everything here is a silent no-op without $NOTIFY_SOCKET (perfd started by hand).
+
+The watchdog is only fed while every registered loop shows progress: the main loop and each
+perfd thread call ``Heartbeat.beat()`` once per turn, and a heartbeat older than the watchdog
+timeout withholds WATCHDOG=1, so systemd restarts a perfd with a hung thread.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+
+class Notifier:
+    """Sends sd_notify messages; does nothing when perfd was not started by systemd."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        environ = os.environ if env is None else env
+        self._enabled = bool(environ.get("NOTIFY_SOCKET"))
+        self._sender = None
+        if self._enabled:
+            import sdnotify  # the one place that talks to systemd
+
+            self._sender = sdnotify.SystemdNotifier()
+        self._last_status = ""
+        self.watchdog_interval = watchdog_interval(environ)
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def _send(self, message: str) -> None:
+        if self._sender is not None:
+            self._sender.notify(message)
+
+    def ready(self, status: str | None = None) -> None:
+        self._send("READY=1" + (f"\nSTATUS={status}" if status else ""))
+        if status:
+            self._last_status = status
+
+    def reloading(self) -> None:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+
+    def stopping(self) -> None:
+        self._send("STOPPING=1")
+
+    def status(self, line: str) -> None:
+        """Send STATUS= when the line changed (systemctl status shows the last one)."""
+        if line != self._last_status:
+            self._last_status = line
+            self._send(f"STATUS={line}")
+
+    def watchdog(self) -> None:
+        self._send("WATCHDOG=1")
+
+
+def watchdog_interval(env: dict[str, str] | os._Environ[str]) -> float | None:
+    """Half of $WATCHDOG_USEC in seconds, or None when systemd set no watchdog for us."""
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    pid = env.get("WATCHDOG_PID")
+    if usec <= 0 or (pid and pid != str(os.getpid())):
+        return None
+    return usec / 2_000_000
+
+
+class Heartbeat:
+    """One loop's proof of progress."""
+
+    def __init__(self, name: str, clock: Callable[[], float]) -> None:
+        self.name = name
+        self._clock = clock
+        self.last = clock()
+
+    def beat(self) -> None:
+        self.last = self._clock()
+
+
+class Liveness:
+    """The heartbeats of perfd's loops; healthy while none is older than ``max_age``."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._beats: dict[str, Heartbeat] = {}
+        self._lock = threading.Lock()
+
+    def register(self, name: str) -> Heartbeat:
+        beat = Heartbeat(name, self._clock)
+        with self._lock:
+            self._beats[name] = beat
+        return beat
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._beats.pop(name, None)
+
+    def stale(self, max_age: float) -> list[str]:
+        """Names of the loops that have not beaten within ``max_age`` seconds."""
+        now = self._clock()
+        with self._lock:
+            return sorted(name for name, b in self._beats.items() if now - b.last > max_age)
+
+
+class Watchdog:
+    """Decides, on each main-loop tick, whether to send WATCHDOG=1."""
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        liveness: Liveness,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._notifier = notifier
+        self._liveness = liveness
+        self._clock = clock
+        self.interval = notifier.watchdog_interval
+        self._next = clock()
+        self.withheld: list[str] = []
+
+    def tick(self) -> bool:
+        """Feed the watchdog when due and every loop is alive; True when WATCHDOG=1 was sent."""
+        if self.interval is None:
+            return False
+        now = self._clock()
+        if now < self._next:
+            return False
+        # A loop is hung when it missed a whole watchdog period (2 x interval).
+        self.withheld = self._liveness.stale(self.interval * 2)
+        if self.withheld:
+            return False
+        self._next = now + self.interval
+        self._notifier.watchdog()
+        return True
+
+    def timeout(self) -> float | None:
+        """Seconds until the next tick is due, for the main loop's poll timeout."""
+        if self.interval is None:
+            return None
+        return max(0.0, self._next - self._clock())
