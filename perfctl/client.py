@@ -31,6 +31,7 @@ import zmq
 from perfd import paths, protocol
 
 DEFAULT_TIMEOUT = 3.0
+BAD_REPLY = "bad_reply"  # client-side code: perfd's answer was not a well-formed reply
 
 
 class PerfctlError(Exception):
@@ -127,7 +128,7 @@ class Client:
         self.timeout = timeout
         self.retries = retries
         self._explicit = socket
-        self._runtime_dir = Path(runtime_dir) if runtime_dir else paths.runtime_dir()
+        self._runtime_dir = Path(runtime_dir) if runtime_dir else paths.client_runtime_dir()
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sockets: dict[str, zmq.Socket[bytes]] = {}
         self._ids = itertools.count(1)
@@ -209,9 +210,9 @@ class Client:
         try:
             reply = protocol.decode_reply(frame)
         except protocol.ProtocolError as exc:
-            raise BadReply(protocol.BAD_REQUEST, exc.message) from None
+            raise BadReply(BAD_REPLY, exc.message) from None
         if reply.id != request_id:
-            raise BadReply(protocol.BAD_REQUEST, f"reply id {reply.id!r} != {request_id!r}")
+            raise BadReply(BAD_REPLY, f"reply id {reply.id!r} != {request_id!r}")
         if reply.ok:
             assert reply.result is not None
             return reply.result

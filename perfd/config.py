@@ -9,6 +9,8 @@ metadata as the table in docs/config.md (a test keeps the two identical).
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -47,6 +49,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("a boolean is not a duration")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"not a finite duration: {value!r}")
         return float(value)
     if isinstance(value, str):
         match = _NUMBER_UNIT.match(value)
@@ -170,7 +174,9 @@ class Config:
 
 
 # Settings that only take effect at start; a reload that changes them logs a warning.
-RESTART_ONLY: Final = frozenset({"runtime_dir", "server.group", "server.workers"})
+RESTART_ONLY: Final = frozenset(
+    {"runtime_dir", "server.group", "server.workers", "server.max_message_bytes"}
+)
 
 
 @dataclass(frozen=True)
@@ -238,7 +244,8 @@ def _check(meta: Mapping[str, Any], value: Any, path: str | None, key: str) -> A
     kind = meta["kind"]
 
     def fail(allowed: str) -> ConfigError:
-        return ConfigError(path, key, f"bad value {value!r}", value=value, allowed=allowed)
+        shown = json.dumps(value, default=str)  # TOML-like: "text", true, 1.5
+        return ConfigError(path, key, f"bad value {shown}", value=value, allowed=allowed)
 
     if kind in ("str", "path"):
         if not isinstance(value, str):
@@ -271,15 +278,28 @@ def _check(meta: Mapping[str, Any], value: Any, path: str | None, key: str) -> A
         raise AssertionError(f"unknown kind {kind}")
     low, high = meta["min"], meta["max"]
     if (low is not None and result < low) or (high is not None and result > high):
-        raise fail(_range_text(f"a {kind}", meta))
+        raise fail(_range_text(_KIND_WORDS[kind], meta))
     return result
+
+
+_KIND_WORDS: Final = {"int": "an integer", "size": "a size", "duration": "a duration"}
 
 
 def _range_text(what: str, meta: Mapping[str, Any]) -> str:
     low, high = meta["min"], meta["max"]
-    if low is not None and high is not None:
-        return f"{what} from {low:g} to {high:g}"
-    return what
+    if low is None or high is None:
+        return what
+    if meta["kind"] == "size":
+        return f"{what} from {_size_text(low)} to {_size_text(high)}"
+    unit = "s" if meta["kind"] == "duration" else ""
+    return f"{what} from {low:g}{unit} to {high:g}{unit}"
+
+
+def _size_text(size: float) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor and size % factor == 0:
+            return f"{int(size // factor)}{unit}"
+    return f"{int(size)} bytes"
 
 
 def to_dict(config: Any, *, redact: bool = True) -> dict[str, Any]:

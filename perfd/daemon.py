@@ -38,6 +38,7 @@ class Daemon:
         log_format: str | None = None,
     ) -> None:
         self.loaded = loaded
+        self._initial = loaded.config  # start-only settings stay as they were at start
         self.runtime_dir = runtime_dir
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
@@ -90,7 +91,8 @@ class Daemon:
                 protocol.CONFIG_INVALID, f"{exc}; the previous config stays"
             ) from None
         changed = config.changed_keys(self.loaded.config, new.config)
-        restart = sorted(k for k in changed if k in config.RESTART_ONLY)
+        differs = config.changed_keys(self._initial, new.config)
+        restart = sorted(k for k in differs if k in config.RESTART_ONLY)
         self._apply(new)
         _log.info("config.reloaded", path=str(new.path), file_present=new.exists, changed=changed)
         if restart:
@@ -127,6 +129,7 @@ class Daemon:
         finally:
             self.server.close()
             rundir.unlock(self.runtime_dir, lock_fd)
+            self.notifier.close()
             signal.set_wakeup_fd(-1)
 
     def _bind(self) -> None:

@@ -48,7 +48,8 @@ class Sink:
         self._lock = threading.Lock()
         self._failed = False
 
-    def write(self, line: str) -> None:
+    def write(self, line: str, file_line: str | None = None) -> None:
+        """Write ``line`` to stdout and ``file_line`` (default: ``line``) to the file."""
         with self._lock:
             stream = self._stream or sys.stdout
             try:
@@ -57,7 +58,7 @@ class Sink:
             except (OSError, ValueError):
                 pass  # stdout closed (journald restarted): nothing better to do
             if self._path:
-                self._write_file(line)
+                self._write_file(line if file_line is None else file_line)
 
     def _write_file(self, line: str) -> None:
         try:
@@ -105,8 +106,8 @@ class _SinkLogger:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def msg(self, message: str) -> None:
-        _sink.write(message)
+    def msg(self, line: str, file_line: str) -> None:
+        _sink.write(line, file_line)
 
     debug = info = warning = error = critical = exception = msg
 
@@ -141,7 +142,10 @@ def _timestamp() -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def render(logger: Any, __: str, event: MutableMapping[str, Any]) -> str:
+def render(
+    logger: Any, __: str, event: MutableMapping[str, Any]
+) -> tuple[tuple[str, str], dict[str, Any]]:
+    """Render the stdout line (JSON or console, maybe <N>-prefixed) and the file's JSON line."""
     level = event.pop("level", "info")
     head = {"ts": _timestamp(), "level": level, "event": event.pop("event", "")}
     head["logger"] = getattr(logger, "name", "perfd")
@@ -154,12 +158,14 @@ def render(logger: Any, __: str, event: MutableMapping[str, Any]) -> str:
     if _State.console:
         fields = " ".join(f"{k}={v!r}" for k, v in event.items())
         line = f"{head['ts']} {level.upper():8} {head['event']:28} {fields}".rstrip()
-    else:
-        head.update(event)
-        line = json.dumps(head, default=str, ensure_ascii=False)
+    head.update(event)
+    json_line = json.dumps(head, default=str, ensure_ascii=False)
+    if not _State.console:
+        line = json_line
     if _State.journald:
         line = f"<{_SYSLOG_PRIORITY.get(level, 6)}>{line}"
-    return line
+    # structlog calls the logger method with these positional arguments.
+    return (line, json_line), {}
 
 
 def stdout_is_journal(stream: IO[str] | None = None) -> bool:

@@ -10,7 +10,8 @@ A reply echoes the id and carries either a result or an error::
 
     {"v": 1, "id": "c1f0-1", "ok": true, "result": {"version": "0.1.0", "pid": 4242, ...}}
     {"v": 1, "id": "c1f0-1", "ok": false,
-     "error": {"code": "forbidden", "message": "'reload' needs the admin socket ..."}}
+     "error": {"code": "forbidden", "message": "'reload' changes perfd and needs the admin
+     socket perfd.sock; this is the read-only socket"}}
 
 Error codes are stable; clients switch on ``code`` and show ``message`` to people.
 docs/protocol.md describes every command with real examples.

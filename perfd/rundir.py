@@ -125,7 +125,12 @@ def resolve_group(name: str) -> Group:
 
 
 def set_modes(admin: Path, readonly: Path, group: Group) -> None:
-    """Give the admin socket 0660 and its group, the read-only socket 0666."""
-    os.chown(admin, -1, group.gid)
+    """Give the admin socket 0660 and its group, the read-only socket 0666.
+
+    Under the systemd unit the socket is born with group perfd (Group=perfd) and chown() is
+    filtered out by SystemCallFilter, so chown only when the group differs.
+    """
+    if os.stat(admin).st_gid != group.gid:
+        os.chown(admin, -1, group.gid)
     os.chmod(admin, ADMIN_MODE)
     os.chmod(readonly, READONLY_MODE)

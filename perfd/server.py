@@ -183,7 +183,8 @@ class Server:
                 self._handle(sock, readonly, envelope, body)
             except Exception:  # a bug in perfd must not take the socket loop down
                 _log.exception("request.crashed")
-                self._send(sock, envelope, protocol.encode_error(None, protocol.INTERNAL, "bug"))
+                message = "perfd failed to handle this request; see the daemon's log"
+                self._reply_error(sock, envelope, None, protocol.INTERNAL, message)
 
     def _handle(
         self, sock: zmq.Socket[bytes], readonly: bool, envelope: list[bytes], body: list[bytes]
@@ -227,7 +228,7 @@ class Server:
             raise ProtocolError(
                 protocol.FORBIDDEN,
                 f"'{command.name}' changes perfd and needs the admin socket "
-                f"{protocol.MAIN_SOCKET} (members of the perfd group)",
+                f"{protocol.MAIN_SOCKET}; this is the read-only socket",
                 request.id,
             )
         unknown = sorted(set(request.args) - set(command.args))
@@ -263,8 +264,9 @@ class Server:
         request: protocol.Request,
         command: Command,
     ) -> None:
-        if self.in_flight >= self.workers * 4:
-            message = f"{self.in_flight} commands in flight; retry shortly"
+        # Count commands that timed out but still hold a worker: the pool's queue is bounded.
+        if len(self._pending) >= self.workers * 4:
+            message = f"{len(self._pending)} commands in flight; retry shortly"
             self._reply_error(sock, envelope, request.id, protocol.BUSY, message)
             return
         if self._pool is None:
@@ -360,4 +362,3 @@ def _split(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     if len(frames) >= 2 and frames[1] == b"":
         return frames[:2], frames[2:]
     return frames[:1], frames[1:]
-

@@ -9,33 +9,38 @@ timeout withholds WATCHDOG=1, so systemd restarts a perfd with a hung thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 
 class Notifier:
     """Sends sd_notify messages; does nothing when perfd was not started by systemd."""
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        environ = os.environ if env is None else env
-        self._enabled = bool(environ.get("NOTIFY_SOCKET"))
+    def __init__(self) -> None:
+        self._enabled = bool(os.environ.get("NOTIFY_SOCKET"))
         self._sender = None
         if self._enabled:
-            import sdnotify  # the one place that talks to systemd
+            import sdnotify  # connects to $NOTIFY_SOCKET, abstract "@" addresses included
 
             self._sender = sdnotify.SystemdNotifier()
         self._last_status = ""
-        self.watchdog_interval = watchdog_interval(environ)
+        self.watchdog_interval = watchdog_interval(os.environ)
 
     @property
     def enabled(self) -> bool:
         return self._enabled
 
     def _send(self, message: str) -> None:
-        if self._sender is not None:
-            self._sender.notify(message)
+        # sdnotify connects (abstract "@" addresses included) but encodes with latin-1, which
+        # mangles "·" and drops "↑" silently; systemd expects UTF-8, so send the bytes here.
+        sock = getattr(self._sender, "socket", None)
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):  # systemd gone: nothing to tell
+            sock.sendall(message.encode())
 
     def ready(self, status: str | None = None) -> None:
         self._send("READY=1" + (f"\nSTATUS={status}" if status else ""))
@@ -58,8 +63,14 @@ class Notifier:
     def watchdog(self) -> None:
         self._send("WATCHDOG=1")
 
+    def close(self) -> None:
+        sock = getattr(self._sender, "socket", None)
+        if sock is not None:
+            sock.close()
+        self._sender = None
 
-def watchdog_interval(env: dict[str, str] | os._Environ[str]) -> float | None:
+
+def watchdog_interval(env: Mapping[str, str]) -> float | None:
     """Half of $WATCHDOG_USEC in seconds, or None when systemd set no watchdog for us."""
     try:
         usec = int(env.get("WATCHDOG_USEC", ""))

@@ -1,0 +1,136 @@
+"""Benchmark 4: what an idle perfd costs, beside an idle bare pyzmq ROUTER process.
+
+perfd runs as under systemd with a watchdog ($NOTIFY_SOCKET, WATCHDOG_USEC=30 s, so it sends
+WATCHDOG=1 every 15 s); the notify socket is drained throughout. Over ``--idle-seconds`` it
+reads, for perfd and for the echo server (``bench.echo``) side by side: CPU time of all
+threads (/proc/PID/task/*/schedstat, ns), context switches of all threads (wake-ups) and
+peak RSS (VmHWM).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    PYTHON,
+    Check,
+    PerfdProcess,
+    cpu_seconds,
+    helper_env,
+    print_table,
+    short_tempdir,
+    stop_process,
+)
+
+WATCHDOG_USEC = 30_000_000
+CPU_TARGET_PCT = 0.1  # of one core: an idle daemon should not show up in top
+SETTLE_SECONDS = 1.0  # let start-up work (the first log lines) finish before the window
+
+
+@dataclass(frozen=True)
+class Sample:
+    cpu_s: float
+    switches: int
+    threads: int
+    hwm_kib: int
+
+
+def sample(pid: int) -> Sample:
+    """CPU seconds, context switches, threads and peak RSS (KiB) of a process, from /proc."""
+    cpu = cpu_seconds(pid)
+    status = _status(Path(f"/proc/{pid}/status"))
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            task_status = _status(task / "status")
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        switches += int(task_status["voluntary_ctxt_switches"])
+        switches += int(task_status["nonvoluntary_ctxt_switches"])
+    return Sample(cpu, switches, int(status["Threads"]), int(status["VmHWM"].split()[0]))
+
+
+def _status(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def run(idle_seconds: float) -> tuple[dict[str, Any], list[Check]]:
+    with short_tempdir() as tmp:
+        echo = subprocess.Popen(
+            [PYTHON, "-m", "bench.echo", f"ipc://{tmp / 'echo.sock'}"],
+            env=helper_env(),
+            cwd=tmp,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert echo.stdout is not None
+            if echo.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"echo server did not start (exit {echo.poll()})")
+            with PerfdProcess(tmp, watchdog_usec=WATCHDOG_USEC) as perfd:
+                assert perfd.notify is not None
+                time.sleep(SETTLE_SECONDS)
+                perfd.notify.drain()
+                before = {"perfd": sample(perfd.pid), "echo": sample(echo.pid)}
+                started = time.monotonic()
+                notes: list[str] = []
+                while (left := idle_seconds - (time.monotonic() - started)) > 0:
+                    time.sleep(min(0.5, left))
+                    notes += perfd.notify.drain()
+                window = time.monotonic() - started
+                after = {"perfd": sample(perfd.pid), "echo": sample(echo.pid)}
+        finally:
+            stop_process(echo)
+
+    result: dict[str, dict[str, float]] = {}
+    for name in ("perfd", "echo"):
+        cpu = after[name].cpu_s - before[name].cpu_s
+        result[name] = {
+            "cpu_s": cpu,
+            "cpu_pct": 100 * cpu / window,
+            "wakeups_per_s": (after[name].switches - before[name].switches) / window,
+            "threads": after[name].threads,
+            "peak_rss_mib": after[name].hwm_kib / 1024,
+        }
+    watchdogs = sum("WATCHDOG=1" in n for n in notes)
+    print_table(
+        f"4. idle: {window:.1f} s window (perfd with WATCHDOG_USEC={WATCHDOG_USEC})",
+        ["process", "CPU s", "% of a core", "wake-ups/s", "threads", "peak RSS MiB"],
+        [
+            (name, r["cpu_s"], r["cpu_pct"], r["wakeups_per_s"], r["threads"], r["peak_rss_mib"])
+            for name, r in (("perfd", result["perfd"]), ("bare pyzmq ROUTER", result["echo"]))
+        ],
+    )
+    print(
+        f"perfd sent {watchdogs} WATCHDOG=1 ({len(notes)} notify messages) in the window. "
+        f"target: perfd CPU <= {CPU_TARGET_PCT:g} % of one core"
+    )
+    ours, base = result["perfd"], result["echo"]
+    checks = [
+        Check(
+            "4 idle",
+            "CPU",
+            "% of a core",
+            ours["cpu_pct"],
+            "bare ROUTER",
+            base["cpu_pct"],
+            on="value",
+            limit=CPU_TARGET_PCT,
+        ),
+        Check(
+            "4 idle", "peak RSS", "MiB", ours["peak_rss_mib"], "bare ROUTER", base["peak_rss_mib"]
+        ),
+    ]
+    data = {
+        "window_s": window,
+        "watchdog_usec": WATCHDOG_USEC,
+        "watchdog_messages": watchdogs,
+        "notify_messages": notes,
+        **result,
+    }
+    return data, checks

@@ -1,0 +1,194 @@
+"""Shared fixtures: a real perfd subprocess, a socket playing systemd, the real perfctl."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+BIN = Path(sys.executable).parent
+
+
+def command(name: str) -> list[str]:
+    """The installed console script, or ``python -m name`` when it is not on disk."""
+    script = BIN / name
+    return [str(script)] if script.exists() else [sys.executable, "-m", name]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "NO_COLOR"}
+        and not k.startswith("PERFD_")
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path (AF_UNIX socket paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="pd-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class NotifySocket:
+    """An AF_UNIX datagram socket playing systemd's notify socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[str] = []
+
+    def receive(self, timeout: float = 10.0) -> str:
+        self.sock.settimeout(timeout)
+        message = self.sock.recv(4096).decode()
+        self.messages.append(message)
+        return message
+
+    def wait_for(self, needle: str, timeout: float = 10.0) -> str:
+        """Receive messages until one contains ``needle``; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {needle!r} in {self.messages}")
+            message = self.receive(left)
+            if needle in message:
+                return message
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class Perfd:
+    """A running perfd subprocess and what the tests need to talk to it."""
+
+    proc: subprocess.Popen[bytes]
+    runtime_dir: Path
+    config_path: Path
+    log_path: Path
+    notify: NotifySocket
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.runtime_dir / "perfd.sock"
+
+    @property
+    def readonly_socket(self) -> Path:
+        return self.runtime_dir / "perfd-ro.sock"
+
+    def ctl(self, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+        """Run the real perfctl executable against this perfd."""
+        env = clean_env(PERFD_RUNTIME_DIR=str(self.runtime_dir))
+        return subprocess.run(
+            [*command("perfctl"), *args], env=env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def logs(self) -> list[dict[str, Any]]:
+        lines = self.log_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def events(self) -> list[str]:
+        return [entry["event"] for entry in self.logs()]
+
+    def wait_for_log(self, event: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait until perfd has logged ``event`` (log lines are flushed as written)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for entry in self.logs():
+                if entry["event"] == event:
+                    return entry
+            self.proc.poll()
+            time.sleep(0.02)  # polling a file; there is no event to wait on
+        raise AssertionError(f"perfd never logged {event}: {self.events()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+StartPerfd = Callable[..., Perfd]
+
+
+@pytest.fixture
+def start_perfd(short_dir: Path, tmp_path: Path) -> Iterator[StartPerfd]:
+    """Start real perfd processes; each is READY (its sockets bound) when returned."""
+    started: list[Perfd] = []
+
+    def start(
+        config_text: str = "",
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        runtime_dir: Path | None = None,
+    ) -> Perfd:
+        index = len(started)
+        rundir = runtime_dir or short_dir / f"run{index}"
+        config_path = tmp_path / f"perfd{index}.toml"
+        config_path.write_text(config_text)
+        notify = NotifySocket(short_dir / f"notify{index}")
+        log_path = tmp_path / f"perfd{index}.log"
+        full_env = clean_env(NOTIFY_SOCKET=str(notify.path), **(env or {}))
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(
+                [
+                    *command("perfd"),
+                    "--config",
+                    str(config_path),
+                    "--runtime-dir",
+                    str(rundir),
+                    *args,
+                ],
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        perfd = Perfd(proc, rundir, config_path, log_path, notify, full_env)
+        started.append(perfd)
+        if wait_ready:
+            try:
+                notify.wait_for("READY=1")
+            except (AssertionError, TimeoutError):
+                proc.kill()
+                raise AssertionError(f"perfd not ready: {log_path.read_text()}") from None
+        return perfd
+
+    yield start
+    for perfd in started:
+        if perfd.proc.poll() is None:
+            perfd.proc.kill()
+            perfd.proc.wait(10)
+        perfd.notify.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """Tests that configure perfd's logging must not leak it into the next test."""
+    yield
+    structlog.reset_defaults()
+    with contextlib.suppress(Exception):
+        from perfd import log
+
+        log.configure()

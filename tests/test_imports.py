@@ -1,0 +1,48 @@
+"""Start-up weight: perfctl imports nothing heavy; perfd defers heavy modules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = {"structlog", "psutil", "requests", "pynvml", "numpy", "onnxruntime", "sdnotify"}
+
+
+def _modules(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {name.split(".")[0] for name in json.loads(out.stdout)}
+
+
+def test_perfctl_imports_only_zmq_stdlib_and_protocol() -> None:
+    """perfctl's CLI pulls in pyzmq and perfd.protocol, nothing heavy."""
+    loaded = _modules("import perfctl.__main__")
+    assert not loaded & HEAVY
+    assert "zmq" in loaded
+
+
+def test_perfctl_touches_only_light_perfd_modules() -> None:
+    """Of perfd's own modules, perfctl loads only the package, protocol and paths."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import perfctl.__main__, sys; "
+            "print(sorted(m for m in sys.modules if m.startswith('perfd')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "['perfd', 'perfd.paths', 'perfd.protocol']"
+
+
+def test_daemon_defers_heavy_modules() -> None:
+    """Importing the daemon loads neither psutil, requests, pynvml, numpy nor onnxruntime."""
+    loaded = _modules("import perfd.daemon")
+    assert not loaded & {"psutil", "requests", "pynvml", "numpy", "onnxruntime"}

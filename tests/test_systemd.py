@@ -1,0 +1,164 @@
+"""sd_notify against a real AF_UNIX datagram socket; the watchdog's liveness rule."""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from perfd.systemd import Liveness, Notifier, Watchdog, watchdog_interval
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _listen(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    return sock
+
+
+def _notifier(monkeypatch: pytest.MonkeyPatch, address: str, usec: str = "") -> Notifier:
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", usec)
+    return Notifier()
+
+
+def test_messages_reach_the_socket(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """READY with STATUS, RELOADING with MONOTONIC_USEC and STOPPING arrive as UTF-8."""
+    path = str(short_dir / "notify")
+    sock = _listen(path)
+    notifier = _notifier(monkeypatch, path)
+    notifier.ready("mem 62% ok · gpu0 71% ↑")
+    assert sock.recv(4096).decode() == "READY=1\nSTATUS=mem 62% ok · gpu0 71% ↑"
+    notifier.reloading()
+    reloading = sock.recv(4096).decode().split("\n")
+    assert reloading[0] == "RELOADING=1"
+    assert reloading[1].startswith("MONOTONIC_USEC=")
+    notifier.stopping()
+    assert sock.recv(4096) == b"STOPPING=1"
+    notifier.close()
+    sock.close()
+
+
+def test_abstract_socket_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An abstract NOTIFY_SOCKET ("@name") works too."""
+    name = f"perfd-test-{os.getpid()}"
+    sock = _listen("\0" + name)
+    notifier = _notifier(monkeypatch, "@" + name)
+    notifier.stopping()
+    assert sock.recv(4096) == b"STOPPING=1"
+    notifier.close()
+    sock.close()
+
+
+def test_status_sent_only_when_changed(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """STATUS= goes out when the line changes, not on every tick."""
+    path = str(short_dir / "notify")
+    sock = _listen(path)
+    notifier = _notifier(monkeypatch, path)
+    notifier.status("a")
+    notifier.status("a")
+    notifier.status("b")
+    assert sock.recv(4096) == b"STATUS=a"
+    assert sock.recv(4096) == b"STATUS=b"
+    sock.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        sock.recv(4096)
+    notifier.close()
+    sock.close()
+
+
+def test_without_notify_socket_everything_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No NOTIFY_SOCKET: nothing is sent and nothing fails."""
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    notifier = Notifier()
+    assert not notifier.enabled
+    notifier.ready("x")
+    notifier.reloading()
+    notifier.watchdog()
+    notifier.stopping()
+
+
+def test_socket_gone_is_not_fatal(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NOTIFY_SOCKET nobody listens on is silently ignored."""
+    # sdnotify drops (without closing) its socket when connect fails; collect it here so its
+    # ResourceWarning is attributed to this test rather than to whichever test runs next.
+    with pytest.warns(ResourceWarning):
+        notifier = _notifier(monkeypatch, str(short_dir / "nobody"))
+        notifier.ready("x")
+        notifier.stopping()
+        notifier.close()
+        gc.collect()
+
+
+def test_watchdog_interval_from_env() -> None:
+    """Half of WATCHDOG_USEC; none when unset, invalid or meant for another pid."""
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert watchdog_interval({}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "x"}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}) is None
+    pid = str(os.getpid())
+    assert watchdog_interval({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": pid}) == 0.0005
+
+
+class RecordingNotifier(Notifier):
+    """A notifier that records WATCHDOG=1 instead of sending it."""
+
+    def __init__(self, interval: float | None) -> None:
+        self.watchdog_interval = interval
+        self.sent: list[str] = []
+
+    def watchdog(self) -> None:
+        self.sent.append("WATCHDOG=1")
+
+
+def test_watchdog_fed_while_all_loops_beat() -> None:
+    """WATCHDOG=1 every interval while every heartbeat is fresh."""
+    clock = FakeClock()
+    notifier = RecordingNotifier(5.0)  # WATCHDOG_USEC=10 s: feed every 5 s
+    liveness = Liveness(clock)
+    main, monitor = liveness.register("main"), liveness.register("monitor")
+    dog = Watchdog(notifier, liveness, clock)
+    assert dog.tick()
+    assert not dog.tick()  # not due yet
+    assert dog.timeout() == 5.0
+    for _ in range(3):
+        clock.now += 5
+        main.beat()
+        monitor.beat()
+        assert dog.tick()
+    assert len(notifier.sent) == 4
+
+
+def test_hung_thread_withholds_watchdog() -> None:
+    """A loop that stops beating for a whole watchdog period stops the pings."""
+    clock = FakeClock()
+    notifier = RecordingNotifier(5.0)
+    liveness = Liveness(clock)
+    main, _hung = liveness.register("main"), liveness.register("monitor")
+    dog = Watchdog(notifier, liveness, clock)
+    assert dog.tick()
+    clock.now += 11
+    main.beat()
+    assert not dog.tick()
+    assert dog.withheld == ["monitor"]
+    liveness.unregister("monitor")
+    assert dog.tick()
+
+
+def test_no_watchdog_configured() -> None:
+    """Without WATCHDOG_USEC the main loop may block indefinitely."""
+    dog = Watchdog(RecordingNotifier(None), Liveness())
+    assert dog.timeout() is None
+    assert not dog.tick()
