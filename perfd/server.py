@@ -14,7 +14,6 @@ import queue
 import socket
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import zmq
 from perfd import log, protocol
 from perfd.errors import CommandError
 from perfd.protocol import ProtocolError
+from perfd.workers import Result, WorkerPool
 
 _log = log.get("perfd.server")
 
@@ -86,9 +86,11 @@ class Server:
         self._poller = zmq.Poller()
         self._sockets: dict[zmq.Socket[bytes], bool] = {}  # socket -> read-only?
         self._paths: list[Path] = []
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: WorkerPool | None = None
         self._pending: dict[int, _Pending] = {}
-        self._done: queue.SimpleQueue[tuple[int, Future[dict[str, Any]]]] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[int, Result | None, BaseException | None]] = (
+            queue.SimpleQueue()
+        )
         self._next_token = 0
         self._accepting = True
         self._wake_r, self._wake_w = socket.socketpair()
@@ -154,10 +156,12 @@ class Server:
             self.poll(min(0.1, max(0.0, end - self._clock())))
         return self.in_flight
 
-    def close(self) -> None:
-        """Close the sockets, stop the pool and unlink the socket files."""
+    def close(self, thread_timeout: float = 2.0) -> None:
+        """Stop the pool, close the sockets and unlink the socket files."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            busy = self._pool.stop(thread_timeout)
+            if busy:
+                _log.warning("thread.still_alive", threads=busy, action="exiting anyway")
         for sock in self._sockets:
             sock.close(linger=200)
         self._sockets.clear()
@@ -270,35 +274,32 @@ class Server:
             self._reply_error(sock, envelope, request.id, protocol.BUSY, message)
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="perfd-worker")
+            self._pool = WorkerPool(self.workers)
             _log.info("component.started", component="workers", threads=self.workers)
         token = self._next_token
         self._next_token += 1
         deadline = self._clock() + self.command_timeout
         self._pending[token] = _Pending(sock, envelope, request.id, request.cmd, deadline)
-        future = self._pool.submit(command.handler, request.args)
-        future.add_done_callback(lambda f: self._completed(token, f))
+        self._pool.submit(
+            command.handler, request.args, lambda result, exc: self._completed(token, result, exc)
+        )
 
-    def _completed(self, token: int, future: Future[dict[str, Any]]) -> None:
-        """Runs on the worker thread: hand the result to the socket thread."""
-        self._done.put((token, future))
+    def _completed(self, token: int, result: Result | None, exc: BaseException | None) -> None:
+        """Runs on the worker thread: hand the outcome to the socket thread."""
+        self._done.put((token, result, exc))
         with contextlib.suppress(OSError):  # buffer full: a wake-up is already pending
             self._wake_w.send(b"\0")
 
     def _finish_done(self) -> None:
         while True:
             try:
-                token, future = self._done.get_nowait()
+                token, result, exc = self._done.get_nowait()
             except queue.Empty:
                 return
             pending = self._pending.pop(token, None)
             if pending is None or pending.answered:
                 continue
             sock, envelope, request_id = pending.sock, pending.envelope, pending.request_id
-            if future.cancelled():
-                self._reply_error(sock, envelope, request_id, protocol.BUSY, "perfd is stopping")
-                continue
-            exc = future.exception()
             if isinstance(exc, CommandError):
                 self._reply_error(sock, envelope, request_id, exc.code, exc.message)
             elif exc is not None:
@@ -306,7 +307,8 @@ class Server:
                 message = f"'{pending.cmd}' failed inside perfd; see the daemon's log"
                 self._reply_error(sock, envelope, request_id, protocol.INTERNAL, message)
             else:
-                self._send(sock, envelope, protocol.encode_result(request_id, future.result()))
+                assert result is not None
+                self._send(sock, envelope, protocol.encode_result(request_id, result))
 
     def _expire(self) -> None:
         now = self._clock()

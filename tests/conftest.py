@@ -112,15 +112,11 @@ class Perfd:
     def events(self) -> list[str]:
         return [entry["event"] for entry in self.logs()]
 
-    def wait_for_log(self, event: str, timeout: float = 10.0) -> dict[str, Any]:
-        """Wait until perfd has logged ``event`` (log lines are flushed as written)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for entry in self.logs():
-                if entry["event"] == event:
-                    return entry
-            self.proc.poll()
-            time.sleep(0.02)  # polling a file; there is no event to wait on
+    def log_entry(self, event: str) -> dict[str, Any]:
+        """The first ``event`` perfd logged (call after a sync point: READY=1 or a reply)."""
+        for entry in self.logs():
+            if entry["event"] == event:
+                return entry
         raise AssertionError(f"perfd never logged {event}: {self.events()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:

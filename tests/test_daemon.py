@@ -140,7 +140,7 @@ def test_sighup_good_config_applies(start_perfd: StartPerfd) -> None:
     perfd.proc.send_signal(signal.SIGHUP)
     perfd.notify.wait_for("RELOADING=1")
     perfd.notify.wait_for("READY=1")
-    entry = perfd.wait_for_log("config.reloaded")
+    entry = perfd.log_entry("config.reloaded")
     assert entry["changed"] == ["log.level", "server.command_timeout"]
     config = json.loads(perfd.ctl("config", "--json").stdout)["config"]
     assert config["server"]["command_timeout"] == 5.0
@@ -152,7 +152,7 @@ def test_sighup_bad_config_keeps_old(start_perfd: StartPerfd) -> None:
     perfd.config_path.write_text(BAD_CONFIG)
     perfd.proc.send_signal(signal.SIGHUP)
     perfd.notify.wait_for("READY=1")
-    entry = perfd.wait_for_log("config.invalid")
+    entry = perfd.log_entry("config.invalid")
     assert entry["level"] == "error"
     assert entry["key"] == "server.workers"
     assert entry["value"] == 0
@@ -171,7 +171,7 @@ def test_restart_only_keys_are_reported(start_perfd: StartPerfd) -> None:
     perfd.config_path.write_text("[server]\nworkers = 2\n")
     out = json.loads(perfd.ctl("reload", "--json").stdout)
     assert out["restart_required"] == ["server.workers"]
-    assert perfd.wait_for_log("config.restart_required")["keys"] == ["server.workers"]
+    assert perfd.log_entry("config.restart_required")["keys"] == ["server.workers"]
 
 
 def test_sigterm_cleans_up(start_perfd: StartPerfd) -> None:
@@ -196,7 +196,7 @@ def test_socket_and_directory_modes(start_perfd: StartPerfd) -> None:
 def test_missing_group_falls_back_with_warning(start_perfd: StartPerfd) -> None:
     """A configured group that does not exist: the user's own group, and a warning."""
     perfd = start_perfd('[server]\ngroup = "no-such-group-perfd"\n')
-    entry = perfd.wait_for_log("access.group_missing")
+    entry = perfd.log_entry("access.group_missing")
     assert entry["level"] == "warning"
     assert perfd.admin_socket.stat().st_gid == os.getegid()
 
