@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--socket",
         default=argparse.SUPPRESS,
         metavar="PATH",
-        help="perfd's socket (default: perfd.sock in $PERFD_RUNTIME_DIR or the runtime dir, "
-        "perfd-ro.sock for read-only commands when perfd.sock is not accessible)",
+        help="perfd's socket (default: perfd.sock in $PERFD_RUNTIME_DIR, else in your own "
+        "perfd's runtime dir if one runs, else in /run/perfd; perfd-ro.sock for read-only "
+        "commands when perfd.sock is not accessible)",
     )
     common.add_argument(
         "--timeout",

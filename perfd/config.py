@@ -162,8 +162,9 @@ class ServerConfig:
 class Config:
     runtime_dir: str = _opt(
         "",
-        "Directory for the sockets. Empty: `/run/perfd` for root, `$XDG_RUNTIME_DIR/perfd` "
-        "otherwise. `$PERFD_RUNTIME_DIR` and `perfd --runtime-dir` win.",
+        "Directory for the sockets. Empty: `$RUNTIME_DIRECTORY` under systemd, else "
+        "`/run/perfd` for root, else `$XDG_RUNTIME_DIR/perfd`. `$PERFD_RUNTIME_DIR` and "
+        "`perfd --runtime-dir` win.",
         kind="path",
         shown='""',
     )
@@ -233,7 +234,7 @@ def _parse_section(cls: type[Any], data: Mapping[str, Any], path: str | None, pr
         key = prefix + name
         if dataclasses.is_dataclass(spec.default_factory):
             if not isinstance(value, dict):
-                raise ConfigError(path, key, f"must be a table [{key}], got {value!r}")
+                raise ConfigError(path, key, f"must be a table [{key}], got {_shown(value)}")
             values[name] = _parse_section(spec.default_factory, value, path, prefix=key + ".")
         else:
             values[name] = _check(spec.metadata, value, path, key)
@@ -244,8 +245,7 @@ def _check(meta: Mapping[str, Any], value: Any, path: str | None, key: str) -> A
     kind = meta["kind"]
 
     def fail(allowed: str) -> ConfigError:
-        shown = json.dumps(value, default=str)  # TOML-like: "text", true, 1.5
-        return ConfigError(path, key, f"bad value {shown}", value=value, allowed=allowed)
+        return ConfigError(path, key, f"bad value {_shown(value)}", value=value, allowed=allowed)
 
     if kind in ("str", "path"):
         if not isinstance(value, str):
@@ -280,6 +280,13 @@ def _check(meta: Mapping[str, Any], value: Any, path: str | None, key: str) -> A
     if (low is not None and result < low) or (high is not None and result > high):
         raise fail(_range_text(_KIND_WORDS[kind], meta))
     return result
+
+
+def _shown(value: Any) -> str:
+    """A value as it looks in TOML: "text", true, 1.5, nan."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return json.dumps(value, default=str)
 
 
 _KIND_WORDS: Final = {"int": "an integer", "size": "a size", "duration": "a duration"}

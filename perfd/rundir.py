@@ -131,6 +131,12 @@ def set_modes(admin: Path, readonly: Path, group: Group) -> None:
     filtered out by SystemCallFilter, so chown only when the group differs.
     """
     if os.stat(admin).st_gid != group.gid:
-        os.chown(admin, -1, group.gid)
+        try:
+            os.chown(admin, -1, group.gid)
+        except PermissionError:
+            raise StartupError(
+                f"cannot give {admin} to group {group.name}: perfd's user is not a member; "
+                "add it to the group or set [server] group to one of its groups"
+            ) from None
     os.chmod(admin, ADMIN_MODE)
     os.chmod(readonly, READONLY_MODE)

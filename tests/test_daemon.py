@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import zmq
 
 from tests.conftest import StartPerfd, clean_env, command
@@ -365,3 +366,29 @@ def test_malformed_messages_over_real_socket(start_perfd: StartPerfd) -> None:
         dealer.close(0)
         ctx.term()
     assert perfd.proc.poll() is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid (CI is root)")
+def test_foreign_group_is_a_clear_startup_error(short_dir: Path) -> None:
+    """A socket group perfd's user may not use gives a one-line StartupError, not a traceback."""
+    from perfd import rundir
+    from perfd.errors import StartupError
+
+    path = short_dir / "perfd.sock"
+    path.touch()
+    os.chown(path, 65534, 65534)
+    pid = os.fork()
+    if pid == 0:  # child: become nobody, then try to hand the socket to root's group
+        code = 3
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            rundir.set_modes(path, path, rundir.Group(0, "root", fallback=False))
+            code = 4
+        except StartupError as exc:
+            code = 0 if "not a member" in str(exc) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
