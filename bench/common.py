@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -68,31 +69,59 @@ def short_tempdir(prefix: str = "pdb-") -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def wait_exit(proc: subprocess.Popen[Any], timeout: float) -> int | None:
+    """Wait up to ``timeout`` s for a child to exit and reap it; its exit code, or None.
+
+    Waits on a pidfd, so the exit is seen at once: Popen.wait(timeout) polls with growing
+    sleeps (0.5 ms doubling up to 50 ms), which would round every timing up to its next poll.
+    """
+    if proc.returncode is not None:
+        return proc.returncode
+    if hasattr(os, "pidfd_open"):
+        fd = os.pidfd_open(proc.pid)  # the child is not reaped yet, so its pid is still ours
+        try:
+            ready, _, _ = select.select([fd], [], [], timeout)
+        finally:
+            os.close(fd)
+        return proc.wait() if ready else None
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int:
     """SIGTERM a child (if it still runs) and reap it; SIGKILL it if it will not go."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
+    code = wait_exit(proc, timeout)
+    if code is None:
         proc.kill()
-        return proc.wait(timeout)
+        code = proc.wait(timeout)
+    return code
 
 
 def run_timed(cmd: Sequence[str], *, env: dict[str, str], cwd: Path) -> tuple[float, float]:
     """Run ``cmd`` to completion; its wall time (spawn to reap) and CPU time, in seconds.
 
     The CPU time is the growth of RUSAGE_CHILDREN, so no other child may end meanwhile.
+    Output goes to a temp file (a pipe that fills up would stall the child).
     """
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, timeout=60, check=False)
-    elapsed = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryFile() as output:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
+        code = wait_exit(proc, 60.0)
+        elapsed = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if code is None:
+            stop_process(proc)
+            raise RuntimeError(f"{' '.join(cmd)} did not finish within 60 s")
+        if code != 0:
+            output.seek(0)
+            text = output.read().decode(errors="replace").strip()
+            raise RuntimeError(f"{' '.join(cmd)} exited {code}: {text[-2000:]}")
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    if done.returncode != 0:
-        output = (done.stdout + done.stderr).decode(errors="replace").strip()
-        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {output}")
     return elapsed, cpu
 
 

@@ -22,6 +22,8 @@ from bench.common import (
     PYTHON,
     Check,
     PerfdProcess,
+    clean_env,
+    console_script,
     cpu_seconds,
     helper_env,
     median,
@@ -179,11 +181,12 @@ def _start_echo(endpoint: str, cwd: Path) -> subprocess.Popen[str]:
 
 
 def _perfd_errors(socket: Path) -> int:
-    """perfd's own count of error replies, read over the protocol."""
-    from perfctl.client import Client
-
-    with Client(socket) as client:
-        return int(client.status()["requests"]["errors"])
+    """perfd's own count of error replies, asked with ``perfctl status --json``."""
+    cmd = [*console_script("perfctl"), "status", "--json", "--socket", str(socket)]
+    done = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"perfctl status failed ({done.returncode}): {done.stderr.strip()}")
+    return int(json.loads(done.stdout)["requests"]["errors"])
 
 
 def _print(options: Options, points: list[dict[str, Any]], errors: int) -> None:

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="idle benchmark window (default 60, 5 with --quick)",
     )
     parser.add_argument(
-        "--runs", type=int, metavar="N", help="process runs per command (default 30, 10 quick)"
+        "--runs", type=int, metavar="N", help="process runs per command (default 30, 15 quick)"
     )
     parser.add_argument(
         "--only",
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.common import PYTHON, Check, print_summary
 
     quick = args.quick
-    runs = args.runs or (10 if quick else 30)
+    runs = args.runs or (15 if quick else 30)
     idle_seconds = args.idle_seconds if args.idle_seconds is not None else (5 if quick else 60)
     import_runs = 3 if quick else 7
     steps: dict[str, Callable[[], tuple[dict[str, Any], list[Check]]]] = {
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "roundtrip": lambda: roundtrip.run(
             roundtrip.Options(
                 requests=400 if quick else 2000,
-                rounds=2 if quick else 5,
+                rounds=3 if quick else 9,
                 warmup=10 if quick else 50,
             )
         ),

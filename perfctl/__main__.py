@@ -39,8 +39,19 @@ _COMMANDS: dict[str, tuple[str, Formatter]] = {
 }
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without importing shutil (and bz2, lzma, zlib with it)."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(1).columns
+        except (ValueError, OSError):
+            width = 80
+        super().__init__(prog, width=max(width - 2, 40))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, formatter_class=_Formatter)
     common.add_argument(
         "--socket",
         default=argparse.SUPPRESS,
@@ -68,12 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 ok, 1 perfd answered with an error, 2 usage, "
         "3 perfd not running or not answering, 4 permission denied",
         parents=[common],
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"perfctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    sub.add_parser("ping", help="check that perfd answers", parents=[common])
+    sub.add_parser(
+        "ping", help="check that perfd answers", parents=[common], formatter_class=_Formatter
+    )
     for name, (help_text, _) in _COMMANDS.items():
-        sub.add_parser(name, help=help_text, parents=[common])
+        sub.add_parser(name, help=help_text, parents=[common], formatter_class=_Formatter)
     return parser
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import os
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -99,13 +98,14 @@ _BY_CODE: dict[str, type[CommandFailed]] = {
 }
 
 
-def _endpoint(socket: str | Path) -> tuple[str, Path | None]:
-    text = str(socket)
+def _endpoint(socket: str | os.PathLike[str]) -> tuple[str, str | None]:
+    """The ZeroMQ endpoint and, for ipc, the socket file's path."""
+    text = os.fspath(socket)
     if text.startswith("ipc://"):
-        return text, Path(text[len("ipc://") :])
+        return text, text[len("ipc://") :]
     if "://" in text:
         return text, None
-    return f"ipc://{text}", Path(text)
+    return f"ipc://{text}", text
 
 
 class Client:
@@ -119,16 +119,16 @@ class Client:
 
     def __init__(
         self,
-        socket: str | Path | None = None,
+        socket: str | os.PathLike[str] | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = 1,
-        runtime_dir: str | Path | None = None,
+        runtime_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.timeout = timeout
         self.retries = retries
         self._explicit = socket
-        self._runtime_dir = Path(runtime_dir) if runtime_dir else paths.client_runtime_dir()
+        self._runtime_dir = os.fspath(runtime_dir) if runtime_dir else paths.client_runtime_dir()
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sockets: dict[str, zmq.Socket[bytes]] = {}
         self._ids = itertools.count(1)
@@ -169,13 +169,13 @@ class Client:
 
     # -- the exchange -----------------------------------------------------------------------
 
-    def endpoint_for(self, cmd: str) -> tuple[str, Path | None]:
+    def endpoint_for(self, cmd: str) -> tuple[str, str | None]:
         """Which endpoint a command goes to (see the class docstring)."""
         if self._explicit is not None:
             return _endpoint(self._explicit)
-        admin = self._runtime_dir / protocol.MAIN_SOCKET
-        readonly = self._runtime_dir / protocol.READONLY_SOCKET
-        if cmd in protocol.READ_ONLY_COMMANDS and not _usable(admin) and readonly.exists():
+        admin = os.path.join(self._runtime_dir, protocol.MAIN_SOCKET)
+        readonly = os.path.join(self._runtime_dir, protocol.READONLY_SOCKET)
+        if cmd in protocol.READ_ONLY_COMMANDS and not _usable(admin) and os.path.exists(readonly):
             return _endpoint(readonly)
         return _endpoint(admin)
 
@@ -220,13 +220,13 @@ class Client:
         raise _BY_CODE.get(code, CommandFailed)(code, reply.error_message or "")
 
 
-def _usable(path: Path) -> bool:
+def _usable(path: str) -> bool:
     return os.access(path, os.R_OK | os.W_OK)
 
 
-def _check_path(path: Path) -> None:
+def _check_path(path: str) -> None:
     """Turn a missing or forbidden socket file into DaemonNotRunning or AccessDenied at once."""
-    if not path.exists():
+    if not os.path.exists(path):
         raise DaemonNotRunning(f"perfd is not running: no socket at {path}")
     if not _usable(path):
         raise AccessDenied(f"permission denied on {path}")

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 _CODES = {"green": "32", "yellow": "33", "red": "31", "bold": "1", "dim": "2"}
 
 
-@dataclass(frozen=True)
 class Style:
     """Colour on or off (on only for a TTY without NO_COLOR; decided by the caller)."""
 
-    colour: bool = False
+    __slots__ = ("colour",)
+
+    def __init__(self, colour: bool = False) -> None:
+        self.colour = colour
 
     def paint(self, text: str, colour: str) -> str:
         if not self.colour:

@@ -192,7 +192,7 @@ class Loaded:
 def load(path: str | Path | None = None) -> Loaded:
     """Read and validate the config file; an explicit path must exist, the default may not."""
     explicit = path is not None
-    file = Path(path) if path is not None else paths.default_config_path()
+    file = Path(path if path is not None else paths.default_config_path())
     try:
         text = file.read_bytes()
     except FileNotFoundError:

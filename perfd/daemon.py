@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     cfg = loaded.config
     log.configure(cfg.log.level, args.log_format or cfg.log.format, cfg.log.file)
-    runtime_dir = paths.runtime_dir(args.runtime_dir, cfg.runtime_dir)
+    runtime_dir = Path(paths.runtime_dir(args.runtime_dir, cfg.runtime_dir))
     daemon = Daemon(
         loaded, config_arg=args.config, runtime_dir=runtime_dir, log_format=args.log_format
     )

@@ -125,7 +125,7 @@ def test_explicit_endpoint_forms(tmp_path: Path) -> None:
     """--socket takes a path or an ipc:// endpoint."""
     assert perfctl.Client("/run/x.sock").endpoint_for("ping") == (
         "ipc:///run/x.sock",
-        Path("/run/x.sock"),
+        "/run/x.sock",
     )
     assert perfctl.Client("ipc:///run/x.sock").endpoint_for("ping")[0] == "ipc:///run/x.sock"
 
@@ -133,10 +133,10 @@ def test_explicit_endpoint_forms(tmp_path: Path) -> None:
 def test_client_runtime_dir_prefers_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """$PERFD_RUNTIME_DIR wins; otherwise a user's own perfd, else the system /run/perfd."""
     monkeypatch.setenv("PERFD_RUNTIME_DIR", str(tmp_path))
-    assert paths.client_runtime_dir() == tmp_path
+    assert paths.client_runtime_dir() == str(tmp_path)
     monkeypatch.delenv("PERFD_RUNTIME_DIR")
-    monkeypatch.setattr(paths, "default_runtime_dir", lambda: tmp_path / "user")
+    monkeypatch.setattr(paths, "default_runtime_dir", lambda: str(tmp_path / "user"))
     assert paths.client_runtime_dir() == paths.SYSTEM_RUNTIME_DIR
     (tmp_path / "user").mkdir()
     (tmp_path / "user" / "perfd.sock").touch()
-    assert paths.client_runtime_dir() == tmp_path / "user"
+    assert paths.client_runtime_dir() == str(tmp_path / "user")

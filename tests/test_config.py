@@ -26,7 +26,7 @@ def test_missing_default_file_means_defaults(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """No file at the default path: defaults, and the path is still reported."""
-    monkeypatch.setattr(config.paths, "default_config_path", lambda: tmp_path / "none.toml")
+    monkeypatch.setattr(config.paths, "default_config_path", lambda: str(tmp_path / "none.toml"))
     loaded = config.load()
     assert loaded.config == config.Config()
     assert not loaded.exists
