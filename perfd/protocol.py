@@ -122,10 +122,7 @@ def encode_request(request: Request) -> bytes:
 
 def decode_request(frame: bytes) -> Request:
     """Parse and validate one request frame; raise ProtocolError saying what is wrong."""
-    try:
-        body = json.loads(frame)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ProtocolError(BAD_REQUEST, f"request is not valid JSON: {_short(exc)}") from None
+    body = _load(frame, "request")
     if not isinstance(body, dict):
         raise ProtocolError(BAD_REQUEST, f"request must be a JSON object, got {_kind(body)}")
     raw_id = body.get("id")
@@ -180,10 +177,7 @@ def encode_error(request_id: str | None, code: str, message: str) -> bytes:
 
 def decode_reply(frame: bytes) -> Reply:
     """Parse a reply; raise ProtocolError when the daemon's answer is not well-formed."""
-    try:
-        body = json.loads(frame)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ProtocolError(BAD_REQUEST, f"reply is not valid JSON: {_short(exc)}") from None
+    body = _load(frame, "reply")
     if not isinstance(body, dict) or body.get("v") != VERSION:
         raise ProtocolError(BAD_REQUEST, "reply is not a perfd v1 message")
     reply_id = body.get("id")
@@ -197,6 +191,13 @@ def decode_reply(frame: bytes) -> Reply:
         if isinstance(code, str) and isinstance(message, str):
             return Reply(id=reply_id, ok=False, error_code=code, error_message=message)
     raise ProtocolError(BAD_REQUEST, "reply has neither a result object nor an error object")
+
+
+def _load(frame: bytes, what: str) -> Any:
+    try:
+        return json.loads(frame)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(BAD_REQUEST, f"{what} is not valid JSON: {_short(exc)}") from None
 
 
 def _kind(value: object) -> str:

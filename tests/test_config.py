@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from perfd import config
+from perfd import config, schema, units
 from perfd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,14 +129,14 @@ def test_binary_file(tmp_path: Path) -> None:
 )
 def test_parse_duration(text: object, seconds: float) -> None:
     """Durations in seconds or with ms/s/m/h/d units."""
-    assert config.parse_duration(text) == seconds
+    assert units.parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "5", "5x", "ms", True, None, "-1s", [1]])
 def test_parse_duration_rejects(text: object) -> None:
     """Anything else is a ValueError."""
     with pytest.raises(ValueError, match="duration"):
-        config.parse_duration(text)
+        units.parse_duration(text)
 
 
 @pytest.mark.parametrize(
@@ -154,7 +154,7 @@ def test_parse_duration_rejects(text: object) -> None:
 )
 def test_parse_size(text: object, size: int) -> None:
     """Sizes in bytes or with decimal and binary units."""
-    assert config.parse_size(text) == size
+    assert units.parse_size(text) == size
 
 
 def test_changed_keys() -> None:
@@ -170,10 +170,10 @@ def test_to_dict_redacts_secrets() -> None:
 
     @dataclass(frozen=True)
     class WithSecret:
-        api_key: str = config._opt("", "a key", kind="str", secret=True)
-        name: str = config._opt("", "a name", kind="str")
+        api_key: str = schema.option("", "a key", kind="str", secret=True)
+        name: str = schema.option("", "a name", kind="str")
 
-    assert config.to_dict(WithSecret("s3cret", "n")) == {"api_key": "<redacted>", "name": "n"}
+    assert schema.to_dict(WithSecret("s3cret", "n")) == {"api_key": "<redacted>", "name": "n"}
 
 
 def test_docs_config_md_matches_code() -> None:
@@ -189,18 +189,11 @@ def test_docs_config_md_matches_code() -> None:
 
 
 def test_every_key_is_documented() -> None:
-    """Every field has documentation and appears in the generated reference with its default."""
+    """Every setting has documentation and appears in the generated reference."""
     reference = config.reference_markdown()
-    for section, cls in (
-        ("", config.Config),
-        ("log", config.LogConfig),
-        ("server", config.ServerConfig),
-    ):
-        for field in cls.__dataclass_fields__.values():
-            if field.name in ("log", "server"):
-                continue
-            assert field.metadata["doc"], (section, field.name)
-            assert f"| `{field.name}` |" in reference
+    for name, spec, _ in schema.leaves(config.Config()):
+        assert spec.metadata["doc"], name
+        assert f"| `{name.rsplit('.', 1)[-1]}` |" in reference
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
@@ -223,3 +216,55 @@ def test_messages_read_well(tmp_path: Path) -> None:
     path.write_text('[log]\nlevel = "loud"\n')
     with pytest.raises(ConfigError, match='bad value "loud"'):
         config.load(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("[alerts.host_memory]\nwarn = 90\ncrit = 80", "alerts.host_memory.crit", "at least warn"),
+        ("[alerts.host_memory]\ncrit = 120", "alerts.host_memory.crit", "at most 100"),
+        ("[alerts.gpu_temperature]\nwarn = 95\ncrit = 120", None, None),
+        ("[alerts.exhaustion]\nwarn = '5m'\ncrit = '30m'", "alerts.exhaustion.crit", "shorter"),
+        ("[alerts.swap]\nfor = 'soon'", "alerts.swap.for", "a duration"),
+        ("[alerts.swap]\nfor_ = '1s'", "alerts.swap.for_", "unknown key"),
+        ("[alerts.swap]\nenabled = 'yes'", "alerts.swap.enabled", "true or false"),
+        ("[alerts.psi]\nwarn = 'high'", "alerts.psi.warn", "a number"),
+        ("[monitor]\ntrend_window = '2h'", "monitor.trend_window", "must not exceed history"),
+        ("[monitor]\ninterval = '10m'", "monitor.interval", "must not exceed trend_window"),
+        ("[monitor]\ngpu = 1", "monitor.gpu", "true or false"),
+    ],
+)
+def test_monitor_and_alert_settings(
+    tmp_path: Path, text: str, key: str | None, words: str | None
+) -> None:
+    """Alert rules check their fields and each other (warn below crit, shorter crit times)."""
+    path = tmp_path / "perfd.toml"
+    path.write_text(text + "\n")
+    if key is None:
+        config.load(path)
+        return
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert caught.value.key == key
+    assert words in str(caught.value)
+
+
+def test_rule_tables_keep_their_own_defaults(tmp_path: Path) -> None:
+    """Setting one key of a rule keeps that rule's other defaults (not another rule's)."""
+    path = tmp_path / "perfd.toml"
+    path.write_text("[alerts.gpu_temperature]\nwarn = 80\n[alerts.host_memory]\nfor = '1m'\n")
+    alerts = config.load(path).config.alerts
+    assert (alerts.gpu_temperature.warn, alerts.gpu_temperature.crit) == (80.0, 90.0)
+    assert alerts.gpu_temperature.for_ == 60.0
+    assert (alerts.host_memory.warn, alerts.host_memory.for_) == (80.0, 60.0)
+    assert config.to_dict(config.load(path).config)["alerts"]["host_memory"]["for"] == 60.0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (0.5, "500ms"), (30, "30s"), (600, "10m"), (14400, "4h"), (1.5, "1.5s")],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    """Durations print in the shortest exact unit, and parse back."""
+    assert units.format_duration(seconds) == text
+    assert units.parse_duration(text) == seconds

@@ -1,0 +1,252 @@
+"""The machinery behind perfd's config: documented fields, strict parsing, reference docs.
+
+A config is a tree of frozen dataclasses. Each leaf field is made with ``option`` (its doc,
+its kind, its range), each table with ``section`` (a factory giving the table's defaults, so
+two tables of one class may default differently). ``parse`` walks the tree: an unknown key, a
+wrong type or an out-of-range value raises ConfigError naming the file, the key, the value
+and what is allowed. A dataclass may also define ``problems()`` for checks across fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final
+
+from perfd.errors import ConfigError
+from perfd.units import format_duration, format_size, parse_duration, parse_size
+
+KINDS: Final = ("str", "path", "choice", "bool", "int", "float", "size", "duration")
+
+
+def option(
+    default: Any,
+    doc: str,
+    *,
+    kind: str,
+    choices: tuple[str, ...] = (),
+    minimum: float | None = None,
+    maximum: float | None = None,
+    secret: bool = False,
+    key: str | None = None,
+) -> Any:
+    """A leaf setting; ``key`` is its TOML name when that is not a Python name ("for")."""
+    assert kind in KINDS, kind
+    meta = {
+        "doc": doc,
+        "kind": kind,
+        "choices": choices,
+        "min": minimum,
+        "max": maximum,
+        "secret": secret,
+        "key": key,
+    }
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def section(factory: Callable[[], Any], doc: str) -> Any:
+    """A nested table whose defaults come from ``factory()``."""
+    return dataclasses.field(default_factory=factory, metadata={"doc": doc, "section": True})
+
+
+def _key(spec: dataclasses.Field[Any]) -> str:
+    return spec.metadata.get("key") or spec.name
+
+
+def _settings(obj: Any) -> list[dataclasses.Field[Any]]:
+    """The fields made by option() or section(); other dataclass fields are internal."""
+    return [f for f in dataclasses.fields(obj) if "doc" in f.metadata]
+
+
+def parse(default: Any, data: Mapping[str, Any], path: str | None, prefix: str = "") -> Any:
+    """``default`` with the values of ``data`` validated and applied; ConfigError otherwise."""
+    fields = {_key(f): f for f in _settings(default)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            path,
+            prefix + unknown[0],
+            "unknown key",
+            value=data[unknown[0]],
+            allowed=", ".join(prefix + name for name in fields),
+        )
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        spec = fields[name]
+        dotted = prefix + name
+        if spec.metadata.get("section"):
+            if not isinstance(value, dict):
+                raise ConfigError(path, dotted, f"must be a table [{dotted}], got {shown(value)}")
+            values[spec.name] = parse(getattr(default, spec.name), value, path, dotted + ".")
+        else:
+            values[spec.name] = check(spec.metadata, value, path, dotted)
+    result = dataclasses.replace(default, **values)
+    problems = getattr(result, "problems", None)
+    if problems is not None:
+        for name, message in problems():
+            raise ConfigError(path, prefix + name, message, value=_get(result, name))
+    return result
+
+
+def _get(obj: Any, key: str) -> Any:
+    for spec in _settings(obj):
+        if _key(spec) == key:
+            return getattr(obj, spec.name)
+    return None
+
+
+def check(meta: Mapping[str, Any], value: Any, path: str | None, key: str) -> Any:
+    """One leaf value, converted to its Python form, or ConfigError."""
+    kind = meta["kind"]
+
+    def fail(allowed: str) -> ConfigError:
+        return ConfigError(path, key, f"bad value {shown(value)}", value=value, allowed=allowed)
+
+    if kind in ("str", "path"):
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    if kind == "choice":
+        if value not in meta["choices"]:
+            raise fail("one of " + ", ".join(f'"{c}"' for c in meta["choices"]))
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    result: int | float
+    if kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise fail(_range_text(meta))
+        result = value
+    elif kind == "float":
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
+            raise fail(_range_text(meta))
+        result = float(value)
+    elif kind == "size":
+        try:
+            result = parse_size(value)
+        except ValueError:
+            raise fail(
+                _range_text(meta, 'a size in bytes or with a unit ("512KiB", "1MiB")')
+            ) from None
+    else:
+        try:
+            result = parse_duration(value)
+        except ValueError:
+            raise fail(
+                _range_text(meta, 'a duration ("500ms", "5s", "10m", "1h") or seconds')
+            ) from None
+    low, high = meta["min"], meta["max"]
+    if (low is not None and result < low) or (high is not None and result > high):
+        raise fail(_range_text(meta))
+    return result
+
+
+_KIND_WORDS: Final = {
+    "int": "an integer",
+    "float": "a number",
+    "size": "a size",
+    "duration": "a duration",
+}
+
+
+def _range_text(meta: Mapping[str, Any], what: str | None = None) -> str:
+    what = what or _KIND_WORDS[meta["kind"]]
+    low, high = meta["min"], meta["max"]
+    if low is None or high is None:
+        return what
+    return f"{what} from {_value_text(meta['kind'], low)} to {_value_text(meta['kind'], high)}"
+
+
+def _value_text(kind: str, value: float) -> str:
+    if kind == "size":
+        return format_size(value)
+    if kind == "duration":
+        return format_duration(value)
+    return f"{value:g}"
+
+
+def shown(value: Any) -> str:
+    """A value as it looks in TOML: "text", true, 1.5, nan."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return json.dumps(value, default=str)
+
+
+def toml_default(meta: Mapping[str, Any], value: Any) -> str:
+    """A default as one would write it in perfd.toml."""
+    if meta["kind"] == "duration":
+        return f'"{format_duration(value)}"'
+    if meta["kind"] == "size":
+        return f'"{format_size(value)}"'
+    if meta["kind"] == "float":
+        return f"{value:g}"
+    return shown(value)
+
+
+def to_dict(config: Any, *, redact: bool = True) -> dict[str, Any]:
+    """The config as plain data keyed by TOML names; secret values are redacted."""
+    out: dict[str, Any] = {}
+    for spec in _settings(config):
+        value = getattr(config, spec.name)
+        if spec.metadata.get("section"):
+            out[_key(spec)] = to_dict(value, redact=redact)
+        elif redact and spec.metadata.get("secret") and value:
+            out[_key(spec)] = "<redacted>"
+        else:
+            out[_key(spec)] = value
+    return out
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted TOML names of the settings that differ between two configs."""
+    keys: list[str] = []
+    for spec in _settings(old):
+        a, b = getattr(old, spec.name), getattr(new, spec.name)
+        if spec.metadata.get("section"):
+            keys.extend(changed_keys(a, b, prefix + _key(spec) + "."))
+        elif a != b:
+            keys.append(prefix + _key(spec))
+    return keys
+
+
+def leaves(config: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field[Any], Any]]:
+    """Every leaf setting as (dotted TOML name, field, value)."""
+    for spec in _settings(config):
+        value = getattr(config, spec.name)
+        if spec.metadata.get("section"):
+            yield from leaves(value, prefix + _key(spec) + ".")
+        else:
+            yield prefix + _key(spec), spec, value
+
+
+def reference_markdown(config: Any) -> str:
+    """A table per section: key, type, default, meaning (the body of docs/config.md)."""
+    lines: list[str] = []
+
+    def table(obj: Any, name: str, doc: str) -> None:
+        rows = [
+            f"| `{_key(spec)}` | {spec.metadata['kind']} | "
+            f"`{toml_default(spec.metadata, getattr(obj, spec.name))}` | {spec.metadata['doc']} |"
+            for spec in _settings(obj)
+            if not spec.metadata.get("section")
+        ]
+        if rows:
+            lines.append(f"### `[{name}]`" if name else "### Top level")
+            if doc:
+                lines.extend(["", doc])
+            lines.extend(["", "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
+        for spec in _settings(obj):
+            if spec.metadata.get("section"):
+                child = (name + "." if name else "") + _key(spec)
+                table(getattr(obj, spec.name), child, spec.metadata["doc"])
+
+    table(config, "", "")
+    return "\n".join(lines)
