@@ -20,6 +20,7 @@ from typing import Any
 
 from perfd import __version__, config, handlers, log, paths, protocol, rundir
 from perfd.errors import CommandError, ConfigError, StartupError
+from perfd.monitor import Monitor
 from perfd.server import Server
 from perfd.systemd import Liveness, Notifier, Watchdog
 
@@ -56,6 +57,8 @@ class Daemon:
             workers=cfg.workers,
             command_timeout=cfg.command_timeout,
         )
+        self.monitor: Monitor | None = None
+        self._status_samples = -1
         self.admin_socket = runtime_dir / protocol.MAIN_SOCKET
         self.readonly_socket = runtime_dir / protocol.READONLY_SOCKET
 
@@ -64,6 +67,7 @@ class Daemon:
     def components(self) -> dict[str, str]:
         return {
             "server": "started",
+            "monitor": "started" if self.monitor is not None else "not_started",
             "workers": "started" if self.server.pool_started else "not_started",
         }
 
@@ -109,9 +113,14 @@ class Daemon:
         cfg = new.config
         log.configure(cfg.log.level, self._log_format or cfg.log.format, cfg.log.file)
         self.server.command_timeout = cfg.server.command_timeout
+        if self.monitor is not None:
+            self.monitor.reconfigure(cfg.monitor, cfg.alerts)
         self.loaded = new
 
     def status_line(self) -> str:
+        line = self.monitor.status_line() if self.monitor is not None else None
+        if line is not None:
+            return line
         c = self.server.counters
         return f"serving on {self.runtime_dir} · {c.requests} requests · {c.errors} errors"
 
@@ -125,8 +134,11 @@ class Daemon:
         lock_fd = rundir.lock(self.runtime_dir)
         try:
             self._bind()
+            self._start_monitor()
             return self._serve()
         finally:
+            if self.monitor is not None:
+                self.monitor.stop(self.loaded.config.monitor.nvml_timeout + 2)
             self.server.close()
             rundir.unlock(self.runtime_dir, lock_fd)
             self.notifier.close()
@@ -152,6 +164,30 @@ class Daemon:
             os.umask(old_umask)
         rundir.set_modes(self.admin_socket, self.readonly_socket, group)
 
+    def _start_monitor(self) -> None:
+        """Start sampling; READY=1 waits for the first sample (bounded by the NVML timeout)."""
+        cfg = self.loaded.config
+        self.monitor = Monitor(cfg.monitor, cfg.alerts, heartbeat=self.liveness.register("monitor"))
+        self.monitor.start()
+        wait = cfg.monitor.nvml_timeout + 5.0
+        if not self.monitor.first_sample.wait(wait):
+            _log.warning("monitor.slow_first_sample", waited_s=wait, action="ready anyway")
+
+    def _poll_timeout(self) -> float | None:
+        """Wake for the watchdog, and to refresh STATUS= once per sample under systemd."""
+        timeout = self.watchdog.timeout()
+        if self.notifier.enabled:
+            interval = self.loaded.config.monitor.interval
+            timeout = interval if timeout is None else min(timeout, interval)
+        return timeout
+
+    def _refresh_status(self) -> None:
+        """STATUS= after each new sample (the notifier sends only a changed line)."""
+        samples = self.monitor.samples if self.monitor is not None else 0
+        if self.notifier.enabled and samples != self._status_samples:
+            self._status_samples = samples
+            self.notifier.status(self.status_line())
+
     def _serve(self) -> int:
         beat = self.liveness.register("main")
         self.notifier.ready(self.status_line())
@@ -166,13 +202,12 @@ class Daemon:
             watchdog_interval_s=self.watchdog.interval,
         )
         while self._stop_reason is None:
-            self.server.poll(self.watchdog.timeout())
+            self.server.poll(self._poll_timeout())
             beat.beat()
             while self._signals:
                 getattr(self, f"_on_{_SIGNALS[self._signals.popleft()]}")()
-            if self.watchdog.tick():
-                self.notifier.status(self.status_line())
-            elif self.watchdog.withheld:
+            self._refresh_status()
+            if not self.watchdog.tick() and self.watchdog.withheld:
                 _log.error("watchdog.withheld", stale=self.watchdog.withheld)
         return self._shutdown()
 

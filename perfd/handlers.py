@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from perfd import __version__, config
+from perfd import __version__, config, protocol
+from perfd.errors import CommandError
+from perfd.monitor import Monitor
 from perfd.server import Command
 
 
@@ -18,6 +20,7 @@ class DaemonView(Protocol):
     started_monotonic: float
     runtime_dir: Path
     loaded: config.Loaded
+    monitor: Monitor | None
 
     def components(self) -> dict[str, str]: ...
 
@@ -57,10 +60,26 @@ def build(daemon: DaemonView) -> dict[str, Command]:
     def reload(_: dict[str, Any]) -> dict[str, Any]:
         return daemon.reload()
 
+    def running_monitor() -> Monitor:
+        if daemon.monitor is None:
+            raise CommandError(protocol.BUSY, "the monitor has not started yet; retry shortly")
+        return daemon.monitor
+
+    def stats(_: dict[str, Any]) -> dict[str, Any]:
+        snapshot = running_monitor().snapshot()
+        if snapshot is None:
+            raise CommandError(protocol.BUSY, "no sample yet; retry shortly")
+        return snapshot
+
+    def alerts(_: dict[str, Any]) -> dict[str, Any]:
+        return running_monitor().alerts()
+
     commands = [
         Command("ping", ping),
         Command("status", status),
         Command("config", show_config),
         Command("reload", reload, admin=True),
+        Command("stats", stats),
+        Command("alerts", alerts),
     ]
     return {c.name: c for c in commands}

@@ -33,20 +33,75 @@ class _State:
     journald = False
 
 
-class Sink:
-    """Writes rendered lines to stdout and, optionally, to a file that survives logrotate.
+class AppendFile:
+    """A file of lines that survives logrotate and a full or unwritable disk.
 
-    The file is reopened when its path no longer names the open inode (logrotate moved it).
-    A failed write is reported once on stderr and perfd carries on.
+    Each line goes out in one write() on an O_APPEND descriptor, so it lands whole. The file is
+    reopened when its path no longer names the open inode (logrotate moved it). A failure is
+    reported once on stderr (``what`` names the file's role) and perfd carries on; the next
+    success is reported too.
     """
+
+    def __init__(self, path: str, what: str = "log file") -> None:
+        self.path = path
+        self._what = what
+        self._fd: int | None = None
+        self._inode: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+        self.failed = False
+
+    def write_line(self, line: str) -> bool:
+        """Append one line; False when it could not be written."""
+        with self._lock:
+            try:
+                self._reopen_if_moved()
+                assert self._fd is not None
+                os.write(self._fd, (line + "\n").encode())
+            except OSError as exc:
+                if not self.failed:
+                    self.failed = True
+                    sys.stderr.write(
+                        f"perfd: cannot write {self._what} {self.path}: {exc.strerror}\n"
+                    )
+                self._close()
+                return False
+            if self.failed:
+                self.failed = False
+                sys.stderr.write(f"perfd: writing {self._what} {self.path} again\n")
+            return True
+
+    def _reopen_if_moved(self) -> None:
+        try:
+            st = os.stat(self.path)
+            current: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            current = None
+        if self._fd is None or current != self._inode:
+            self._close()
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            self._fd = os.open(self.path, flags, 0o640)
+            st = os.fstat(self._fd)
+            self._inode = (st.st_dev, st.st_ino)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = None
+        self._inode = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+
+class Sink:
+    """Writes rendered lines to stdout and, optionally, to an AppendFile."""
 
     def __init__(self, stream: IO[str] | None = None, path: str = "") -> None:
         self._stream = stream
-        self._path = path
-        self._file: IO[str] | None = None
-        self._inode: tuple[int, int] | None = None
+        self._file = AppendFile(path) if path else None
         self._lock = threading.Lock()
-        self._failed = False
 
     def write(self, line: str, file_line: str | None = None) -> None:
         """Write ``line`` to stdout and ``file_line`` (default: ``line``) to the file."""
@@ -57,44 +112,12 @@ class Sink:
                 stream.flush()
             except (OSError, ValueError):
                 pass  # stdout closed (journald restarted): nothing better to do
-            if self._path:
-                self._write_file(line if file_line is None else file_line)
-
-    def _write_file(self, line: str) -> None:
-        try:
-            self._reopen_if_moved()
-            assert self._file is not None
-            self._file.write(line + "\n")
-            self._file.flush()
-            self._failed = False
-        except OSError as exc:
-            if not self._failed:
-                self._failed = True
-                sys.stderr.write(f"perfd: cannot write log file {self._path}: {exc.strerror}\n")
-            self._close_file()
-
-    def _reopen_if_moved(self) -> None:
-        try:
-            st = os.stat(self._path)
-            current: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except FileNotFoundError:
-            current = None
-        if self._file is None or current != self._inode:
-            self._close_file()
-            self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
-            st = os.fstat(self._file.fileno())
-            self._inode = (st.st_dev, st.st_ino)
-
-    def _close_file(self) -> None:
         if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-        self._file = None
-        self._inode = None
+            self._file.write_line(line if file_line is None else file_line)
 
     def close(self) -> None:
-        with self._lock:
-            self._close_file()
+        if self._file is not None:
+            self._file.close()
 
 
 class _SinkLogger:

@@ -1,0 +1,292 @@
+"""From samples to judgements: figures, verdicts, alert observations and the stats snapshot.
+
+Pure functions of values (samples, trends, config); the monitor thread calls them.
+
+Verdicts, per resource:
+
+- ``healthy``: below the warn threshold and no stall;
+- ``full_but_healthy``: at or above warn, but nothing stalls on memory (PSI) - memory used
+  well, as an inference server should;
+- ``pressure``: tasks stall on memory (PSI ``some`` at or above the psi rule's warn), or high
+  use where PSI cannot tell (no /proc/pressure; GPUs, judged by capacity only);
+- ``critical``: at or above crit, or stalls at or above the psi rule's crit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from perfd import alerts
+from perfd.alerts import Observation, Policy
+from perfd.config import AlertsConfig, ExhaustionRule, ThresholdRule
+from perfd.samples import GpuReading, GpuSample, HostSample
+from perfd.trends import Trend
+
+HEALTHY: Final = "healthy"
+FULL_BUT_HEALTHY: Final = "full_but_healthy"
+PRESSURE: Final = "pressure"
+CRITICAL: Final = "critical"
+VERDICTS: Final = (HEALTHY, FULL_BUT_HEALTHY, PRESSURE, CRITICAL)
+
+
+def percent(part: float, whole: float) -> float:
+    return round(100.0 * part / whole, 2) if whole > 0 else 0.0
+
+
+def psi_percent(prev: HostSample | None, cur: HostSample) -> tuple[float | None, float | None]:
+    """Stall percentages over the interval from the ``total=`` counters (avg10 lags badly)."""
+    if cur.psi is None:
+        return None, None
+    if prev is None or prev.psi is None or cur.t <= prev.t:
+        return cur.psi.some_avg10, cur.psi.full_avg10  # first sample: the kernel's average
+    elapsed_us = (cur.t - prev.t) * 1e6
+    some = max(0, cur.psi.some_total_us - prev.psi.some_total_us) / elapsed_us * 100
+    full = max(0, cur.psi.full_total_us - prev.psi.full_total_us) / elapsed_us * 100
+    return round(min(some, 100.0), 3), round(min(full, 100.0), 3)
+
+
+def host_verdict(
+    used_percent: float,
+    some: float | None,
+    full: float | None,
+    memory: ThresholdRule,
+    psi: ThresholdRule,
+) -> str:
+    stall = max(some or 0.0, full or 0.0)
+    if used_percent >= memory.crit or stall >= psi.crit:
+        return CRITICAL
+    if some is not None and some >= psi.warn:
+        return PRESSURE
+    if used_percent >= memory.warn:
+        return PRESSURE if some is None else FULL_BUT_HEALTHY
+    return HEALTHY
+
+
+def gpu_verdict(used_percent: float, state: str, rule: ThresholdRule) -> str | None:
+    """Capacity only; None for a GPU that cannot be read."""
+    if state != "ok":
+        return None
+    if used_percent >= rule.crit:
+        return CRITICAL
+    if used_percent >= rule.warn:
+        return PRESSURE
+    return HEALTHY
+
+
+def host_section(
+    cur: HostSample,
+    prev: HostSample | None,
+    cfg: AlertsConfig,
+    processes: list[dict[str, Any]],
+    processes_at: str | None,
+) -> dict[str, Any]:
+    used = cur.mem_total_bytes - cur.mem_available_bytes
+    used_percent = percent(used, cur.mem_total_bytes)
+    some, full = psi_percent(prev, cur)
+    psi: dict[str, Any] = {"available": cur.psi is not None}
+    if cur.psi is not None:
+        psi.update(
+            some_percent=some,
+            full_percent=full,
+            some_avg10=cur.psi.some_avg10,
+            some_avg60=cur.psi.some_avg60,
+            full_avg10=cur.psi.full_avg10,
+            full_avg60=cur.psi.full_avg60,
+        )
+    cgroup = None
+    if cur.cgroup is not None and cur.cgroup.memory_max_bytes is not None:
+        limit = cur.cgroup.memory_max_bytes
+        if limit < cur.mem_total_bytes:
+            current = cur.cgroup.memory_current_bytes
+            cgroup = {
+                "path": cur.cgroup.path,
+                "limit_bytes": limit,
+                "current_bytes": current,
+                "used_percent": None if current is None else percent(current, limit),
+            }
+    return {
+        "memory": {
+            "total_bytes": cur.mem_total_bytes,
+            "available_bytes": cur.mem_available_bytes,
+            "used_bytes": used,
+            "used_percent": used_percent,
+            "verdict": host_verdict(used_percent, some, full, cfg.host_memory, cfg.psi),
+        },
+        "swap": {
+            "total_bytes": cur.swap_total_bytes,
+            "used_bytes": cur.swap_used_bytes,
+            "used_percent": percent(cur.swap_used_bytes, cur.swap_total_bytes),
+        },
+        "psi": psi,
+        "cgroup": cgroup,
+        "cpu_percent": cur.cpu_percent,
+        "load_avg": list(cur.load_avg),
+        "cpu_count": cur.cpu_count,
+        "top_processes": processes,
+        "top_processes_at": processes_at,
+    }
+
+
+def gpu_unavailable(gpu: GpuSample) -> int:
+    """Bytes that cannot be allocated: total - free, the same whether NVML answered with
+    memory info v2 (whose `used` leaves out driver-reserved memory) or v1 (whose `used`
+    includes it)."""
+    return gpu.mem_total_bytes - gpu.mem_free_bytes
+
+
+def gpu_section(gpu: GpuSample, trend: Trend | None, cfg: AlertsConfig) -> dict[str, Any]:
+    used_percent = percent(gpu_unavailable(gpu), gpu.mem_total_bytes)
+    return {
+        "index": gpu.index,
+        "uuid": gpu.uuid,
+        "name": gpu.name,
+        "state": gpu.state,
+        "error": gpu.error,
+        "memory": {
+            "total_bytes": gpu.mem_total_bytes,
+            "used_bytes": gpu.mem_used_bytes,
+            "free_bytes": gpu.mem_free_bytes,
+            "reserved_bytes": gpu.mem_reserved_bytes,
+            "used_percent": used_percent,
+        },
+        "utilization_percent": gpu.utilization_percent,
+        "memory_utilization_percent": gpu.memory_utilization_percent,
+        "temperature_c": gpu.temperature_c,
+        "power_watts": gpu.power_watts,
+        "power_limit_watts": gpu.power_limit_watts,
+        "persistence_mode": gpu.persistence_mode,
+        "compute_capability": (
+            None if gpu.compute_capability is None else ".".join(map(str, gpu.compute_capability))
+        ),
+        "processes": [
+            {"pid": p.pid, "used_bytes": p.used_bytes, "name": p.name} for p in gpu.processes
+        ],
+        "mig": {
+            "enabled": gpu.mig_enabled,
+            "instances": [
+                {
+                    "index": m.index,
+                    "uuid": m.uuid,
+                    "total_bytes": m.mem_total_bytes,
+                    "used_bytes": m.mem_used_bytes,
+                }
+                for m in gpu.mig
+            ],
+        },
+        "verdict": gpu_verdict(used_percent, gpu.state, cfg.gpu_memory),
+        "trend": None if trend is None else trend.as_dict(),
+    }
+
+
+def gpu_fields(reading: GpuReading | None) -> dict[str, Any]:
+    if reading is None:
+        return {"gpu_state": "disabled", "gpu_error": None, "driver_version": None}
+    return {
+        "gpu_state": reading.state,
+        "gpu_error": reading.error,
+        "driver_version": reading.driver_version,
+    }
+
+
+def _policy(rule: ThresholdRule | ExhaustionRule) -> Policy:
+    return Policy(rule.for_, rule.clear, rule.repeat)
+
+
+def observations(snapshot: dict[str, Any], cfg: AlertsConfig) -> list[Observation]:
+    """One observation per enabled rule and resource in a stats snapshot."""
+    out: list[Observation] = []
+
+    def above(
+        rule: str, spec: ThresholdRule, resource: str, value: float | None, unit: str, **labels: Any
+    ) -> None:
+        if spec.enabled:
+            level, threshold = alerts.level_above(value, spec.warn, spec.crit)
+            out.append(
+                Observation(rule, resource, level, value, threshold, unit, _policy(spec), labels)
+            )
+
+    def exhaustion(resource: str, free_percent: float, trend: dict[str, Any] | None) -> None:
+        spec = cfg.exhaustion
+        if not spec.enabled:
+            return
+        ttf = trend.get("time_to_full_s") if trend else None
+        value = ttf if free_percent < spec.free_below else None
+        level, threshold = alerts.level_below(value, spec.warn, spec.crit)
+        out.append(
+            Observation(
+                "exhaustion",
+                resource,
+                level,
+                ttf,
+                threshold,
+                "s",
+                _policy(spec),
+                {"free_percent": free_percent},
+            )
+        )
+
+    host = snapshot["host"]
+    memory = host["memory"]
+    above("host_memory", cfg.host_memory, "host", memory["used_percent"], "%")
+    if host["swap"]["total_bytes"]:
+        above("swap", cfg.swap, "host", host["swap"]["used_percent"], "%")
+    if host["psi"]["available"]:
+        above("psi", cfg.psi, "host", host["psi"]["some_percent"], "%")
+    exhaustion(
+        "host", round(100 - memory["used_percent"], 2), snapshot["trends"].get("host_memory")
+    )
+    for gpu in snapshot["gpus"]:
+        if gpu["state"] != "ok":
+            continue
+        resource = f"gpu{gpu['index']}"
+        labels = {"uuid": gpu["uuid"]}
+        above("gpu_memory", cfg.gpu_memory, resource, gpu["memory"]["used_percent"], "%", **labels)
+        above("gpu_temperature", cfg.gpu_temperature, resource, gpu["temperature_c"], "C", **labels)
+        exhaustion(resource, round(100 - gpu["memory"]["used_percent"], 2), gpu["trend"])
+    return out
+
+
+_SHORT: Final = {HEALTHY: "ok", FULL_BUT_HEALTHY: "full", PRESSURE: "pressure", CRITICAL: "CRIT"}
+_ARROW: Final = {"increasing": "↑", "decreasing": "↓", "stable": "→"}
+
+
+def _until(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{max(1, round(seconds / 60))}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _with_trend(text: str, trend: dict[str, Any] | None) -> str:
+    if trend is None or trend["direction"] == "stable":
+        return text
+    text += " " + _ARROW[trend["direction"]]
+    if trend["time_to_full_s"] is not None:
+        text += f" {_until(trend['time_to_full_s'])} to full"
+    return text
+
+
+def status_line(snapshot: dict[str, Any]) -> str:
+    """systemd's STATUS=: `mem 62% ok · psi 0.0% · gpu0 71% ↑ 42m to full · 2 alerts`."""
+    memory = snapshot["host"]["memory"]
+    parts = [
+        _with_trend(
+            f"mem {memory['used_percent']:.0f}% {_SHORT[memory['verdict']]}",
+            snapshot["trends"].get("host_memory"),
+        )
+    ]
+    psi = snapshot["host"]["psi"]
+    if psi["available"]:
+        parts.append(f"psi {psi['some_percent'] or 0:.1f}%")
+    for gpu in snapshot["gpus"]:
+        if gpu["state"] != "ok":
+            parts.append(f"gpu{gpu['index']} {gpu['state'].upper()}")
+            continue
+        text = f"gpu{gpu['index']} {gpu['memory']['used_percent']:.0f}%"
+        parts.append(_with_trend(text, gpu["trend"]))
+    if snapshot["gpu_state"] not in ("ok", "disabled", "absent"):
+        parts.append(f"gpu {snapshot['gpu_state']}")
+    firing = snapshot["alerts"]["firing"]
+    parts.append(f"{firing} alert{'s' if firing != 1 else ''}")
+    return " · ".join(parts)

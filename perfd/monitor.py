@@ -1,0 +1,337 @@
+"""The monitor: a thread that samples the host and GPUs, keeps trends, and raises alerts.
+
+Each turn: probes (perfd.probes, the only module touching psutil and NVML) -> figures and
+verdicts (perfd.assess) -> trends (perfd.trends) -> alert transitions (perfd.alerts), logged
+at the priority of their severity, kept in a history ring and optionally appended to a JSON
+Lines alert log -> a new immutable snapshot for `stats` -> verdict changes published to
+subscribers through bounded queues that never block the monitor.
+
+The thread waits on an Event, so stop() acts at once, and beats a heartbeat at least every
+few seconds so a hung probe withholds systemd's watchdog.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from perfd import assess, log, trends
+from perfd.alerts import CRITICAL, Engine, Transition, rfc3339
+from perfd.config import AlertsConfig, MonitorConfig
+from perfd.samples import GpuReading, HostSample
+from perfd.systemd import Heartbeat
+
+_log = log.get("perfd.monitor")
+
+_MAX_WAIT = 5.0  # the longest the thread sleeps between heartbeats
+
+
+class HostProbe(Protocol):
+    def sample(self, with_processes: bool) -> HostSample: ...
+
+
+class GpuProbe(Protocol):
+    def sample(self) -> GpuReading: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class VerdictChange:
+    """What subscribers receive: a resource whose verdict changed."""
+
+    resource: str  # "host" or "gpu<index>"
+    verdict: str
+    previous: str | None
+    used_percent: float
+    at: float  # wall clock
+
+
+class Subscription:
+    """A bounded queue of VerdictChange; the oldest is dropped when the reader falls behind."""
+
+    def __init__(self, maxsize: int = 64) -> None:
+        self._queue: queue.Queue[VerdictChange] = queue.Queue(maxsize)
+        self.dropped = 0
+
+    def put(self, change: VerdictChange) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(change)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+
+    def get(self, timeout: float | None = None) -> VerdictChange | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+class Monitor:
+    def __init__(
+        self,
+        cfg: MonitorConfig,
+        alerts_cfg: AlertsConfig,
+        *,
+        host_probe: HostProbe | None = None,
+        gpu_probe: GpuProbe | None = None,
+        heartbeat: Heartbeat | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg, self.alerts_cfg = cfg, alerts_cfg
+        if host_probe is None or (gpu_probe is None and cfg.gpu):
+            from perfd import probes  # psutil (and later pynvml) load here, not at import
+
+            host_probe = host_probe or probes.HostProbe(top_n=cfg.top_processes)
+            if gpu_probe is None and cfg.gpu:
+                gpu_probe = probes.GpuProbe(timeout=cfg.nvml_timeout)
+        self._host_probe = host_probe
+        self._gpu_probe = gpu_probe
+        self._heartbeat = heartbeat
+        self._clock, self._wall = clock, wall
+        self._stop = threading.Event()
+        self.first_sample = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._engine = Engine()
+        self._history: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=alerts_cfg.history
+        )
+        self._alert_file = (
+            log.AppendFile(alerts_cfg.log_file, "alert log") if alerts_cfg.log_file else None
+        )
+        self._series: dict[str, trends.Series] = {}
+        self._verdicts: dict[str, str] = {}
+        self._subscribers: list[Subscription] = []
+        self._prev_host: HostSample | None = None
+        self._processes: list[dict[str, Any]] = []
+        self._processes_at: tuple[float, str] | None = None
+        self._snapshot: dict[str, Any] | None = None
+        self.samples = 0
+        self.sample_seconds = 0.0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="perfd-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                _log.warning("thread.still_alive", thread="perfd-monitor", action="exiting anyway")
+        if self._gpu_probe is not None:
+            self._gpu_probe.close()
+        if self._alert_file is not None:
+            self._alert_file.close()
+
+    def reconfigure(self, cfg: MonitorConfig, alerts_cfg: AlertsConfig) -> None:
+        """Apply a reloaded config from the next turn on (probes and history keep running)."""
+        with self._lock:
+            self.cfg, self.alerts_cfg = cfg, alerts_cfg
+            self._history = collections.deque(self._history, maxlen=alerts_cfg.history)
+            if (self._alert_file.path if self._alert_file else "") != alerts_cfg.log_file:
+                if self._alert_file is not None:
+                    self._alert_file.close()
+                self._alert_file = (
+                    log.AppendFile(alerts_cfg.log_file, "alert log")
+                    if alerts_cfg.log_file
+                    else None
+                )
+
+    def _run(self) -> None:
+        next_due = self._clock()
+        while not self._stop.is_set():
+            now = self._clock()
+            if now >= next_due:
+                try:
+                    self.sample_once()
+                except Exception:  # a bug must not kill monitoring; the watchdog still sees us
+                    _log.exception("monitor.sample_failed")
+                next_due = max(next_due + self.cfg.interval, self._clock())
+            if self._heartbeat is not None:
+                self._heartbeat.beat()
+            self._stop.wait(min(_MAX_WAIT, max(0.0, next_due - self._clock())))
+
+    # -- one turn ---------------------------------------------------------------------------
+
+    def sample_once(self) -> dict[str, Any]:
+        """Sample, assess, alert, publish; return the new snapshot."""
+        started = time.perf_counter()
+        with self._lock:
+            cfg, alerts_cfg = self.cfg, self.alerts_cfg
+        now = self._clock()
+        scan = self._processes_at is None or now - self._processes_at[0] >= cfg.processes_interval
+        host = self._host_probe.sample(with_processes=scan and cfg.top_processes > 0)
+        reading = self._gpu_probe.sample() if self._gpu_probe is not None and cfg.gpu else None
+        wall = self._wall()
+        if host.processes is not None:
+            self._processes = [
+                {"pid": p.pid, "name": p.name, "rss_bytes": p.rss_bytes, "unit": p.unit}
+                for p in host.processes[: cfg.top_processes]
+            ]
+            self._processes_at = (now, rfc3339(wall))
+
+        snapshot = self._assess(host, reading, cfg=cfg, alerts_cfg=alerts_cfg, now=now, wall=wall)
+        transitions = self._alert(snapshot, alerts_cfg, now, wall)
+        snapshot["alerts"] = self._alert_counts()
+        self._publish(snapshot, wall)
+        self._prev_host = host
+        self.samples += 1
+        self.sample_seconds += time.perf_counter() - started
+        self._snapshot = snapshot
+        self.first_sample.set()
+        for transition in transitions:
+            self._record(transition)
+        return snapshot
+
+    def _assess(
+        self,
+        host: HostSample,
+        reading: GpuReading | None,
+        *,
+        cfg: MonitorConfig,
+        alerts_cfg: AlertsConfig,
+        now: float,
+        wall: float,
+    ) -> dict[str, Any]:
+        processes_at = self._processes_at[1] if self._processes_at else None
+        host_part = assess.host_section(
+            host, self._prev_host, alerts_cfg, self._processes, processes_at
+        )
+        memory = host_part["memory"]
+        host_trend = self._trend(
+            "host_memory", now, memory["used_bytes"], memory["total_bytes"], cfg
+        )
+        gpus = []
+        for gpu in reading.gpus if reading is not None else ():
+            trend = None
+            if gpu.state == "ok":
+                trend = self._trend(
+                    f"gpu:{gpu.uuid}", now, assess.gpu_unavailable(gpu), gpu.mem_total_bytes, cfg
+                )
+            gpus.append(assess.gpu_section(gpu, trend, alerts_cfg))
+        prev = self._prev_host
+        cpu = None
+        if prev is not None and host.t > prev.t:
+            cpu = round(
+                100 * (host.self_cpu_seconds - prev.self_cpu_seconds) / (host.t - prev.t), 3
+            )
+        return {
+            "sampled_at": rfc3339(wall),
+            "sampled_at_unix": wall,
+            "interval_s": cfg.interval,
+            "host": host_part,
+            **assess.gpu_fields(reading),
+            "gpus": gpus,
+            "trends": {"host_memory": host_trend.as_dict()},
+            "perfd": {"rss_bytes": host.self_rss_bytes, "cpu_percent": cpu},
+        }
+
+    def _trend(
+        self, key: str, now: float, used: float, capacity: float, cfg: MonitorConfig
+    ) -> trends.Trend:
+        series = self._series.get(key)
+        if series is None or series.history != cfg.history:
+            series = self._series[key] = trends.Series(cfg.history, cfg.interval)
+        series.add(now, used)
+        return trends.classify(series.window(cfg.trend_window), capacity, cfg.trend_noise_percent)
+
+    def _alert(
+        self, snapshot: dict[str, Any], alerts_cfg: AlertsConfig, now: float, wall: float
+    ) -> list[Transition]:
+        observations = assess.observations(snapshot, alerts_cfg)
+        out = []
+        with self._lock:  # the socket thread reads the engine for `alerts`
+            for obs in observations:
+                out.extend(self._engine.observe(obs, now, wall))
+            out.extend(self._engine.retire({o.id for o in observations}, wall))
+        return out
+
+    def _alert_counts(self) -> dict[str, int]:
+        with self._lock:
+            firing = self._engine.firing()
+        return {
+            "firing": len(firing),
+            "critical": sum(1 for a in firing if a["severity"] == CRITICAL),
+        }
+
+    def _record(self, transition: Transition) -> None:
+        entry = transition.as_dict()
+        with self._lock:
+            self._history.append(entry)
+            alert_file = self._alert_file
+        fields = dict(entry)
+        event = fields.pop("event")
+        if transition.kind == "resolved":
+            _log.info(event, **fields)
+        elif transition.alert["severity"] == CRITICAL:
+            _log.critical(event, **fields)
+        else:
+            _log.warning(event, **fields)
+        if alert_file is not None:
+            alert_file.write_line(json.dumps(entry, default=str))
+
+    # -- subscribers ------------------------------------------------------------------------
+
+    def subscribe(self, maxsize: int = 64) -> Subscription:
+        sub = Subscription(maxsize)
+        with self._lock:
+            self._subscribers.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            if sub in self._subscribers:
+                self._subscribers.remove(sub)
+
+    def _publish(self, snapshot: dict[str, Any], wall: float) -> None:
+        current = {
+            "host": (
+                snapshot["host"]["memory"]["verdict"],
+                snapshot["host"]["memory"]["used_percent"],
+            )
+        }
+        for gpu in snapshot["gpus"]:
+            if gpu["verdict"] is not None:
+                current[f"gpu{gpu['index']}"] = (gpu["verdict"], gpu["memory"]["used_percent"])
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for resource, (verdict, used) in current.items():
+            previous = self._verdicts.get(resource)
+            if previous == verdict:
+                continue
+            self._verdicts[resource] = verdict
+            change = VerdictChange(resource, verdict, previous, used, wall)
+            for sub in subscribers:
+                sub.put(change)
+
+    # -- what commands read -----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any] | None:
+        return self._snapshot
+
+    def alerts(self) -> dict[str, Any]:
+        with self._lock:
+            history = list(self._history)
+            firing = self._engine.firing()
+        return {"firing": firing, "history": history[::-1]}
+
+    def status_line(self) -> str | None:
+        snapshot = self._snapshot
+        return None if snapshot is None else assess.status_line(snapshot)
