@@ -169,7 +169,7 @@ class Daemon:
         cfg = self.loaded.config
         self.monitor = Monitor(cfg.monitor, cfg.alerts, heartbeat=self.liveness.register("monitor"))
         self.monitor.start()
-        wait = cfg.monitor.nvml_timeout + 5.0
+        wait = max(cfg.monitor.nvml_timeout, probes_init_timeout()) + 5.0
         if not self.monitor.first_sample.wait(wait):
             _log.warning("monitor.slow_first_sample", waited_s=wait, action="ready anyway")
 
@@ -234,6 +234,13 @@ class Daemon:
             _log.warning("daemon.unfinished", in_flight=left)
         _log.info("daemon.stopped", uptime_s=round(time.monotonic() - self.started_monotonic, 3))
         return 0
+
+
+def probes_init_timeout() -> float:
+    """How long the first GPU sample may take (NVML init); imported lazily with the probes."""
+    from perfd.probes import INIT_TIMEOUT
+
+    return INIT_TIMEOUT
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,6 +58,9 @@ _ARGUMENT_VERSION_MISMATCH = 25
 _MEMORY_V1_FALLBACK = {_FUNCTION_NOT_FOUND, _NOT_SUPPORTED, _ARGUMENT_VERSION_MISMATCH}
 
 TIMEOUT = "timeout"  # GpuReading.error when NVML did not answer within the timeout
+# nvmlInit alone may take seconds (every GPU wakes up when persistence mode is off), so the
+# sample that initialises NVML gets this much time rather than the per-sample timeout.
+INIT_TIMEOUT = 15.0
 CLOSED = "closed"  # GpuReading.error after close()
 _SEVERITY = {GPU_OK: 0, GPU_ERROR: 1, GPU_LOST: 2}
 
@@ -330,7 +333,8 @@ class GpuProbe:
             self._thread.start()
         job = _Job(t)
         self._jobs.put(job)
-        if job.done.wait(self._timeout) and job.reading is not None:
+        wait = self._timeout if self._initialised else max(self._timeout, INIT_TIMEOUT)
+        if job.done.wait(wait) and job.reading is not None:
             return job.reading
         self._stuck = job
         return self._failed(t, GPU_ERROR, TIMEOUT)

@@ -679,3 +679,23 @@ def test_close_without_init_does_not_shut_down() -> None:
     probe.sample()
     probe.close()
     assert (nvml.calls, failed.shutdown_count) == ({}, 0)
+
+
+def test_slow_init_gets_the_init_allowance(make_probe: Callable[..., GpuProbe]) -> None:
+    """nvmlInit slower than the per-sample timeout still succeeds on the first sample."""
+    nvml = FakeNvml(1)
+    probe = make_probe(nvml, timeout=0.05)
+    release = threading.Event()
+    nvml.hang(release)
+
+    def release_later() -> None:
+        nvml.blocked.wait(10)  # nvmlInit is now stuck inside NVML
+        time.sleep(0.3)  # longer than the 0.05 s per-sample timeout, far below INIT_TIMEOUT
+        release.set()
+
+    releaser = threading.Thread(target=release_later)
+    releaser.start()
+    reading = probe.sample()
+    releaser.join(10)
+    assert (reading.state, len(reading.gpus)) == (GPU_OK, 1)
+    assert nvml.init_count == 1
