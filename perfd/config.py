@@ -7,6 +7,7 @@ table in docs/config.md, which a test keeps identical.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any, Final
 
 from perfd import paths, schema
 from perfd.errors import ConfigError
-from perfd.schema import option, section
+from perfd.schema import option, section, section_map
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS: Final = ("json", "console")
@@ -268,6 +269,98 @@ class AlertsConfig:
     )
 
 
+_DEVICE: Final = re.compile(r"^(cpu|cuda:[0-9]+)$")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    ram_budget: str = option(
+        "50%",
+        "Host memory the cached models may take: a percent of RAM (of the cgroup limit when "
+        "lower) or a size.",
+        kind="budget",
+    )
+    gpu_budget: str = option(
+        "90%", "Memory the cached models may take on each GPU: a percent or a size.", kind="budget"
+    )
+    max_models: int = option(
+        16, "Most models loaded at once (0: no limit).", kind="int", minimum=0, maximum=10000
+    )
+    keep_alive: float = option(
+        300.0,
+        'How long an idle model stays loaded; 0 unloads it when idle, -1 or "forever" keeps it.',
+        kind="ttl",
+    )
+    load_timeout: float = option(
+        300.0,
+        "A load still running after this fails for every waiter.",
+        kind="duration",
+        minimum=0.01,
+        maximum=_DAY,
+    )
+    high_watermark: float = option(
+        90.0,
+        "Host (or GPU) memory used percent at which cold models are evicted...",
+        kind="float",
+        minimum=1,
+        maximum=100,
+    )
+    low_watermark: float = option(
+        80.0, "...until use is below this percent.", kind="float", minimum=0, maximum=100
+    )
+    housekeeping: float = option(
+        1.0,
+        "How often expired keep-alives and the watermarks are checked.",
+        kind="duration",
+        minimum=0.01,
+        maximum=3600,
+    )
+    evictions_history: int = option(
+        100, "Recent evictions kept for `stats`.", kind="int", minimum=1, maximum=100000
+    )
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.low_watermark >= self.high_watermark:
+            return [("low_watermark", f"must be below high_watermark ({self.high_watermark:g})")]
+        return []
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    loader: str = option(
+        "python", "`python`, `onnx`, or a loader registered under `perfd.loaders`.", kind="str"
+    )
+    target: str = option(
+        "", 'python loader: `"module:callable"`, called with `options`.', kind="str"
+    )
+    path: str = option("", "onnx (and file-based loaders): the model file.", kind="path")
+    device: str = option("cpu", '`"cpu"` or `"cuda:N"`.', kind="str")
+    keep_alive: float | None = option(
+        None, "Overrides `[cache] keep_alive` for this model.", kind="ttl"
+    )
+    pin: bool = option(False, "Never evict this model.", kind="bool")
+    preload: bool = option(False, "Load this model when perfd starts.", kind="bool")
+    size_hint: int = option(
+        0,
+        "Expected size when the loader cannot estimate it (0: unknown).",
+        kind="size",
+        minimum=0,
+        maximum=1 << 50,
+    )
+    options: dict[str, Any] = option(
+        None, "Passed to the loader (python: the factory's keyword arguments).", kind="table"
+    )
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not _DEVICE.match(self.device):
+            return [("device", f'must be "cpu" or "cuda:N", not "{self.device}"')]
+        if self.loader == "python" and ":" not in self.target:
+            return [("target", 'the python loader needs target = "module:callable"')]
+        if self.loader == "onnx" and not self.path:
+            return [("path", "the onnx loader needs path = the model file")]
+        return []
+
+
 @dataclass(frozen=True)
 class Config:
     runtime_dir: str = option(
@@ -281,6 +374,8 @@ class Config:
     server: ServerConfig = section(ServerConfig, "The control sockets.")
     monitor: MonitorConfig = section(MonitorConfig, "Host and GPU sampling.")
     alerts: AlertsConfig = section(AlertsConfig, "Alert rules and the alert log.")
+    cache: CacheConfig = section(CacheConfig, "The model cache.")
+    models: dict[str, ModelConfig] = section_map(ModelConfig, "One table per model.")
 
 
 # Settings that only take effect at start; a reload that changes them logs a warning.

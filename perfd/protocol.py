@@ -40,6 +40,8 @@ TIMEOUT: Final = "timeout"
 UNSUPPORTED_VERSION: Final = "unsupported_version"
 INTERNAL: Final = "internal"
 CONFIG_INVALID: Final = "config_invalid"
+NO_CAPACITY: Final = "no_capacity"  # a model cannot fit even after evicting what can be
+LOAD_FAILED: Final = "load_failed"  # the loader raised; the message carries its error
 ERROR_CODES: Final = frozenset(
     {
         BAD_REQUEST,
@@ -52,6 +54,8 @@ ERROR_CODES: Final = frozenset(
         UNSUPPORTED_VERSION,
         INTERNAL,
         CONFIG_INVALID,
+        NO_CAPACITY,
+        LOAD_FAILED,
     }
 )
 

@@ -18,7 +18,20 @@ from typing import Any, Final
 from perfd.errors import ConfigError
 from perfd.units import format_duration, format_size, parse_duration, parse_size
 
-KINDS: Final = ("str", "path", "choice", "bool", "int", "float", "size", "duration")
+KINDS: Final = (
+    "str",
+    "path",
+    "choice",
+    "bool",
+    "int",
+    "float",
+    "size",
+    "duration",
+    "ttl",  # a duration, or -1 / "forever"
+    "budget",  # a size, or a percent of the whole: "50%"
+    "table",  # free-form key/value table (loader options)
+)
+FOREVER: Final = -1.0
 
 
 def option(
@@ -51,6 +64,13 @@ def section(factory: Callable[[], Any], doc: str) -> Any:
     return dataclasses.field(default_factory=factory, metadata={"doc": doc, "section": True})
 
 
+def section_map(factory: Callable[[], Any], doc: str, name: str = "NAME") -> Any:
+    """Tables under one prefix, one per user-chosen name (`[models.NAME]`), each parsed
+    against ``factory()``; the field's value is a dict of name to dataclass."""
+    meta = {"doc": doc, "section_map": factory, "map_name": name}
+    return dataclasses.field(default_factory=dict, metadata=meta)
+
+
 def _key(spec: dataclasses.Field[Any]) -> str:
     return spec.metadata.get("key") or spec.name
 
@@ -80,6 +100,8 @@ def parse(default: Any, data: Mapping[str, Any], path: str | None, prefix: str =
             if not isinstance(value, dict):
                 raise ConfigError(path, dotted, f"must be a table [{dotted}], got {shown(value)}")
             values[spec.name] = parse(getattr(default, spec.name), value, path, dotted + ".")
+        elif "section_map" in spec.metadata:
+            values[spec.name] = _parse_map(spec, value, path, dotted)
         else:
             values[spec.name] = check(spec.metadata, value, path, dotted)
     result = dataclasses.replace(default, **values)
@@ -90,6 +112,17 @@ def parse(default: Any, data: Mapping[str, Any], path: str | None, prefix: str =
     return result
 
 
+def _parse_map(spec: dataclasses.Field[Any], value: Any, path: str | None, dotted: str) -> Any:
+    if not isinstance(value, dict):
+        raise ConfigError(path, dotted, f"must hold tables [{dotted}.NAME], got {shown(value)}")
+    out = {}
+    for name, table in value.items():
+        if not isinstance(table, dict):
+            raise ConfigError(path, f"{dotted}.{name}", f"must be a table, got {shown(table)}")
+        out[name] = parse(spec.metadata["section_map"](), table, path, f"{dotted}.{name}.")
+    return out
+
+
 def _get(obj: Any, key: str) -> Any:
     for spec in _settings(obj):
         if _key(spec) == key:
@@ -97,55 +130,116 @@ def _get(obj: Any, key: str) -> Any:
     return None
 
 
+class _Bad(Exception):
+    """A value a converter rejects; ``allowed`` says what it takes."""
+
+    def __init__(self, allowed: str) -> None:
+        self.allowed = allowed
+
+
+def _string(meta: Mapping[str, Any], value: Any) -> Any:
+    if not isinstance(value, str):
+        raise _Bad("a string")
+    return value
+
+
+def _choice(meta: Mapping[str, Any], value: Any) -> Any:
+    if value not in meta["choices"]:
+        raise _Bad("one of " + ", ".join(f'"{c}"' for c in meta["choices"]))
+    return value
+
+
+def _bool(meta: Mapping[str, Any], value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise _Bad("true or false")
+    return value
+
+
+def _table(meta: Mapping[str, Any], value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise _Bad("a table of options")
+    return value
+
+
+def _int(meta: Mapping[str, Any], value: Any) -> Any:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Bad(_range_text(meta))
+    return value
+
+
+def _float(meta: Mapping[str, Any], value: Any) -> Any:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise _Bad(_range_text(meta))
+    return float(value)
+
+
+def _size(meta: Mapping[str, Any], value: Any) -> Any:
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise _Bad(_range_text(meta, 'a size in bytes or with a unit ("512KiB", "1MiB")')) from None
+
+
+def _duration(meta: Mapping[str, Any], value: Any) -> Any:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise _Bad(
+            _range_text(meta, 'a duration ("500ms", "5s", "10m", "1h") or seconds')
+        ) from None
+
+
+def _ttl(meta: Mapping[str, Any], value: Any) -> Any:
+    if value == "forever" or (type(value) in (int, float) and value == FOREVER):
+        return FOREVER
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise _Bad('a duration ("30s", "5m"), 0 (unload when idle) or -1 / "forever"') from None
+
+
+def _budget(meta: Mapping[str, Any], value: Any) -> Any:
+    """Kept as text: "50%" (resolved against the device's size at run time) or "16GiB"."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            share = float(value.strip()[:-1])
+        except ValueError:
+            share = -1.0
+        if not 0 < share <= 100:
+            raise _Bad('a percent above 0 and up to 100 ("50%") or a size ("16GiB")')
+        return value.strip()
+    try:
+        return format_size(parse_size(value))
+    except ValueError:
+        raise _Bad('a percent ("50%") or a size ("16GiB")') from None
+
+
+_CONVERTERS: Final[dict[str, Callable[[Mapping[str, Any], Any], Any]]] = {
+    "str": _string,
+    "path": _string,
+    "choice": _choice,
+    "bool": _bool,
+    "table": _table,
+    "int": _int,
+    "float": _float,
+    "size": _size,
+    "duration": _duration,
+    "ttl": _ttl,
+    "budget": _budget,
+}
+
+
 def check(meta: Mapping[str, Any], value: Any, path: str | None, key: str) -> Any:
     """One leaf value, converted to its Python form, or ConfigError."""
-    kind = meta["kind"]
-
-    def fail(allowed: str) -> ConfigError:
-        return ConfigError(path, key, f"bad value {shown(value)}", value=value, allowed=allowed)
-
-    if kind in ("str", "path"):
-        if not isinstance(value, str):
-            raise fail("a string")
-        return value
-    if kind == "choice":
-        if value not in meta["choices"]:
-            raise fail("one of " + ", ".join(f'"{c}"' for c in meta["choices"]))
-        return value
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise fail("true or false")
-        return value
-    result: int | float
-    if kind == "int":
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise fail(_range_text(meta))
-        result = value
-    elif kind == "float":
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-        ):
-            raise fail(_range_text(meta))
-        result = float(value)
-    elif kind == "size":
-        try:
-            result = parse_size(value)
-        except ValueError:
-            raise fail(
-                _range_text(meta, 'a size in bytes or with a unit ("512KiB", "1MiB")')
-            ) from None
-    else:
-        try:
-            result = parse_duration(value)
-        except ValueError:
-            raise fail(
-                _range_text(meta, 'a duration ("500ms", "5s", "10m", "1h") or seconds')
-            ) from None
-    low, high = meta["min"], meta["max"]
-    if (low is not None and result < low) or (high is not None and result > high):
-        raise fail(_range_text(meta))
+    try:
+        result = _CONVERTERS[meta["kind"]](meta, value)
+        low, high = meta["min"], meta["max"]
+        if (low is not None and result < low) or (high is not None and result > high):
+            raise _Bad(_range_text(meta))
+    except _Bad as bad:
+        raise ConfigError(
+            path, key, f"bad value {shown(value)}", value=value, allowed=bad.allowed
+        ) from None
     return result
 
 
@@ -182,6 +276,10 @@ def shown(value: Any) -> str:
 
 def toml_default(meta: Mapping[str, Any], value: Any) -> str:
     """A default as one would write it in perfd.toml."""
+    if value is None:
+        return "{}" if meta["kind"] == "table" else "unset"
+    if meta["kind"] == "ttl":
+        return '"forever"' if value == FOREVER else f'"{format_duration(value)}"'
     if meta["kind"] == "duration":
         return f'"{format_duration(value)}"'
     if meta["kind"] == "size":
@@ -198,6 +296,8 @@ def to_dict(config: Any, *, redact: bool = True) -> dict[str, Any]:
         value = getattr(config, spec.name)
         if spec.metadata.get("section"):
             out[_key(spec)] = to_dict(value, redact=redact)
+        elif "section_map" in spec.metadata:
+            out[_key(spec)] = {k: to_dict(v, redact=redact) for k, v in value.items()}
         elif redact and spec.metadata.get("secret") and value:
             out[_key(spec)] = "<redacted>"
         else:
@@ -212,6 +312,13 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
         a, b = getattr(old, spec.name), getattr(new, spec.name)
         if spec.metadata.get("section"):
             keys.extend(changed_keys(a, b, prefix + _key(spec) + "."))
+        elif "section_map" in spec.metadata:
+            for name in sorted(set(a) | set(b)):
+                dotted = f"{prefix}{_key(spec)}.{name}"
+                if name not in a or name not in b:
+                    keys.append(dotted)
+                else:
+                    keys.extend(changed_keys(a[name], b[name], dotted + "."))
         elif a != b:
             keys.append(prefix + _key(spec))
     return keys
@@ -223,6 +330,8 @@ def leaves(config: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Fie
         value = getattr(config, spec.name)
         if spec.metadata.get("section"):
             yield from leaves(value, prefix + _key(spec) + ".")
+        elif "section_map" in spec.metadata:
+            yield from leaves(spec.metadata["section_map"](), f"{prefix}{_key(spec)}.NAME.")
         else:
             yield prefix + _key(spec), spec, value
 
@@ -236,7 +345,7 @@ def reference_markdown(config: Any) -> str:
             f"| `{_key(spec)}` | {spec.metadata['kind']} | "
             f"`{toml_default(spec.metadata, getattr(obj, spec.name))}` | {spec.metadata['doc']} |"
             for spec in _settings(obj)
-            if not spec.metadata.get("section")
+            if not spec.metadata.get("section") and "section_map" not in spec.metadata
         ]
         if rows:
             lines.append(f"### `[{name}]`" if name else "### Top level")
@@ -244,9 +353,12 @@ def reference_markdown(config: Any) -> str:
                 lines.extend(["", doc])
             lines.extend(["", "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
         for spec in _settings(obj):
+            child = (name + "." if name else "") + _key(spec)
             if spec.metadata.get("section"):
-                child = (name + "." if name else "") + _key(spec)
                 table(getattr(obj, spec.name), child, spec.metadata["doc"])
+            elif "section_map" in spec.metadata:
+                child += "." + spec.metadata["map_name"]
+                table(spec.metadata["section_map"](), child, spec.metadata["doc"])
 
     table(config, "", "")
     return "\n".join(lines)

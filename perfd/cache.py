@@ -1,0 +1,612 @@
+"""The model cache: byte budgets per device, LRU eviction, leases, pins, keep-alive,
+single-flight loads, and unloads that really give memory back.
+
+Rules (each one a complaint about other model servers that perfd must not earn):
+
+- A model that cannot fit, even after evicting everything evictable, is refused at once with
+  the numbers (no eviction loop).
+- Eviction takes least-recently-used entries, never a pinned one or one with a lease (every
+  inference holds a lease), and prefers one cold entry that alone covers the shortfall.
+- Concurrent requests for a model that is loading wait for that one load; a failed or timed
+  out load reports its error to every waiter and leaves nothing behind.
+- Sizes: the loader's estimate (or size_hint) before loading, the measured cost after
+  (RSS delta; torch's CUDA delta), both kept; budgets use the measurement once known.
+
+Policy and bookkeeping happen under one lock; loading, inference and unloading do not.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from perfd import log, memory, protocol
+from perfd.alerts import rfc3339
+from perfd.config import CacheConfig, ModelConfig
+from perfd.errors import CommandError
+from perfd.loaders.base import Loader, LoaderError, ModelSpec
+from perfd.schema import FOREVER
+
+_log = log.get("perfd.cache")
+
+LOADING: Final = "loading"
+READY: Final = "ready"
+UNLOADING: Final = "unloading"
+REASONS: Final = ("lru", "pressure", "ttl", "manual", "budget")
+
+Capacity = Callable[[str], int | None]  # device -> its total bytes (RAM, cgroup limit, GPU)
+LoaderFor = Callable[[str], Loader]
+
+
+def budget_bytes(text: str, capacity: int | None) -> int | None:
+    """A "50%" or "16GiB" budget in bytes; None when a percent has no known capacity."""
+    from perfd.units import parse_size
+
+    if text.endswith("%"):
+        return None if capacity is None else int(capacity * float(text[:-1]) / 100)
+    return parse_size(text)
+
+
+@dataclass
+class Entry:
+    spec: ModelSpec
+    keep_alive: float
+    pinned: bool
+    state: str = LOADING
+    model: Any = None
+    loader: Loader | None = None
+    estimate: int | None = None
+    measured: int | None = None
+    measured_by: str | None = None  # "rss" or "cuda"
+    leases: int = 0
+    last_used: float = 0.0
+    hits: int = 0
+    misses: int = 0
+    loads: int = 0
+    load_seconds: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=64)
+    )
+    done: threading.Event = field(default_factory=threading.Event)
+    error: CommandError | None = None
+    abandoned: bool = False
+    victims: list[Entry] = field(default_factory=list)  # to evict before this one loads
+
+    @property
+    def size(self) -> int:
+        return self.measured if self.measured is not None else (self.estimate or 0)
+
+    @property
+    def evictable(self) -> bool:
+        return self.state == READY and not self.pinned and self.leases == 0
+
+
+class Lease:
+    """A model in use: it cannot be evicted until release() (or the end of a with block)."""
+
+    def __init__(self, cache: ModelCache, entry: Entry) -> None:
+        self._cache, self._entry = cache, entry
+        self.model = entry.model
+        self.loader = entry.loader
+        self.name = entry.spec.name
+
+    def infer(self, inputs: Any, options: dict[str, Any] | None = None) -> Any:
+        assert self.loader is not None
+        return self.loader.infer(self.model, inputs, options or {})
+
+    def release(self) -> None:
+        if self._entry is not None:
+            self._cache._release(self._entry)
+            self._entry = None  # type: ignore[assignment]
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+class ModelCache:
+    def __init__(
+        self,
+        cfg: CacheConfig,
+        models: dict[str, ModelConfig],
+        loader_for: LoaderFor,
+        capacity: Capacity,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        measure: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self._measure = measure  # False: account by estimates only (tests of pure policy)
+        self.models = dict(models)
+        self._loader_for = loader_for
+        self._capacity = capacity
+        self._clock, self._wall = clock, wall
+        self._lock = threading.Lock()
+        self._entries: dict[str, Entry] = {}
+        self._runtime_specs: dict[str, ModelSpec] = {}
+        self._evictions: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=cfg.evictions_history
+        )
+        self._by_reason = dict.fromkeys(REASONS, 0)
+        self._loads_running = 0
+        self.hits = 0
+        self.misses = 0
+
+    # -- specs ------------------------------------------------------------------------------
+
+    def spec(self, name: str) -> ModelSpec:
+        model = self.models.get(name)
+        if model is not None:
+            return ModelSpec(
+                name=name,
+                loader=model.loader,
+                target=model.target,
+                path=model.path,
+                device=model.device,
+                options=dict(model.options or {}),
+                size_hint=model.size_hint or None,
+            )
+        spec = self._runtime_specs.get(name)
+        if spec is None:
+            known = ", ".join(sorted(set(self.models) | set(self._runtime_specs))) or "none"
+            raise CommandError(protocol.NOT_FOUND, f"unknown model '{name}'; known: {known}")
+        return spec
+
+    def define(self, spec: ModelSpec) -> None:
+        """A model named at run time (`perfctl load NAME --target ...`)."""
+        if spec.name in self.models:
+            raise CommandError(
+                protocol.INVALID_ARGS, f"'{spec.name}' is defined in the config; load it by name"
+            )
+        self._loader(spec)  # an unknown loader fails here, before anything else
+        self._runtime_specs[spec.name] = spec
+
+    def _settings(self, name: str) -> tuple[float, bool]:
+        model = self.models.get(name)
+        keep_alive = self.cfg.keep_alive
+        if model is not None and model.keep_alive is not None:
+            keep_alive = model.keep_alive
+        return keep_alive, bool(model and model.pin)
+
+    # -- leases and loads -------------------------------------------------------------------
+
+    def lease(self, name: str) -> Lease:
+        """The model, loaded if needed (single flight), held until the lease is released."""
+        missed = False  # one lookup counts once: a miss if it had to wait for a load
+        while True:
+            with self._lock:
+                entry = self._entries.get(name)
+                if entry is not None and entry.state == READY:
+                    entry.leases += 1
+                    if not missed:
+                        entry.hits += 1
+                        self.hits += 1
+                    entry.last_used = self._clock()
+                    return Lease(self, entry)
+                if entry is None:
+                    entry = self._plan_load(name, count_miss=not missed)
+                    loader_thread = True
+                else:
+                    loader_thread = False
+                    if entry.state == LOADING and not missed:
+                        entry.misses += 1
+                        self.misses += 1
+                missed = True
+            if loader_thread:
+                self._load(entry)
+            elif not entry.done.wait(self.cfg.load_timeout + 1):
+                raise CommandError(protocol.TIMEOUT, f"'{name}' is still loading")
+            if entry.error is not None:
+                raise entry.error
+            # Loaded (or unloaded meanwhile): take the lease on the next turn.
+
+    def get(self, name: str) -> Any:
+        """The model object, loaded if needed, without holding a lease (embedded use: prefer
+        ``with cache.lease(name) as m`` so it cannot be evicted while in use)."""
+        with self.lease(name) as lease:
+            return lease.model
+
+    def load(self, name: str) -> dict[str, Any]:
+        """Load without using (an explicit load): the entry's description."""
+        with self.lease(name):
+            pass
+        with self._lock:
+            entry = self._entries.get(name)
+            return self._describe(entry, self._clock(), self._wall()) if entry else {}
+
+    def _plan_load(self, name: str, *, count_miss: bool = True) -> Entry:
+        """Under the lock: check the model fits, pick victims, reserve the entry."""
+        spec = self.spec(name)
+        keep_alive, pinned = self._settings(name)
+        loader = self._loader(spec)
+        estimate = spec.size_hint
+        with contextlib.suppress(Exception):
+            estimate = loader.estimate(spec) or spec.size_hint
+        victims = self._victims(spec.device, estimate or 0, name)
+        entry = Entry(spec, keep_alive, pinned, estimate=estimate, loader=loader)
+        if count_miss:
+            entry.misses = 1
+            self.misses += 1
+        self._entries[name] = entry
+        for victim in victims:
+            victim.state = UNLOADING
+        entry.victims = victims
+        return entry
+
+    def _loader(self, spec: ModelSpec) -> Loader:
+        try:
+            return self._loader_for(spec.loader)
+        except LoaderError as exc:
+            raise CommandError(protocol.INVALID_ARGS, str(exc)) from None
+
+    def _victims(self, device: str, need: int, name: str) -> list[Entry]:
+        """Entries to evict so ``need`` more bytes fit on ``device``; CommandError if none can."""
+        budget = self._budget(device)
+        on_device = [e for e in self._entries.values() if e.spec.device == device]
+        victims: list[Entry] = []
+        if budget is not None and need:
+            used = sum(e.size for e in on_device if e.state != UNLOADING)
+            fixed = sum(e.size for e in on_device if e.state != UNLOADING and not e.evictable)
+            if need > budget - fixed:
+                raise CommandError(
+                    protocol.NO_CAPACITY,
+                    f"'{name}' needs {_gib(need)} on {device}, but only {_gib(budget - fixed)} of "
+                    f"the {_gib(budget)} budget can be freed ({_gib(fixed)} is pinned, in use or "
+                    "loading); raise [cache] budgets, unpin or evict models",
+                )
+            victims = _choose(
+                sorted((e for e in on_device if e.evictable), key=lambda e: e.last_used),
+                used + need - budget,
+            )
+        limit = self.cfg.max_models
+        if limit:
+            live = [e for e in self._entries.values() if e.state != UNLOADING]
+            excess = len(live) + 1 - len(victims) - limit
+            if excess > 0:
+                spare = sorted(
+                    (e for e in live if e.evictable and e not in victims), key=lambda e: e.last_used
+                )
+                if len(spare) < excess:
+                    raise CommandError(
+                        protocol.NO_CAPACITY,
+                        f"'{name}' would be model {len(live) + 1} of max_models = {limit}, and "
+                        "every loaded model is pinned or in use",
+                    )
+                victims.extend(spare[:excess])
+        return victims
+
+    def _budget(self, device: str) -> int | None:
+        text = self.cfg.ram_budget if device == "cpu" else self.cfg.gpu_budget
+        return budget_bytes(text, self._capacity(device))
+
+    def _load(self, entry: Entry) -> None:
+        """On the requesting thread: evict the planned victims, then load with a timeout."""
+        victims, entry.victims = entry.victims, []
+        for victim in victims:
+            self._unload(victim, "lru")
+        spec, loader = entry.spec, entry.loader
+        assert loader is not None
+        outcome: dict[str, Any] = {}
+        finished = threading.Event()
+
+        def run() -> None:
+            with self._lock:
+                self._loads_running += 1
+            before, cuda_before = memory.rss_bytes(), memory.cuda_allocated(spec.device)
+            try:
+                outcome["loaded"] = loader.load(spec)
+            except BaseException as exc:
+                outcome["error"] = exc
+            outcome["rss"] = memory.rss_bytes() - before
+            cuda_after = memory.cuda_allocated(spec.device)
+            if cuda_before is not None and cuda_after is not None:
+                outcome["cuda"] = cuda_after - cuda_before
+            with self._lock:
+                outcome["alone"] = self._loads_running == 1
+                self._loads_running -= 1
+            finished.set()
+            self._adopt(entry, outcome)
+
+        started = self._clock()
+        threading.Thread(target=run, name=f"perfd-load-{spec.name}", daemon=True).start()
+        if not finished.wait(self.cfg.load_timeout):
+            self._fail(
+                entry,
+                CommandError(
+                    protocol.TIMEOUT,
+                    f"loading '{spec.name}' took longer than load_timeout "
+                    f"({self.cfg.load_timeout:g}s); it will be discarded when it finishes",
+                ),
+            )
+            return
+        entry.load_seconds.append(self._clock() - started)
+        if entry.error is None:
+            self._enforce_budget(entry)
+
+    def _enforce_budget(self, loaded: Entry) -> None:
+        """After a load whose size was unknown beforehand: evict LRU models if the measured
+        size took the device over its budget."""
+        budget = self._budget(loaded.spec.device)
+        if budget is None:
+            return
+        with self._lock:
+            on_device = [
+                e
+                for e in self._entries.values()
+                if e.spec.device == loaded.spec.device and e.state != UNLOADING
+            ]
+            over = sum(e.size for e in on_device) - budget
+            cold = sorted(
+                (e for e in on_device if e.evictable and e is not loaded), key=lambda e: e.last_used
+            )
+            victims = _choose(cold, over)
+            for victim in victims:
+                victim.state = UNLOADING
+        for victim in victims:
+            self._unload(victim, "budget")
+
+    def _adopt(self, entry: Entry, outcome: dict[str, Any]) -> None:
+        """On the load thread: make the entry ready, or fail it for every waiter."""
+        error = outcome.get("error")
+        if error is not None:
+            message = f"loading '{entry.spec.name}' failed: {type(error).__name__}: {error}"
+            _log.error("cache.load_failed", model=entry.spec.name, error=str(error))
+            self._fail(entry, CommandError(protocol.LOAD_FAILED, message))
+            return
+        loaded = outcome["loaded"]
+        with self._lock:
+            if entry.abandoned:  # timed out meanwhile: leave nothing behind
+                discard = True
+            else:
+                discard = False
+                entry.model = loaded.model
+                entry.estimate = loaded.estimate_bytes or entry.estimate
+                if not self._measure:
+                    pass
+                elif entry.spec.device != "cpu" and "cuda" in outcome:
+                    entry.measured, entry.measured_by = outcome["cuda"], "cuda"
+                elif entry.spec.device == "cpu" and outcome["alone"]:
+                    entry.measured, entry.measured_by = max(0, outcome["rss"]), "rss"
+                entry.state = READY
+                entry.loads += 1
+                entry.last_used = self._clock()
+                entry.done.set()
+        if discard:
+            with contextlib.suppress(Exception):
+                assert entry.loader is not None
+                entry.loader.unload(loaded.model)
+            del loaded
+            memory.release()
+            return
+        _log.info(
+            "cache.loaded",
+            model=entry.spec.name,
+            device=entry.spec.device,
+            estimate_bytes=entry.estimate,
+            measured_bytes=entry.measured,
+        )
+
+    def _fail(self, entry: Entry, error: CommandError) -> None:
+        with self._lock:
+            entry.error = error
+            entry.abandoned = True
+            if self._entries.get(entry.spec.name) is entry:
+                del self._entries[entry.spec.name]
+            entry.done.set()
+
+    def _release(self, entry: Entry) -> None:
+        with self._lock:
+            entry.leases -= 1
+            entry.last_used = self._clock()
+            unload_now = entry.leases == 0 and entry.keep_alive == 0 and entry.evictable
+            if unload_now:
+                entry.state = UNLOADING
+        if unload_now:
+            self._unload(entry, "ttl")
+
+    # -- eviction ---------------------------------------------------------------------------
+
+    def evict(self, name: str, reason: str = "manual") -> dict[str, Any]:
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or entry.state != READY:
+                state = "not loaded" if entry is None else entry.state
+                raise CommandError(protocol.NOT_FOUND, f"'{name}' is {state}")
+            if entry.leases:
+                raise CommandError(
+                    protocol.BUSY, f"'{name}' is in use by {entry.leases} request(s); retry later"
+                )
+            if entry.pinned:
+                raise CommandError(protocol.BUSY, f"'{name}' is pinned; unpin it first")
+            entry.state = UNLOADING
+        return self._unload(entry, reason)
+
+    def evictable(self, *, idle_only: bool) -> list[str]:
+        """Names `evict --all` (or `--idle`: past their keep-alive) would unload now."""
+        now = self._clock()
+        with self._lock:
+            return [
+                e.spec.name
+                for e in sorted(self._entries.values(), key=lambda e: e.last_used)
+                if e.evictable and (not idle_only or self._expired(e, now))
+            ]
+
+    def _expired(self, entry: Entry, now: float) -> bool:
+        return entry.keep_alive != FOREVER and now - entry.last_used >= entry.keep_alive
+
+    def _unload(self, entry: Entry, reason: str) -> dict[str, Any]:
+        """Drop every reference, release memory, check it came back, record the eviction."""
+        before = memory.rss_bytes()
+        model, entry.model = entry.model, None
+        with contextlib.suppress(Exception):
+            assert entry.loader is not None
+            entry.loader.unload(model)
+        del model
+        memory.release()
+        freed = before - memory.rss_bytes()
+        with self._lock:
+            if self._entries.get(entry.spec.name) is entry:
+                del self._entries[entry.spec.name]
+            record = {
+                "model": entry.spec.name,
+                "reason": reason,
+                "at": rfc3339(self._wall()),
+                "device": entry.spec.device,
+                "bytes": entry.size,
+                "freed_rss_bytes": freed,
+            }
+            self._evictions.append(record)
+            self._by_reason[reason] += 1
+        expected = entry.measured if entry.measured_by == "rss" else None
+        if expected and freed < expected // 2:
+            _log.warning(
+                "cache.unload_leak",
+                model=entry.spec.name,
+                measured_bytes=expected,
+                freed_bytes=freed,
+                hint="the model's memory did not come back; something still references it",
+            )
+        _log.info("cache.evicted", **record)
+        return record
+
+    def housekeep(self, used_percent: dict[str, float] | None = None) -> list[dict[str, Any]]:
+        """Unload expired keep-alives; above the high watermark, evict cold models until the
+        projected use is below the low one. ``used_percent`` maps device to its use now."""
+        now = self._clock()
+        with self._lock:
+            expired = [e for e in self._entries.values() if e.evictable and self._expired(e, now)]
+            for entry in expired:
+                entry.state = UNLOADING
+            pressure = self._pressure_victims(used_percent or {})
+        records = [self._unload(e, "ttl") for e in expired]
+        records += [self._unload(e, "pressure") for e in pressure]
+        return records
+
+    def _pressure_victims(self, used_percent: dict[str, float]) -> list[Entry]:
+        victims: list[Entry] = []
+        for device, used_now in used_percent.items():
+            capacity = self._capacity(device)
+            if used_now < self.cfg.high_watermark or not capacity:
+                continue
+            used = used_now
+            cold = sorted(
+                (e for e in self._entries.values() if e.spec.device == device and e.evictable),
+                key=lambda e: e.last_used,
+            )
+            for entry in cold:
+                if used < self.cfg.low_watermark:
+                    break
+                entry.state = UNLOADING
+                victims.append(entry)
+                used -= 100 * entry.size / capacity
+        return victims
+
+    def pin(self, name: str, pinned: bool) -> dict[str, Any]:
+        self.spec(name)  # not_found for an unknown model
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                raise CommandError(protocol.NOT_FOUND, f"'{name}' is not loaded; load it first")
+            entry.pinned = pinned
+            return self._describe(entry, self._clock(), self._wall())
+
+    def close(self) -> None:
+        """Unload everything (shutdown)."""
+        with self._lock:
+            entries = [e for e in self._entries.values() if e.state == READY]
+            for entry in entries:
+                entry.state = UNLOADING
+        for entry in entries:
+            self._unload(entry, "manual")
+
+    # -- what commands read -----------------------------------------------------------------
+
+    def ps(self) -> list[dict[str, Any]]:
+        now, wall = self._clock(), self._wall()
+        with self._lock:
+            entries = sorted(self._entries.values(), key=lambda e: -e.last_used)
+            return [self._describe(e, now, wall) for e in entries]
+
+    def stats(self) -> dict[str, Any]:
+        models = self.ps()
+        by_device: dict[str, dict[str, int]] = {}
+        for m in models:
+            figures = by_device.setdefault(m["device"], {"estimated_bytes": 0, "measured_bytes": 0})
+            figures["estimated_bytes"] += m["estimated_bytes"] or 0
+            figures["measured_bytes"] += m["measured_bytes"] or 0
+        for name, figures in by_device.items():
+            figures["budget_bytes"] = self._budget(name) or 0
+        with self._lock:
+            lookups = self.hits + self.misses
+            return {
+                "models": models,
+                "loaded": sum(1 for m in models if m["state"] == READY),
+                "hits": self.hits,
+                "misses": self.misses,
+                "hit_ratio": round(self.hits / lookups, 4) if lookups else None,
+                "devices": by_device,
+                "evictions": dict(self._by_reason),
+                "recent_evictions": list(self._evictions)[::-1],
+                "configured": sorted(self.models),
+            }
+
+    def _describe(self, e: Entry, now: float, wall: float) -> dict[str, Any]:
+        seconds = sorted(e.load_seconds)
+        expires = None
+        if e.state == READY and e.leases == 0 and e.keep_alive not in (FOREVER,) and not e.pinned:
+            expires = rfc3339(wall + max(0.0, e.last_used + e.keep_alive - now))
+        return {
+            "name": e.spec.name,
+            "state": e.state,
+            "loader": e.spec.loader,
+            "device": e.spec.device,
+            "estimated_bytes": e.estimate,
+            "measured_bytes": e.measured,
+            "measured_by": e.measured_by,
+            "hits": e.hits,
+            "misses": e.misses,
+            "loads": e.loads,
+            "load_seconds": {
+                "last": round(e.load_seconds[-1], 4) if e.load_seconds else None,
+                "p50": round(statistics.median(seconds), 4) if seconds else None,
+                "p95": round(seconds[int(0.95 * (len(seconds) - 1))], 4) if seconds else None,
+            },
+            "last_used": rfc3339(wall - (now - e.last_used)) if e.last_used else None,
+            "keep_alive_s": e.keep_alive,
+            "expires_at": expires,
+            "leases": e.leases,
+            "pinned": e.pinned,
+        }
+
+    def loaded_names(self) -> list[str]:
+        with self._lock:
+            return [n for n, e in self._entries.items() if e.state == READY]
+
+
+def _choose(cold: list[Entry], shortfall: int) -> list[Entry]:
+    """Victims for ``shortfall`` bytes: the least recently used entry that alone covers it,
+    else entries in LRU order until it is covered."""
+    if shortfall <= 0:
+        return []
+    for entry in cold:
+        if entry.size >= shortfall:
+            return [entry]
+    victims, freed = [], 0
+    for entry in cold:
+        if freed >= shortfall:
+            break
+        victims.append(entry)
+        freed += entry.size
+    return victims
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"

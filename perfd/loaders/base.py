@@ -1,0 +1,57 @@
+"""The loader interface: how the model cache loads, runs and unloads one kind of model.
+
+A loader is small and stateless: ``load`` returns a Loaded (the model object plus a size
+estimate), ``infer`` runs one request on it, ``unload`` releases what only the loader knows
+about (sessions, file handles). The cache owns everything else: budgets, leases, eviction,
+measuring the real memory cost and checking it came back after unload.
+
+Third-party loaders register through the entry-point group ``perfd.loaders``: the entry
+point's name is the loader name used in ``[models.NAME] loader = "..."``, and its object is a
+class (called with no arguments) or an instance implementing Loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load: one `[models.NAME]` table, or a model named at run time."""
+
+    name: str
+    loader: str
+    target: str = ""  # python: "module:callable"
+    path: str = ""  # onnx (and file-based loaders): the model file
+    device: str = "cpu"  # "cpu" or "cuda:N"
+    options: dict[str, Any] = field(default_factory=dict)
+    size_hint: int | None = None  # bytes, from config, when the loader cannot estimate
+
+
+@dataclass
+class Loaded:
+    """A loaded model: the object the loader infers with, and its size estimate in bytes."""
+
+    model: Any
+    estimate_bytes: int | None
+
+
+class LoaderError(Exception):
+    """A model cannot be resolved, loaded or run; the message says why and what to check."""
+
+
+class Loader(Protocol):
+    name: str
+
+    def estimate(self, spec: ModelSpec) -> int | None:
+        """Bytes the model will take once loaded, known before loading (file sizes...)."""
+        ...
+
+    def load(self, spec: ModelSpec) -> Loaded: ...
+
+    def infer(self, model: Any, inputs: Any, options: dict[str, Any]) -> Any:
+        """Run one request; ``inputs`` are JSON values or numpy arrays."""
+        ...
+
+    def unload(self, model: Any) -> None: ...

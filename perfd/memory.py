@@ -1,0 +1,62 @@
+"""This process's memory: measuring it, and giving it back after a model is unloaded.
+
+Standard library only (psutil stays in perfd.probes): RSS comes from /proc/self/statm.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import os
+import sys
+from typing import Any
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_libc: Any = None
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process."""
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def cuda_allocated(device: str) -> int | None:
+    """Bytes torch has allocated on a cuda:N device, when torch is already imported."""
+    torch = sys.modules.get("torch")
+    if torch is None or not device.startswith("cuda:"):
+        return None
+    try:
+        if not torch.cuda.is_available():
+            return None
+        return int(torch.cuda.memory_allocated(int(device.split(":")[1])))
+    except Exception:
+        return None
+
+
+def release() -> None:
+    """Collect garbage, empty torch's CUDA cache when torch is in use, and return freed heap
+    pages to the kernel (glibc malloc_trim), so an unload shows up in RSS and nvidia-smi."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _malloc_trim() -> Any:
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c") or "libc.so.6"
+        try:
+            _libc = ctypes.CDLL(name)
+        except OSError:
+            _libc = False
+    return getattr(_libc, "malloc_trim", None) if _libc else None
