@@ -39,11 +39,23 @@ class Command:
     """
 
     name: str
-    handler: Callable[[dict[str, Any]], dict[str, Any]]
+    handler: Callable[..., Any]  # (args) -> result; (args, frames) when ``frames``
     admin: bool = False
     slow: bool = False
     args: Mapping[str, tuple[type, ...]] = field(default_factory=dict)
     required: frozenset[str] = frozenset()
+    frames: bool = False  # accepts raw frames after the JSON one (perfd.arrays)
+
+
+@dataclass(frozen=True)
+class WithFrames:
+    """A result whose reply carries raw frames after the JSON one."""
+
+    result: dict[str, Any]
+    frames: list[bytes]
+
+
+MAX_EXTRA_FRAMES = 64
 
 
 @dataclass
@@ -194,21 +206,22 @@ class Server:
         self, sock: zmq.Socket[bytes], readonly: bool, envelope: list[bytes], body: list[bytes]
     ) -> None:
         self.counters.requests += 1
-        if len(body) != 1:
-            msg = f"expected 1 message frame after the envelope, got {len(body)}"
+        if not body:
+            msg = "expected a message frame after the envelope, got none"
             self._reply_error(sock, envelope, None, protocol.BAD_REQUEST, msg)
             return
         try:
             request = protocol.decode_request(body[0])
             command = self._command_for(request, readonly)
+            run = self._runner(command, request, body[1:])
         except ProtocolError as exc:
             self._reply_error(sock, envelope, exc.request_id, exc.code, exc.message)
             return
         if command.slow:
-            self._submit(sock, envelope, request, command)
+            self._submit(sock, envelope, request, run)
             return
         try:
-            result = command.handler(request.args)
+            result = run(request.args)
         except CommandError as exc:
             self._reply_error(sock, envelope, request.id, exc.code, exc.message)
             return
@@ -217,7 +230,34 @@ class Server:
             message = f"'{request.cmd}' failed inside perfd; see the daemon's log"
             self._reply_error(sock, envelope, request.id, protocol.INTERNAL, message)
             return
-        self._send(sock, envelope, protocol.encode_result(request.id, result))
+        self._deliver(sock, envelope, request.id, result)
+
+    def _runner(
+        self, command: Command, request: protocol.Request, extra: list[bytes]
+    ) -> Callable[[dict[str, Any]], Any]:
+        """The handler call for this request, with its extra frames when it takes them."""
+        if not extra:
+            return (lambda args: command.handler(args, [])) if command.frames else command.handler
+        if not command.frames:
+            raise ProtocolError(
+                protocol.BAD_REQUEST,
+                f"'{command.name}' takes 1 message frame after the envelope, got {1 + len(extra)}",
+                request.id,
+            )
+        if len(extra) > MAX_EXTRA_FRAMES:
+            raise ProtocolError(
+                protocol.BAD_REQUEST, f"at most {MAX_EXTRA_FRAMES} array frames", request.id
+            )
+        return lambda args: command.handler(args, extra)
+
+    def _deliver(
+        self, sock: zmq.Socket[bytes], envelope: list[bytes], request_id: str | None, result: Any
+    ) -> None:
+        if isinstance(result, WithFrames):
+            payload = protocol.encode_result(request_id, result.result)
+            self._send(sock, envelope, payload, result.frames)
+        else:
+            self._send(sock, envelope, protocol.encode_result(request_id, result))
 
     def _command_for(self, request: protocol.Request, readonly: bool) -> Command:
         command = self.commands.get(request.cmd)
@@ -266,7 +306,7 @@ class Server:
         sock: zmq.Socket[bytes],
         envelope: list[bytes],
         request: protocol.Request,
-        command: Command,
+        run: Callable[[dict[str, Any]], Any],
     ) -> None:
         # Count commands that timed out but still hold a worker: the pool's queue is bounded.
         if len(self._pending) >= self.workers * 4:
@@ -281,7 +321,7 @@ class Server:
         deadline = self._clock() + self.command_timeout
         self._pending[token] = _Pending(sock, envelope, request.id, request.cmd, deadline)
         self._pool.submit(
-            command.handler, request.args, lambda result, exc: self._completed(token, result, exc)
+            run, request.args, lambda result, exc: self._completed(token, result, exc)
         )
 
     def _completed(self, token: int, result: Result | None, exc: BaseException | None) -> None:
@@ -307,8 +347,7 @@ class Server:
                 message = f"'{pending.cmd}' failed inside perfd; see the daemon's log"
                 self._reply_error(sock, envelope, request_id, protocol.INTERNAL, message)
             else:
-                assert result is not None
-                self._send(sock, envelope, protocol.encode_result(request_id, result))
+                self._deliver(sock, envelope, request_id, result)
 
     def _expire(self) -> None:
         now = self._clock()
@@ -340,11 +379,17 @@ class Server:
         _log.debug("request.rejected", code=code, message=message)
         self._send(sock, envelope, protocol.encode_error(request_id, code, message))
 
-    def _send(self, sock: zmq.Socket[bytes], envelope: list[bytes], payload: bytes) -> None:
+    def _send(
+        self,
+        sock: zmq.Socket[bytes],
+        envelope: list[bytes],
+        payload: bytes,
+        frames: list[bytes] | None = None,
+    ) -> None:
         if sock.closed:
             return
         try:
-            sock.send_multipart([*envelope, payload], zmq.NOBLOCK)
+            sock.send_multipart([*envelope, payload, *(frames or ())], zmq.NOBLOCK, copy=False)
         except zmq.ZMQError:  # the peer is gone or its queue is full: drop, never block
             self.counters.dropped += 1
 

@@ -1,0 +1,1 @@
+"""Tiny models for the loader and cache tests; ``tests.models.toy`` holds the factories."""
