@@ -14,12 +14,15 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from perfd import __version__, config, handlers, log, paths, protocol, rundir
+from perfd import __version__, config, handlers, keeper, log, paths, protocol, rundir
+from perfd.cache import ModelCache
 from perfd.errors import CommandError, ConfigError, StartupError
+from perfd.loaders.registry import Registry
 from perfd.monitor import Monitor
 from perfd.server import Server
 from perfd.systemd import Liveness, Notifier, Watchdog
@@ -37,6 +40,7 @@ class Daemon:
         config_arg: str | None,
         runtime_dir: Path,
         log_format: str | None = None,
+        notify: bool = True,
     ) -> None:
         self.loaded = loaded
         self._initial = loaded.config  # start-only settings stay as they were at start
@@ -47,7 +51,7 @@ class Daemon:
         self._log_format = log_format
         self._signals: collections.deque[int] = collections.deque()
         self._stop_reason: str | None = None
-        self.notifier = Notifier()
+        self.notifier = Notifier(enabled=notify)
         self.liveness = Liveness()
         self.watchdog = Watchdog(self.notifier, self.liveness)
         cfg = loaded.config.server
@@ -58,6 +62,10 @@ class Daemon:
             command_timeout=cfg.command_timeout,
         )
         self.monitor: Monitor | None = None
+        self._cache: ModelCache | None = None
+        self._keeper: keeper.Keeper | None = None
+        self._cache_lock = threading.Lock()
+        self._lock_fd: int | None = None
         self._status_samples = -1
         self.admin_socket = runtime_dir / protocol.MAIN_SOCKET
         self.readonly_socket = runtime_dir / protocol.READONLY_SOCKET
@@ -68,8 +76,33 @@ class Daemon:
         return {
             "server": "started",
             "monitor": "started" if self.monitor is not None else "not_started",
+            "cache": "started" if self._cache is not None else "not_started",
             "workers": "started" if self.server.pool_started else "not_started",
         }
+
+    @property
+    def cache_started(self) -> bool:
+        return self._cache is not None
+
+    @property
+    def cache(self) -> ModelCache:
+        """The model cache, built on first use (with its housekeeping thread)."""
+        with self._cache_lock:
+            if self._cache is None:
+                monitor = self.monitor
+                assert monitor is not None, "the monitor starts before the cache"
+                cfg = self.loaded.config
+                registry = Registry()
+                self._cache = ModelCache(
+                    cfg.cache,
+                    cfg.models,
+                    registry.get,
+                    lambda device: keeper.capacity(monitor.snapshot(), device),
+                )
+                self._keeper = keeper.Keeper(self._cache, monitor, self.liveness.register("keeper"))
+                self._keeper.start()
+                _log.info("component.started", component="cache", models=sorted(cfg.models))
+            return self._cache
 
     def request_counts(self) -> dict[str, Any]:
         c = self.server.counters
@@ -115,6 +148,8 @@ class Daemon:
         self.server.command_timeout = cfg.server.command_timeout
         if self.monitor is not None:
             self.monitor.reconfigure(cfg.monitor, cfg.alerts)
+        if self._cache is not None:
+            self._cache.reconfigure(cfg.cache, cfg.models)
         self.loaded = new
 
     def status_line(self) -> str:
@@ -127,22 +162,52 @@ class Daemon:
     # -- lifecycle --------------------------------------------------------------------------
 
     def run(self) -> int:
+        """The daemon: signals, sockets, parts, the main loop, an ordered shutdown."""
         for signum in _SIGNALS:
             signal.signal(signum, self._enqueue)
         signal.set_wakeup_fd(self.server.wakeup_fd, warn_on_full_buffer=False)
-        rundir.prepare(self.runtime_dir)
-        lock_fd = rundir.lock(self.runtime_dir)
         try:
-            self._bind()
-            self._start_monitor()
+            self.open()
             return self._serve()
         finally:
-            if self.monitor is not None:
-                self.monitor.stop(self.loaded.config.monitor.nvml_timeout + 2)
-            self.server.close()
-            rundir.unlock(self.runtime_dir, lock_fd)
-            self.notifier.close()
+            self.close()
             signal.set_wakeup_fd(-1)
+
+    def open(self) -> None:
+        """Take the runtime directory, bind the sockets, start the monitor."""
+        rundir.prepare(self.runtime_dir)
+        self._lock_fd = rundir.lock(self.runtime_dir)
+        self._bind()
+        self._start_monitor()
+
+    def close(self) -> None:
+        """Stop threads, unload models, close and unlink the sockets, release the lock."""
+        if self._keeper is not None:
+            self._keeper.stop()
+        if self._cache is not None:
+            self._cache.close()
+        if self.monitor is not None:
+            self.monitor.stop(self.loaded.config.monitor.nvml_timeout + 2)
+        self.server.close()
+        if self._lock_fd is not None:
+            rundir.unlock(self.runtime_dir, self._lock_fd)
+            self._lock_fd = None
+        self.notifier.close()
+
+    def preload(self) -> None:
+        """Load the models marked preload = true, on a thread of their own, after READY."""
+        names = [n for n, m in self.loaded.config.models.items() if m.preload]
+        if not names:
+            return
+
+        def run() -> None:
+            for name in names:
+                try:
+                    self.cache.load(name)
+                except CommandError as exc:
+                    _log.error("cache.preload_failed", model=name, error=exc.message)
+
+        threading.Thread(target=run, name="perfd-preload", daemon=True).start()
 
     def _bind(self) -> None:
         group = rundir.resolve_group(self.loaded.config.server.group)
@@ -201,6 +266,7 @@ class Daemon:
             readonly_socket=str(self.readonly_socket),
             watchdog_interval_s=self.watchdog.interval,
         )
+        self.preload()
         while self._stop_reason is None:
             self.server.poll(self._poll_timeout())
             beat.beat()

@@ -7,10 +7,14 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from perfd import __version__, config, protocol
+from perfd import __version__, arrays, config, protocol
+from perfd.cache import ModelCache
 from perfd.errors import CommandError
+from perfd.loaders.base import LoaderError, ModelSpec
 from perfd.monitor import Monitor
-from perfd.server import Command
+from perfd.server import Command, WithFrames
+
+_JSON = (dict, list, str, int, float, bool, type(None))
 
 
 class DaemonView(Protocol):
@@ -21,6 +25,12 @@ class DaemonView(Protocol):
     runtime_dir: Path
     loaded: config.Loaded
     monitor: Monitor | None
+
+    @property
+    def cache(self) -> ModelCache: ...
+
+    @property
+    def cache_started(self) -> bool: ...
 
     def components(self) -> dict[str, str]: ...
 
@@ -69,7 +79,11 @@ def build(daemon: DaemonView) -> dict[str, Command]:
         snapshot = running_monitor().snapshot()
         if snapshot is None:
             raise CommandError(protocol.BUSY, "no sample yet; retry shortly")
-        return snapshot
+        if daemon.cache_started:
+            cache: dict[str, Any] = {"started": True, **daemon.cache.stats()}
+        else:
+            cache = {"started": False, "configured": sorted(daemon.loaded.config.models)}
+        return {**snapshot, "cache": cache}
 
     def alerts(_: dict[str, Any]) -> dict[str, Any]:
         return running_monitor().alerts()
@@ -81,5 +95,116 @@ def build(daemon: DaemonView) -> dict[str, Command]:
         Command("reload", reload, admin=True),
         Command("stats", stats),
         Command("alerts", alerts),
+        *cache_commands(daemon),
     ]
     return {c.name: c for c in commands}
+
+
+def cache_commands(daemon: DaemonView) -> list[Command]:
+    """ps, load, evict, pin, unpin, infer."""
+
+    def ps(_: dict[str, Any]) -> dict[str, Any]:
+        models = daemon.cache.ps() if daemon.cache_started else []
+        return {"models": models, "configured": sorted(daemon.loaded.config.models)}
+
+    def load(args: dict[str, Any]) -> dict[str, Any]:
+        name = args["model"]
+        spec_keys = {"loader", "target", "path", "device", "options", "size_hint"} & set(args)
+        if spec_keys:
+            daemon.cache.define(
+                ModelSpec(
+                    name=name,
+                    loader=args.get("loader", "python"),
+                    target=args.get("target", ""),
+                    path=args.get("path", ""),
+                    device=args.get("device", "cpu"),
+                    options=args.get("options") or {},
+                    size_hint=args.get("size_hint") or None,
+                )
+            )
+        return daemon.cache.load(name)
+
+    def evict(args: dict[str, Any]) -> dict[str, Any]:
+        chosen = [k for k in ("model", "all", "idle") if args.get(k)]
+        if len(chosen) != 1:
+            raise CommandError(
+                protocol.INVALID_ARGS, "give exactly one of 'model', 'all': true or 'idle': true"
+            )
+        if not daemon.cache_started:
+            return {"evicted": [], "dry_run": bool(args.get("dry_run"))}
+        cache = daemon.cache
+        names = (
+            [args["model"]] if "model" in chosen else cache.evictable(idle_only="idle" in chosen)
+        )
+        if args.get("dry_run"):
+            if "model" in chosen:
+                cache.spec(args["model"])  # not_found for an unknown name
+            return {"evicted": names, "dry_run": True}
+        records = []
+        for name in names:
+            try:
+                records.append(cache.evict(name))
+            except CommandError:
+                if "model" in chosen:
+                    raise
+                # --all / --idle: a model that got a lease meanwhile simply stays
+        return {"evicted": [r["model"] for r in records], "records": records, "dry_run": False}
+
+    def pin(args: dict[str, Any]) -> dict[str, Any]:
+        return daemon.cache.pin(args["model"], True)
+
+    def unpin(args: dict[str, Any]) -> dict[str, Any]:
+        return daemon.cache.pin(args["model"], False)
+
+    def infer(args: dict[str, Any], frames: list[bytes]) -> Any:
+        inputs = arrays.decode(args.get("inputs"), args.get("arrays"), frames)
+        name = args["model"]
+        with daemon.cache.lease(name) as lease:
+            try:
+                outputs = lease.infer(inputs, args.get("options") or {})
+            except LoaderError as exc:
+                raise CommandError(protocol.INVALID_ARGS, f"'{name}': {exc}") from None
+        if frames:
+            value, meta, out_frames = arrays.to_frames(outputs)
+            return WithFrames({"model": name, "outputs": value, "arrays": meta}, out_frames)
+        return {"model": name, "outputs": arrays.to_json(outputs)}
+
+    model = {"model": (str,)}
+    need_model = frozenset({"model"})
+    return [
+        Command("ps", ps),
+        Command(
+            "load",
+            load,
+            admin=True,
+            slow=True,
+            args={
+                **model,
+                "loader": (str,),
+                "target": (str,),
+                "path": (str,),
+                "device": (str,),
+                "options": (dict,),
+                "size_hint": (int,),
+            },
+            required=need_model,
+        ),
+        Command(
+            "evict",
+            evict,
+            admin=True,
+            slow=True,
+            args={**model, "all": (bool,), "idle": (bool,), "dry_run": (bool,)},
+        ),
+        Command("pin", pin, admin=True, args=model, required=need_model),
+        Command("unpin", unpin, admin=True, args=model, required=need_model),
+        Command(
+            "infer",
+            infer,
+            admin=True,
+            slow=True,
+            frames=True,
+            args={**model, "inputs": _JSON, "options": (dict,), "arrays": (list,)},
+            required=need_model,
+        ),
+    ]

@@ -57,10 +57,14 @@ class Subscription:
     """A bounded queue of VerdictChange; the oldest is dropped when the reader falls behind."""
 
     def __init__(self, maxsize: int = 64) -> None:
-        self._queue: queue.Queue[VerdictChange] = queue.Queue(maxsize)
+        self._queue: queue.Queue[VerdictChange | None] = queue.Queue(maxsize)
         self.dropped = 0
 
-    def put(self, change: VerdictChange) -> None:
+    def wake(self) -> None:
+        """Wake a reader blocked in get() (it receives None)."""
+        self.put(None)
+
+    def put(self, change: VerdictChange | None) -> None:
         while True:
             try:
                 self._queue.put_nowait(change)

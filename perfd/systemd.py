@@ -19,15 +19,16 @@ from collections.abc import Callable, Mapping
 class Notifier:
     """Sends sd_notify messages; does nothing when perfd was not started by systemd."""
 
-    def __init__(self) -> None:
-        self._enabled = bool(os.environ.get("NOTIFY_SOCKET"))
+    def __init__(self, *, enabled: bool = True) -> None:
+        """``enabled=False``: never notify (perfd embedded in another service's process)."""
+        self._enabled = enabled and bool(os.environ.get("NOTIFY_SOCKET"))
         self._sender = None
         if self._enabled:
             import sdnotify  # connects to $NOTIFY_SOCKET, abstract "@" addresses included
 
             self._sender = sdnotify.SystemdNotifier()
         self._last_status = ""
-        self.watchdog_interval = watchdog_interval(os.environ)
+        self.watchdog_interval = watchdog_interval(os.environ) if self._enabled else None
 
     @property
     def enabled(self) -> bool:

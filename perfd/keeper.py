@@ -1,0 +1,78 @@
+"""The cache's housekeeping thread: keep-alive expiry and pressure eviction.
+
+It wakes every ``[cache] housekeeping`` interval, and at once when the monitor publishes a
+verdict change, reads the monitor's latest snapshot for each device's use, and asks the cache
+to unload expired models and, above the high watermark, cold ones.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from perfd import log
+from perfd.cache import ModelCache
+from perfd.monitor import Monitor
+from perfd.systemd import Heartbeat
+
+_log = log.get("perfd.keeper")
+
+
+def used_percent(snapshot: dict[str, Any] | None) -> dict[str, float]:
+    """Each device's memory use from a stats snapshot: "cpu" and "cuda:N"."""
+    if snapshot is None:
+        return {}
+    host = snapshot["host"]
+    out = {"cpu": float(host["memory"]["used_percent"])}
+    cgroup = host.get("cgroup")
+    if cgroup and cgroup.get("used_percent") is not None:
+        out["cpu"] = max(out["cpu"], float(cgroup["used_percent"]))
+    for gpu in snapshot["gpus"]:
+        if gpu["state"] == "ok":
+            out[f"cuda:{gpu['index']}"] = float(gpu["memory"]["used_percent"])
+    return out
+
+
+def capacity(snapshot: dict[str, Any] | None, device: str) -> int | None:
+    """A device's size: RAM (or perfd's cgroup limit when lower), or a GPU's total."""
+    if snapshot is None:
+        return None
+    if device == "cpu":
+        cgroup = snapshot["host"].get("cgroup")
+        total = int(snapshot["host"]["memory"]["total_bytes"])
+        return min(total, int(cgroup["limit_bytes"])) if cgroup else total
+    for gpu in snapshot["gpus"]:
+        if f"cuda:{gpu['index']}" == device and gpu["state"] == "ok":
+            return int(gpu["memory"]["total_bytes"])
+    return None
+
+
+class Keeper:
+    def __init__(self, cache: ModelCache, monitor: Monitor, heartbeat: Heartbeat | None) -> None:
+        self._cache, self._monitor, self._heartbeat = cache, monitor, heartbeat
+        self._stop = threading.Event()
+        self._subscription = monitor.subscribe()
+        self._thread = threading.Thread(target=self._run, name="perfd-keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._subscription.wake()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            _log.warning("thread.still_alive", thread="perfd-keeper", action="exiting anyway")
+        self._monitor.unsubscribe(self._subscription)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._subscription.get(timeout=self._cache.cfg.housekeeping)
+            if self._stop.is_set():
+                return
+            try:
+                self._cache.housekeep(used_percent(self._monitor.snapshot()))
+            except Exception:  # a bug must not stop housekeeping for good
+                _log.exception("cache.housekeeping_failed")
+            if self._heartbeat is not None:
+                self._heartbeat.beat()
