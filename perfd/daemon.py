@@ -173,11 +173,12 @@ class Daemon:
             self.close()
             signal.set_wakeup_fd(-1)
 
-    def open(self) -> None:
+    def open(self, *, bind: bool = True) -> None:
         """Take the runtime directory, bind the sockets, start the monitor."""
-        rundir.prepare(self.runtime_dir)
-        self._lock_fd = rundir.lock(self.runtime_dir)
-        self._bind()
+        if bind:
+            rundir.prepare(self.runtime_dir)
+            self._lock_fd = rundir.lock(self.runtime_dir)
+            self._bind()
         self._start_monitor()
 
     def close(self) -> None:

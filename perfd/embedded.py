@@ -1,0 +1,102 @@
+"""perfd inside an application's own process: the same monitor and model cache, serving the
+same sockets (so `perfctl ps` shows this process's cache), on background threads.
+
+    import perfd
+
+    with perfd.embed("perfd.toml") as pd:
+        with pd.cache.lease("embedder") as model:  # held: cannot be evicted meanwhile
+            vectors = model.infer(["hello"])
+
+Unlike the daemon, an embedded perfd installs no signal handlers, sends nothing to systemd
+(the host process may be a service of its own) and leaves the application's structlog
+configuration alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from perfd import config, paths
+from perfd.cache import ModelCache
+from perfd.daemon import Daemon
+from perfd.monitor import Monitor
+
+
+class Embedded:
+    """What ``embed`` yields: the running parts."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    @property
+    def cache(self) -> ModelCache:
+        return self._daemon.cache
+
+    @property
+    def monitor(self) -> Monitor:
+        assert self._daemon.monitor is not None
+        return self._daemon.monitor
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self._daemon.runtime_dir
+
+    def stats(self) -> dict[str, Any]:
+        """The same data `perfctl stats --json` shows."""
+        return self._daemon.server.commands["stats"].handler({})  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def embed(
+    settings: str | Path | config.Config | None = None,
+    *,
+    runtime_dir: str | Path | None = None,
+    serve: bool = True,
+) -> Iterator[Embedded]:
+    """Start perfd's parts in this process; stop them (and unload every model) on exit.
+
+    ``settings``: a perfd.toml path, a ``config.Config``, or None for the defaults.
+    ``serve=False`` runs the monitor and cache without sockets.
+    """
+    if isinstance(settings, config.Config):
+        loaded = config.Loaded(settings, Path("<embedded>"), exists=False)
+        config_arg = None
+    else:
+        config_arg = None if settings is None else str(settings)
+        loaded = (
+            config.load(config_arg)
+            if config_arg
+            else config.Loaded(config.Config(), Path("<embedded>"), exists=False)
+        )
+    where = Path(
+        paths.runtime_dir(str(runtime_dir) if runtime_dir else None, loaded.config.runtime_dir)
+    )
+    daemon = Daemon(loaded, config_arg=config_arg, runtime_dir=where, notify=False)
+    stop = threading.Event()
+    thread: threading.Thread | None = None
+    try:
+        daemon.open(bind=serve)
+        daemon.preload()
+        if serve:
+            thread = threading.Thread(
+                target=_serve, args=(daemon, stop), name="perfd-server", daemon=True
+            )
+            thread.start()
+        yield Embedded(daemon)
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(10)
+            daemon.server.stop_accepting()
+            daemon.server.drain(loaded.config.server.shutdown_timeout)
+        daemon.close()
+
+
+def _serve(daemon: Daemon, stop: threading.Event) -> None:
+    """The embedded main loop: answer requests until ``stop`` (no signals, no watchdog)."""
+    while not stop.is_set():
+        daemon.server.poll(0.1)
