@@ -149,10 +149,10 @@ class Engine:
         state.repeats += 1
         return [Transition(FIRING, self._alert(state), wall, repeat=state.repeats)]
 
-    def retire(self, keep: set[str], wall: float) -> list[Transition]:
-        """Resolve alerts whose rule or resource no longer exists (disabled on reload)."""
+    def retire(self, rules: set[str], wall: float) -> list[Transition]:
+        """Resolve the alerts of rules no longer enabled (disabled on reload)."""
         out = []
-        for alert_id in [i for i in self._states if i not in keep]:
+        for alert_id in [i for i, s in self._states.items() if s.obs.rule not in rules]:
             state = self._states.pop(alert_id)
             if state.firing:
                 out.append(Transition(RESOLVED, self._alert(state), wall))

@@ -205,7 +205,9 @@ def observations(snapshot: dict[str, Any], cfg: AlertsConfig) -> list[Observatio
                 Observation(rule, resource, level, value, threshold, unit, _policy(spec), labels)
             )
 
-    def exhaustion(resource: str, free_percent: float, trend: dict[str, Any] | None) -> None:
+    def exhaustion(
+        resource: str, free_percent: float, trend: dict[str, Any] | None, **labels: Any
+    ) -> None:
         spec = cfg.exhaustion
         if not spec.enabled:
             return
@@ -221,15 +223,14 @@ def observations(snapshot: dict[str, Any], cfg: AlertsConfig) -> list[Observatio
                 threshold,
                 "s",
                 _policy(spec),
-                {"free_percent": free_percent},
+                {"free_percent": free_percent, **labels},
             )
         )
 
     host = snapshot["host"]
     memory = host["memory"]
     above("host_memory", cfg.host_memory, "host", memory["used_percent"], "%")
-    if host["swap"]["total_bytes"]:
-        above("swap", cfg.swap, "host", host["swap"]["used_percent"], "%")
+    above("swap", cfg.swap, "host", host["swap"]["used_percent"], "%")  # no swap: 0 %
     if host["psi"]["available"]:
         above("psi", cfg.psi, "host", host["psi"]["some_percent"], "%")
     exhaustion(
@@ -242,7 +243,8 @@ def observations(snapshot: dict[str, Any], cfg: AlertsConfig) -> list[Observatio
         labels = {"uuid": gpu["uuid"]}
         above("gpu_memory", cfg.gpu_memory, resource, gpu["memory"]["used_percent"], "%", **labels)
         above("gpu_temperature", cfg.gpu_temperature, resource, gpu["temperature_c"], "C", **labels)
-        exhaustion(resource, round(100 - gpu["memory"]["used_percent"], 2), gpu["trend"])
+        free = round(100 - gpu["memory"]["used_percent"], 2)
+        exhaustion(resource, free, gpu["trend"], **labels)
     return out
 
 
@@ -285,7 +287,7 @@ def status_line(snapshot: dict[str, Any]) -> str:
             continue
         text = f"gpu{gpu['index']} {gpu['memory']['used_percent']:.0f}%"
         parts.append(_with_trend(text, gpu["trend"]))
-    if snapshot["gpu_state"] not in ("ok", "disabled", "absent"):
+    if not snapshot["gpus"] and snapshot["gpu_state"] not in ("ok", "disabled", "absent"):
         parts.append(f"gpu {snapshot['gpu_state']}")
     firing = snapshot["alerts"]["firing"]
     parts.append(f"{firing} alert{'s' if firing != 1 else ''}")

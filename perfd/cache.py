@@ -43,6 +43,7 @@ REASONS: Final = ("lru", "pressure", "ttl", "manual", "budget")
 LEAK_CHECK_MIN_BYTES: Final = 64 << 20
 
 Capacity = Callable[[str], int | None]  # device -> its total bytes (RAM, cgroup limit, GPU)
+GpuUse = Callable[[str], int | None]  # "cuda:N" -> this process's memory there, from NVML
 LoaderFor = Callable[[str], Loader]
 
 
@@ -65,7 +66,8 @@ class Entry:
     loader: Loader | None = None
     estimate: int | None = None
     measured: int | None = None
-    measured_by: str | None = None  # "rss" or "cuda"
+    measured_by: str | None = None  # "rss", "nvml" or "torch"
+    measured_torch: int | None = None  # torch's CUDA count, when NVML measured
     leases: int = 0
     last_used: float = 0.0
     hits: int = 0
@@ -124,9 +126,11 @@ class ModelCache:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         measure: bool = True,
+        gpu_use: GpuUse | None = None,
     ) -> None:
         self.cfg = cfg
         self._measure = measure  # False: account by estimates only (tests of pure policy)
+        self._gpu_use = gpu_use
         self.models = dict(models)
         self._loader_for = loader_for
         self._capacity = capacity
@@ -309,11 +313,13 @@ class ModelCache:
         assert loader is not None
         outcome: dict[str, Any] = {}
         finished = threading.Event()
+        on_gpu = spec.device.startswith("cuda:")
 
         def run() -> None:
             with self._lock:
                 self._loads_running += 1
             before, cuda_before = memory.rss_bytes(), memory.cuda_allocated(spec.device)
+            nvml_before = self._gpu_use(spec.device) if self._gpu_use and on_gpu else None
             try:
                 outcome["loaded"] = loader.load(spec)
             except BaseException as exc:
@@ -322,6 +328,9 @@ class ModelCache:
             cuda_after = memory.cuda_allocated(spec.device)
             if cuda_before is not None and cuda_after is not None:
                 outcome["cuda"] = cuda_after - cuda_before
+            nvml_after = self._gpu_use(spec.device) if self._gpu_use and on_gpu else None
+            if nvml_before is not None and nvml_after is not None:
+                outcome["nvml"] = nvml_after - nvml_before
             with self._lock:
                 outcome["alone"] = self._loads_running == 1
                 self._loads_running -= 1
@@ -384,8 +393,13 @@ class ModelCache:
                 entry.estimate = loaded.estimate_bytes or entry.estimate
                 if not self._measure:
                     pass
+                elif entry.spec.device != "cpu" and "nvml" in outcome and outcome["alone"]:
+                    # What nvidia-smi shows for perfd: allocator caches and the CUDA context
+                    # included, unlike torch's own count (kept beside it as measured_torch).
+                    entry.measured, entry.measured_by = outcome["nvml"], "nvml"
+                    entry.measured_torch = outcome.get("cuda")
                 elif entry.spec.device != "cpu" and "cuda" in outcome:
-                    entry.measured, entry.measured_by = outcome["cuda"], "cuda"
+                    entry.measured, entry.measured_by = outcome["cuda"], "torch"
                 elif entry.spec.device == "cpu" and outcome["alone"]:
                     entry.measured, entry.measured_by = max(0, outcome["rss"]), "rss"
                 entry.state = READY
@@ -585,6 +599,7 @@ class ModelCache:
             "estimated_bytes": e.estimate,
             "measured_bytes": e.measured,
             "measured_by": e.measured_by,
+            "measured_torch_bytes": e.measured_torch,
             "hits": e.hits,
             "misses": e.misses,
             "loads": e.loads,

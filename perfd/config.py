@@ -256,8 +256,9 @@ class AlertsConfig:
         "Memory pressure: percent of time some task stalled on memory over each interval.",
     )
     gpu_memory: ThresholdRule = section(
-        lambda: ThresholdRule(warn=90.0, crit=98.0),
-        "Each GPU's memory used, percent (inference servers preallocate: keep this high).",
+        lambda: ThresholdRule(warn=95.0, crit=99.0),
+        "Each GPU's memory used, percent: (total - free) / total. Inference servers preallocate "
+        "(vLLM takes 90% by default), so the defaults sit above that.",
     )
     gpu_temperature: ThresholdRule = section(
         lambda: ThresholdRule(warn=83.0, crit=90.0, for_=60.0, unit_max=150.0),
@@ -380,7 +381,15 @@ class Config:
 
 # Settings that only take effect at start; a reload that changes them logs a warning.
 RESTART_ONLY: Final = frozenset(
-    {"runtime_dir", "server.group", "server.workers", "server.max_message_bytes"}
+    {
+        "runtime_dir",
+        "server.group",
+        "server.workers",
+        "server.max_message_bytes",
+        "monitor.gpu",  # the probes are built once, at start
+        "monitor.nvml_timeout",
+        "monitor.top_processes",
+    }
 )
 
 

@@ -251,7 +251,7 @@ class Monitor:
         self, key: str, now: float, used: float, capacity: float, cfg: MonitorConfig
     ) -> trends.Trend:
         series = self._series.get(key)
-        if series is None or series.history != cfg.history:
+        if series is None or (series.history, series.interval) != (cfg.history, cfg.interval):
             series = self._series[key] = trends.Series(cfg.history, cfg.interval)
         series.add(now, used)
         return trends.classify(series.window(cfg.trend_window), capacity, cfg.trend_noise_percent)
@@ -264,7 +264,9 @@ class Monitor:
         with self._lock:  # the socket thread reads the engine for `alerts`
             for obs in observations:
                 out.extend(self._engine.observe(obs, now, wall))
-            out.extend(self._engine.retire({o.id for o in observations}, wall))
+            # A resource that could not be read this time (a lost GPU, an NVML timeout) keeps
+            # its alerts as they are: unknown is not recovered. Only a disabled rule retires.
+            out.extend(self._engine.retire(_enabled_rules(alerts_cfg), wall))
         return out
 
     def _alert_counts(self) -> dict[str, int]:
@@ -339,3 +341,8 @@ class Monitor:
     def status_line(self) -> str | None:
         snapshot = self._snapshot
         return None if snapshot is None else assess.status_line(snapshot)
+
+
+def _enabled_rules(cfg: AlertsConfig) -> set[str]:
+    rules = ("host_memory", "swap", "psi", "gpu_memory", "gpu_temperature", "exhaustion")
+    return {name for name in rules if getattr(cfg, name).enabled}

@@ -49,6 +49,7 @@ class Series:
     def __init__(self, history: float, interval: float) -> None:
         self._points: deque[tuple[float, float]] = deque(maxlen=max(8, int(history / interval) + 2))
         self.history = history
+        self.interval = interval
 
     def add(self, t: float, used: float) -> None:
         self._points.append((t, used))

@@ -182,7 +182,7 @@ def test_gpu_and_exhaustion_alerts() -> None:
     monitor, hp, _, clock = make(
         "[alerts.gpu_memory]\nfor = 0\n[alerts.gpu_temperature]\nfor = 0\n"
         "[alerts.host_memory]\nenabled = false\n",
-        gpu_sample(0, used_percent=92, temperature=91),
+        gpu_sample(0, used_percent=96, temperature=91),
     )
     for i in range(10):
         snap = step(monitor, hp, clock, used_percent=70 + 1.5 * i)
@@ -282,3 +282,42 @@ def test_status_line_format() -> None:
     step(monitor, hp, clock, used_percent=62, psi=psi(0))
     snap = step(monitor, hp, clock, used_percent=62, psi=psi(0))
     assert assess.status_line(snap) == "mem 62% ok · psi 0.0% · gpu0 71% · 0 alerts"
+
+
+def test_unreadable_gpu_keeps_its_alerts() -> None:
+    """A GPU that cannot be read (lost, NVML timeout) is unknown, not recovered: its alert
+    stays firing, and resolves only from real readings."""
+    monitor, hp, gp, clock = make(
+        "[alerts.gpu_memory]\nfor = 0\nclear = 2\n", gpu_sample(0, used_percent=99.5)
+    )
+    step(monitor, hp, clock)
+    assert [a["id"] for a in monitor.alerts()["firing"]] == ["gpu_memory/gpu0"]
+    gp.gpus[0] = replace(gp.gpus[0], state="lost", error="NVML_ERROR_GPU_IS_LOST")
+    for _ in range(5):
+        step(monitor, hp, clock)
+    assert [a["id"] for a in monitor.alerts()["firing"]] == ["gpu_memory/gpu0"]
+    gp.gpus[0] = gpu_sample(0, used_percent=10)
+    step(monitor, hp, clock)
+    step(monitor, hp, clock)
+    assert monitor.alerts()["firing"] == []
+    assert monitor.alerts()["history"][0]["event"] == "alert.resolved"
+
+
+def test_swap_alert_resolves_when_swap_goes_away() -> None:
+    """swapoff: swap reads 0 % used, so its alert resolves through the usual hysteresis."""
+    monitor, hp, _, clock = make("[alerts.swap]\nfor = 0\nclear = 1\n")
+    step(monitor, hp, clock, swap_used=6 * GiB)
+    assert [a["id"] for a in monitor.alerts()["firing"]] == ["swap/host"]
+    step(monitor, hp, clock, swap_total=0, swap_used=0)
+    assert monitor.alerts()["firing"] == []
+
+
+def test_disabling_a_rule_on_reload_resolves_its_alerts() -> None:
+    """A rule disabled by a reload resolves its firing alerts."""
+    monitor, hp, _, clock = make("[alerts.host_memory]\nfor = 0\n")
+    step(monitor, hp, clock, used_percent=85)
+    assert monitor.alerts()["firing"]
+    cfg = config.parse({"alerts": {"host_memory": {"enabled": False}}})
+    monitor.reconfigure(cfg.monitor, cfg.alerts)
+    step(monitor, hp, clock, used_percent=85)
+    assert monitor.alerts()["firing"] == []
