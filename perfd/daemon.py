@@ -98,6 +98,7 @@ class Daemon:
                     cfg.models,
                     registry.get,
                     lambda device: keeper.capacity(monitor.snapshot(), device),
+                    gpu_use=monitor.own_gpu_bytes,
                 )
                 self._keeper = keeper.Keeper(self._cache, monitor, self.liveness.register("keeper"))
                 self._keeper.start()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import queue
 import threading
 import time
@@ -328,6 +329,17 @@ class Monitor:
                 sub.put(change)
 
     # -- what commands read -----------------------------------------------------------------
+
+    def own_gpu_bytes(self, device: str) -> int | None:
+        """This process's memory on "cuda:N" as NVML reports it (a fresh NVML read), for the
+        cache to measure a model's real cost the way nvidia-smi shows it."""
+        if self._gpu_probe is None or not device.startswith("cuda:"):
+            return None
+        index = int(device.split(":")[1])
+        for gpu in self._gpu_probe.sample().gpus:
+            if gpu.index == index and gpu.state == "ok":
+                return sum(p.used_bytes or 0 for p in gpu.processes if p.pid == os.getpid())
+        return None
 
     def snapshot(self) -> dict[str, Any] | None:
         return self._snapshot

@@ -433,3 +433,27 @@ class CacheMachine(RuleBasedStateMachine):
 
 CacheMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 test_cache_state_machine = CacheMachine.TestCase
+
+
+def test_gpu_model_measured_by_nvml_beside_estimate() -> None:
+    """A cuda:N load records NVML's per-process delta (what nvidia-smi shows) as measured."""
+    seen = iter([1 << 30, (1 << 30) + 300 * MiB])  # before and after the load
+    cfg = config.parse(
+        {"models": {"g": {"loader": "fake", "device": "cuda:0", "options": {"size": 256 * MiB}}}}
+    )
+    loader = FakeLoader()
+    cache = ModelCache(
+        cfg.cache,
+        cfg.models,
+        lambda name: loader,
+        lambda device: 80 << 30,
+        gpu_use=lambda device: next(seen),
+    )
+    with cache.lease("g"):
+        pass
+    (entry,) = cache.ps()
+    assert (entry["estimated_bytes"], entry["measured_bytes"], entry["measured_by"]) == (
+        256 * MiB,
+        300 * MiB,
+        "nvml",
+    )
