@@ -17,15 +17,17 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from perfd import __version__, config, handlers, keeper, log, paths, protocol, rundir
-from perfd.cache import ModelCache
+from perfd import __version__, config, handlers, log, paths, protocol, rundir
 from perfd.errors import CommandError, ConfigError, StartupError
-from perfd.loaders.registry import Registry
 from perfd.monitor import Monitor
 from perfd.server import Server
 from perfd.systemd import Liveness, Notifier, Watchdog
+
+if TYPE_CHECKING:  # built on first use, after READY: kept off the start-up path
+    from perfd.cache import ModelCache
+    from perfd.keeper import Keeper
 
 _log = log.get("perfd.daemon")
 
@@ -63,7 +65,7 @@ class Daemon:
         )
         self.monitor: Monitor | None = None
         self._cache: ModelCache | None = None
-        self._keeper: keeper.Keeper | None = None
+        self._keeper: Keeper | None = None
         self._cache_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._status_samples = -1
@@ -89,6 +91,10 @@ class Daemon:
         """The model cache, built on first use (with its housekeeping thread)."""
         with self._cache_lock:
             if self._cache is None:
+                from perfd import keeper
+                from perfd.cache import ModelCache
+                from perfd.loaders.registry import Registry
+
                 monitor = self.monitor
                 assert monitor is not None, "the monitor starts before the cache"
                 cfg = self.loaded.config

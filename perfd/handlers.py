@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from perfd import __version__, arrays, config, protocol
-from perfd.cache import ModelCache
 from perfd.errors import CommandError
 from perfd.loaders.base import LoaderError, ModelSpec
 from perfd.monitor import Monitor
 from perfd.server import Command, WithFrames
+
+if TYPE_CHECKING:  # the cache (ctypes, statistics, loaders) is imported when first used
+    from perfd.cache import ModelCache
 
 _JSON = (dict, list, str, int, float, bool, type(None))
 

@@ -8,12 +8,14 @@ to unload expired models and, above the high watermark, cold ones.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perfd import log
-from perfd.cache import ModelCache
-from perfd.monitor import Monitor
-from perfd.systemd import Heartbeat
+
+if TYPE_CHECKING:
+    from perfd.cache import ModelCache
+    from perfd.monitor import Monitor
+    from perfd.systemd import Heartbeat
 
 _log = log.get("perfd.keeper")
 

@@ -292,6 +292,8 @@ class GpuProbe:
         self._error_names: dict[int, str] = {}
         self._known: dict[int, tuple[str, str]] = {}  # index -> (uuid, name) last seen
         self._memory_v1: set[int] = set()  # GPUs whose driver lacks nvmlMemory_v2
+        self._names: dict[int, str | None] = {}  # GPU process names by pid
+        self._names_seen: set[int] = set()
 
     def sample(self) -> GpuReading:
         """One reading of every GPU; never raises, never waits longer than ``timeout``."""
@@ -324,6 +326,9 @@ class GpuProbe:
     def _submit(self, t: float) -> GpuReading:
         if self._closed:
             return self._failed(t, GPU_ERROR, CLOSED)
+        failure = self._failure
+        if failure is not None and failure[0] == GPU_ABSENT:
+            return self._failed(t, *failure)  # permanent: no need to wake the NVML thread
         if self._stuck is not None:
             if not self._stuck.done.is_set():
                 return self._failed(t, GPU_ERROR, TIMEOUT)
@@ -408,7 +413,10 @@ class GpuProbe:
                 self._failure = (state, error)
                 self._retry_at = self._clock() + self._retry_interval
             return self._failed(t, state, error)
+        self._names_seen = set()
         gpus = tuple(self._read_gpu(index) for index in range(count))
+        for pid in set(self._names) - self._names_seen:  # gone: its pid may be reused
+            del self._names[pid]
         worst = max(gpus, key=lambda gpu: _SEVERITY.get(gpu.state, 1), default=None)
         if worst is None or worst.state == GPU_OK:
             return GpuReading(t, GPU_OK, None, self._driver_version, gpus)
@@ -562,7 +570,14 @@ class GpuProbe:
                 if used.get(pid) is None:  # a process in both lists counts once
                     used[pid] = None if figure is None else int(figure)
         order = sorted(used.items(), key=lambda item: -(item[1] or 0))
-        return tuple(GpuProcess(pid, figure, _process_name(pid)) for pid, figure in order)
+        return tuple(GpuProcess(pid, figure, self._name(pid)) for pid, figure in order)
+
+    def _name(self, pid: int) -> str | None:
+        """A GPU process's name, looked up once while the pid keeps using a GPU."""
+        self._names_seen.add(pid)
+        if pid not in self._names:
+            self._names[pid] = _process_name(pid)
+        return self._names[pid]
 
     def _mig(self, handle: Any) -> tuple[bool, tuple[MigInstance, ...]]:
         nvml = self._nvml

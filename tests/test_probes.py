@@ -19,6 +19,7 @@ import pynvml
 import pytest
 
 from perfd import log
+from perfd import probes as probes_module
 from perfd.probes import GpuProbe, HostProbe, parse_psi, parse_unit
 from perfd.samples import (
     GPU_ABSENT,
@@ -699,3 +700,36 @@ def test_slow_init_gets_the_init_allowance(make_probe: Callable[..., GpuProbe]) 
     releaser.join(10)
     assert (reading.state, len(reading.gpus)) == (GPU_OK, 1)
     assert nvml.init_count == 1
+
+
+def test_gpu_process_names_are_looked_up_once_per_pid(
+    make_probe: Callable[..., GpuProbe], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU process's name is read once while it runs; a pid that goes away is forgotten."""
+    lookups: list[int] = []
+    monkeypatch.setattr(
+        probes_module, "_process_name", lambda pid: lookups.append(pid) or f"p{pid}"
+    )
+    nvml = FakeNvml(1)
+    nvml.gpus[0].compute_processes = [(101, 1 << 30), (102, 2 << 30)]
+    probe = make_probe(nvml)
+    for _ in range(3):
+        reading = probe.sample()
+    assert [p.name for p in reading.gpus[0].processes] == ["p102", "p101"]
+    assert sorted(lookups) == [101, 102]
+    nvml.gpus[0].compute_processes = [(102, 2 << 30)]
+    probe.sample()
+    nvml.gpus[0].compute_processes = [(101, 1 << 30), (102, 2 << 30)]  # pid 101 reused
+    probe.sample()
+    assert sorted(lookups) == [101, 101, 102]
+
+
+def test_absent_nvml_answers_without_the_nvml_thread(make_probe: Callable[..., GpuProbe]) -> None:
+    """Once NVML is known absent, samples answer at once and never touch NVML again."""
+    nvml = FakeNvml(1, fail_init=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+    probe = make_probe(nvml)
+    assert probe.sample().state == "absent"
+    calls = dict(nvml.calls)
+    for _ in range(5):
+        assert probe.sample().state == "absent"
+    assert dict(nvml.calls) == calls

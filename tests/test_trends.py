@@ -83,3 +83,12 @@ def test_classify_invariants(values: list[float], noise: float) -> None:
     if trend.time_to_full_s is not None:
         assert trend.direction == trends.INCREASING
         assert trend.time_to_full_s >= 0
+
+
+def test_thin_keeps_ends_and_slope() -> None:
+    """Thinning a long window keeps its ends and its fitted slope."""
+    points = _line(1e6, n=3601, step=1.0)
+    thinned = trends.thin(points, trends.MAX_FIT_POINTS)
+    assert len(thinned) == trends.MAX_FIT_POINTS
+    assert (thinned[0], thinned[-1]) == (points[0], points[-1])
+    assert trends.fit(thinned)[0] == pytest.approx(trends.fit(points)[0])
