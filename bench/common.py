@@ -196,12 +196,16 @@ class NotifySocket:
 class PerfdProcess:
     """A perfd started as systemd would (NOTIFY_SOCKET), in its own temp runtime directory.
 
-    ``workdir`` gets ``run/`` (the sockets), ``notify.sock``, an empty ``perfd.toml`` (so the
-    defaults apply whatever /etc or $XDG_CONFIG_HOME hold) and ``perfd.log`` (its output).
+    ``workdir`` gets ``run/`` (the sockets), ``notify.sock``, ``perfd.toml`` (``config``, empty
+    by default, so the defaults apply whatever /etc or $XDG_CONFIG_HOME hold) and ``perfd.log``
+    (its output).
     """
 
-    def __init__(self, workdir: Path, *, watchdog_usec: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, watchdog_usec: int | None = None, config: str = ""
+    ) -> None:
         self.workdir = workdir
+        self.config = config
         self.runtime_dir = workdir / "run"
         self.config_path = workdir / "perfd.toml"
         self.log_path = workdir / "perfd.log"
@@ -223,7 +227,7 @@ class PerfdProcess:
 
         On failure perfd is stopped and reaped before the error is raised.
         """
-        self.config_path.write_text("")
+        self.config_path.write_text(self.config)
         self.notify = NotifySocket(self.workdir / "notify.sock")
         env = clean_env(
             NOTIFY_SOCKET=str(self.notify.path), PERFD_RUNTIME_DIR=str(self.runtime_dir)

@@ -23,7 +23,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-BENCHMARKS = ("startup", "ready", "roundtrip", "idle")
+BENCHMARKS = ("startup", "ready", "roundtrip", "idle", "monitor_idle", "sample_cost")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-seconds",
         type=float,
         metavar="N",
-        help="idle benchmark window (default 60, 5 with --quick)",
+        help="idle and monitor_idle window (default 60, 5 with --quick)",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        metavar="N",
+        help="sample_cost rounds per scenario (default 200, 50 with --quick)",
     )
     parser.add_argument(
         "--runs", type=int, metavar="N", help="process runs per command (default 30, 15 quick)"
@@ -50,13 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from bench import idle, ready, roundtrip, startup
+    from bench import idle, monitor_idle, ready, roundtrip, sample_cost, startup
     from bench.common import PYTHON, Check, print_summary
 
     quick = args.quick
     runs = args.runs or (15 if quick else 30)
     idle_seconds = args.idle_seconds if args.idle_seconds is not None else (5 if quick else 60)
     import_runs = 3 if quick else 7
+    samples = args.samples or (50 if quick else 200)
     steps: dict[str, Callable[[], tuple[dict[str, Any], list[Check]]]] = {
         "startup": lambda: startup.run(startup.Options(runs=runs, import_runs=import_runs)),
         "ready": lambda: ready.run(ready.Options(runs=runs, import_runs=import_runs)),
@@ -68,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         ),
         "idle": lambda: idle.run(idle_seconds),
+        "monitor_idle": lambda: monitor_idle.run(idle_seconds),
+        "sample_cost": lambda: sample_cost.run(
+            sample_cost.Options(samples=samples, blocks=2 if quick else 5, one_second=not quick)
+        ),
     }
     selected = args.only or list(BENCHMARKS)
     print(
@@ -97,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 "quick": quick,
                 "runs": runs,
                 "idle_seconds": idle_seconds,
+                "samples": samples,
                 "started": stamp,
                 "seconds": elapsed,
             },

@@ -1,4 +1,4 @@
-"""perfctl: ask perfd for its status, its config, or to reload.
+"""perfctl: ask perfd for its status, its config, its stats and alerts, or to reload.
 
 Exit codes: 0 ok; 1 perfd answered with an error; 2 usage; 3 perfd not running or not
 answering; 4 permission denied on the socket.
@@ -30,12 +30,22 @@ JSON_SCHEMA = 1
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_DENIED = 0, 1, 2, 3, 4
 
+DEFAULT_WATCH = 2.0  # seconds between `perfctl stats --watch` refreshes
+ALERT_HISTORY = 10  # history entries `perfctl alerts` shows without --all
+CLEAR = "\033[H\033[2J"  # cursor home, clear screen
+GLYPHS = "█░↑↓→°·…"  # what the stats screen draws when the stream can encode it
+
 Formatter = Callable[[dict[str, Any], fmt.Style], str]
 
 _COMMANDS: dict[str, tuple[str, Formatter]] = {
     "status": ("show perfd's version, uptime, config path and components", fmt.format_status),
     "config": ("show the effective config as TOML (secrets redacted)", fmt.format_config),
     "reload": ("re-read the config file (admin: perfd group)", fmt.format_reload),
+    "stats": (
+        "show host memory, PSI, CPU, GPUs, trends and top processes",
+        fmt.format_stats,
+    ),
+    "alerts": ("show firing alerts and the recent alert history", fmt.format_alerts),
 }
 
 
@@ -86,8 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "ping", help="check that perfd answers", parents=[common], formatter_class=_Formatter
     )
-    for name, (help_text, _) in _COMMANDS.items():
-        sub.add_parser(name, help=help_text, parents=[common], formatter_class=_Formatter)
+    commands = {
+        name: sub.add_parser(name, help=help_text, parents=[common], formatter_class=_Formatter)
+        for name, (help_text, _) in _COMMANDS.items()
+    }
+    commands["stats"].add_argument(
+        "--watch",
+        nargs="?",
+        const=DEFAULT_WATCH,
+        type=_seconds,
+        metavar="SECONDS",
+        help=f"redraw every SECONDS (default {DEFAULT_WATCH:g}) until Ctrl-C; "
+        "with --json, print one JSON object per line per refresh",
+    )
+    commands["alerts"].add_argument(
+        "--all",
+        action="store_true",
+        help=f"show the whole alert history, not only the {ALERT_HISTORY} newest entries",
+    )
     return parser
 
 
@@ -97,12 +123,32 @@ def _seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError("must be between 0 and 3600 seconds")
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600 seconds: {text}")
     return value
 
 
 def _style() -> fmt.Style:
-    return fmt.Style(colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ)
+    return fmt.Style(
+        colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ,
+        unicode=_encodes(getattr(sys.stdout, "encoding", None), GLYPHS),
+    )
+
+
+def _encodes(encoding: str | None, text: str) -> bool:
+    try:
+        text.encode(encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def _render(args: argparse.Namespace, style: fmt.Style) -> Callable[[dict[str, Any]], str]:
+    """The human output of ``args.command``'s result."""
+    if args.command == "alerts":
+        limit = None if args.all else ALERT_HISTORY
+        return lambda result: fmt.format_alerts(result, style, history_limit=limit)
+    formatter = _COMMANDS[args.command][1]
+    return lambda result: formatter(result, style)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     as_json = getattr(args, "json", False)
     socket = getattr(args, "socket", None)
     timeout = getattr(args, "timeout", DEFAULT_TIMEOUT)
+    watch = getattr(args, "watch", None)
+    style = _style()
+    if not style.unicode:  # a process or GPU name the stream cannot encode must not crash us
+        reconfigure = getattr(sys.stdout, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="replace")
     try:
         with Client(socket, timeout=timeout) as client:
+            if watch is not None:
+                return _watch(client, watch, as_json, _render(args, style))
             started = time.perf_counter()
             result = client.call(args.command)
             elapsed_ms = (time.perf_counter() - started) * 1000
@@ -120,10 +174,49 @@ def main(argv: list[str] | None = None) -> int:
     if as_json:
         print(json.dumps({"schema": JSON_SCHEMA, **result}, indent=2, sort_keys=False))
     elif args.command == "ping":
-        print(fmt.format_ping(result, _style(), elapsed_ms))
+        print(fmt.format_ping(result, style, elapsed_ms))
     else:
-        print(_COMMANDS[args.command][1](result, _style()))
+        print(_render(args, style)(result))
     return EXIT_OK
+
+
+def _watch(
+    client: Client, interval: float, as_json: bool, render: Callable[[dict[str, Any]], str]
+) -> int:
+    """Print ``stats`` every ``interval`` seconds on one client until Ctrl-C (exit 0).
+
+    On a TTY each screen replaces the last; otherwise screens follow each other, a blank line
+    apart, and with --json each refresh is one JSON line. PerfctlError propagates: the daemon
+    stopped answering, and main() reports it with the usual exit code.
+    """
+    import signal  # only here: the one-shot commands never need it
+
+    # Ctrl-C ends the watch even when started with SIGINT ignored (a script's background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    tty = sys.stdout.isatty()
+    due = time.monotonic()
+    first = True
+    try:
+        while True:
+            result = client.stats()
+            if as_json:
+                text = json.dumps({"schema": JSON_SCHEMA, **result})
+            elif tty:
+                text = CLEAR + render(result)
+            else:
+                text = render(result) if first else "\n" + render(result)
+            print(text, flush=True)
+            first = False
+            due += interval
+            now = time.monotonic()
+            due = max(due, now)  # after a slow reply or a suspended terminal: no catching up
+            time.sleep(due - now)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # the reader went away (perfctl stats --watch | head)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # keep the interpreter's last flush quiet
+        return EXIT_OK
 
 
 def _fail(exc: PerfctlError, as_json: bool) -> int:

@@ -167,6 +167,14 @@ class Client:
     def reload(self) -> dict[str, Any]:
         return self.call("reload")
 
+    def stats(self) -> dict[str, Any]:
+        """The monitor's latest snapshot: host memory, PSI, CPU, GPUs, trends, alert counts."""
+        return self.call("stats")
+
+    def alerts(self) -> dict[str, Any]:
+        """Firing alerts and the recent history of alert transitions, newest first."""
+        return self.call("alerts")
+
     # -- the exchange -----------------------------------------------------------------------
 
     def endpoint_for(self, cmd: str) -> tuple[str, str | None]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import re
+from typing import Any
+
 from perfctl import format as fmt
 
 STATUS = {
@@ -75,3 +79,441 @@ def test_ping() -> None:
     assert fmt.format_ping({"version": "0.1.0", "pid": 7}, elapsed_ms=0.5) == (
         "pong from perfd 0.1.0 (pid 7) in 0.50 ms"
     )
+
+
+# -- stats and alerts -----------------------------------------------------------------------
+
+# The real `stats` and `alerts` results of a 2-GPU host (docs/protocol.md shows the fields).
+STATS: dict[str, Any] = {
+    "sampled_at": "2027-01-15T08:02:40Z",
+    "sampled_at_unix": 1800000160.0,
+    "interval_s": 5.0,
+    "host": {
+        "memory": {
+            "total_bytes": 68719476736,
+            "available_bytes": 25288767438,
+            "used_bytes": 43430709298,
+            "used_percent": 63.2,
+            "verdict": "healthy",
+        },
+        "swap": {"total_bytes": 8589934592, "used_bytes": 0, "used_percent": 0.0},
+        "psi": {
+            "available": True,
+            "some_percent": 0.4,
+            "full_percent": 0.0,
+            "some_avg10": 0.3,
+            "some_avg60": 0.0,
+            "full_avg10": 0.0,
+            "full_avg60": 0.0,
+        },
+        "cgroup": None,
+        "cpu_percent": 12.5,
+        "load_avg": [0.5, 0.4, 0.3],
+        "cpu_count": 16,
+        "top_processes": [],
+        "top_processes_at": None,
+    },
+    "gpu_state": "ok",
+    "gpu_error": None,
+    "driver_version": "550.54",
+    "gpus": [
+        {
+            "index": 0,
+            "uuid": "GPU-00000000",
+            "name": "NVIDIA H100 80GB HBM3",
+            "state": "ok",
+            "error": None,
+            "memory": {
+                "total_bytes": 85899345920,
+                "used_bytes": 62706522521,
+                "free_bytes": 23192823399,
+                "reserved_bytes": 0,
+                "used_percent": 73.0,
+            },
+            "utilization_percent": 30.0,
+            "memory_utilization_percent": 10.0,
+            "temperature_c": 50.0,
+            "power_watts": 200.0,
+            "power_limit_watts": 700.0,
+            "persistence_mode": True,
+            "compute_capability": "9.0",
+            "processes": [],
+            "mig": {"enabled": False, "instances": []},
+            "verdict": "healthy",
+            "trend": {
+                "direction": "increasing",
+                "rate_bytes_per_s": 515396075.518,
+                "r2": 1.0,
+                "time_to_full_s": 45.0,
+                "points": 12,
+                "span_s": 55.0,
+            },
+        },
+        {
+            "index": 1,
+            "uuid": "GPU-00000001",
+            "name": "NVIDIA H100 80GB HBM3",
+            "state": "ok",
+            "error": None,
+            "memory": {
+                "total_bytes": 85899345920,
+                "used_bytes": 79886391705,
+                "free_bytes": 6012954215,
+                "reserved_bytes": 0,
+                "used_percent": 93.0,
+            },
+            "utilization_percent": 30.0,
+            "memory_utilization_percent": 10.0,
+            "temperature_c": 71,
+            "power_watts": 200.0,
+            "power_limit_watts": 700.0,
+            "persistence_mode": True,
+            "compute_capability": "9.0",
+            "processes": [],
+            "mig": {"enabled": False, "instances": []},
+            "verdict": "pressure",
+            "trend": {
+                "direction": "stable",
+                "rate_bytes_per_s": 0.0,
+                "r2": 1.0,
+                "time_to_full_s": None,
+                "points": 12,
+                "span_s": 55.0,
+            },
+        },
+    ],
+    "trends": {
+        "host_memory": {
+            "direction": "increasing",
+            "rate_bytes_per_s": 27487790.702,
+            "r2": 1.0,
+            "time_to_full_s": 920.0,
+            "points": 12,
+            "span_s": 55.0,
+        }
+    },
+    "perfd": {"rss_bytes": 31457280, "cpu_percent": 0.0},
+    "alerts": {"firing": 1, "critical": 0},
+}
+
+ALERTS: dict[str, Any] = {
+    "firing": [
+        {
+            "id": "gpu_memory/gpu1",
+            "rule": "gpu_memory",
+            "resource": "gpu1",
+            "severity": "warning",
+            "value": 93.0,
+            "threshold": 90.0,
+            "unit": "%",
+            "since": "2027-01-15T08:01:45Z",
+            "uuid": "GPU-00000001",
+        }
+    ],
+    "history": [
+        {
+            "event": "alert.firing",
+            "at": "2027-01-15T08:01:45Z",
+            "id": "gpu_memory/gpu1",
+            "rule": "gpu_memory",
+            "resource": "gpu1",
+            "severity": "warning",
+            "value": 93.0,
+            "threshold": 90.0,
+            "unit": "%",
+            "since": "2027-01-15T08:01:45Z",
+            "uuid": "GPU-00000001",
+        }
+    ],
+}
+
+ALERTS_SINCE = "2027-01-15T08:01:45Z"
+ANSI = re.compile(r"\033\[[0-9;]*m")
+
+
+def stats(**changes: Any) -> dict[str, Any]:
+    """A deep copy of STATS with top-level keys replaced."""
+    return {**copy.deepcopy(STATS), **changes}
+
+
+def line(text: str, start: str) -> str:
+    """The one line of ``text`` that starts with ``start``."""
+    found = [row for row in text.splitlines() if row.startswith(start)]
+    assert len(found) == 1, (start, text)
+    return found[0]
+
+
+def test_sizes_are_binary_with_one_decimal() -> None:
+    """Sizes read 512 B, 1.5 KiB, 40.4 GiB, 2.0 TiB; pairs use the total's unit."""
+    assert [fmt.size(n) for n in (512, 1536, 43430709298, 2 << 40)] == [
+        "512 B",
+        "1.5 KiB",
+        "40.4 GiB",
+        "2.0 TiB",
+    ]
+    assert fmt.size(1024**2 - 1) == "1.0 MiB"  # never "1024.0 KiB"
+    assert fmt.size_pair(43430709298, 64 << 30) == "40.4/64.0 GiB"
+    assert fmt.size_pair(0, 8 << 30) == "0.0/8.0 GiB"
+    assert fmt.size_pair(1 << 39, 1 << 40) == "0.5/1.0 TiB"
+
+
+def test_until_is_short_and_rounds_down() -> None:
+    """Times to full read 45s, 15m, 2.5h, 3.1d, never more than the truth."""
+    assert [fmt.until(s) for s in (45.9, 920, 9000, 267840)] == ["45s", "15m", "2.5h", "3.1d"]
+
+
+def test_bar_rounds_and_clamps() -> None:
+    """A bar has a fixed width; out-of-range or missing percentages clamp."""
+    assert fmt.bar(62.5, 10) == "[██████░░░░]"
+    assert fmt.bar(150, 4) == "[████]"
+    assert fmt.bar(None, 4) == "[░░░░]"
+    assert fmt.bar(62.5, 10, fmt.Style(unicode=False)) == "[######....]"
+
+
+def test_gpu_names_are_shortened() -> None:
+    """Vendor and memory-type words go; long names are cut to 14 characters."""
+    assert fmt.short_gpu_name("NVIDIA H100 80GB HBM3") == "H100 80GB"
+    assert fmt.short_gpu_name("NVIDIA GeForce RTX 4090") == "RTX 4090"
+    assert fmt.short_gpu_name("NVIDIA RTX 6000 Ada Generation") == "RTX 6000 Ada"
+    assert fmt.short_gpu_name("Tesla V100-SXM2-32GB-LS") == "V100-SXM2-32GB"
+    assert fmt.short_gpu_name("") == "?"
+
+
+def test_trend_text() -> None:
+    """Arrows for direction, the rate unless stable, the time to full only when known."""
+    up = {"direction": "increasing", "rate_bytes_per_s": 1258291.2, "time_to_full_s": 2520.0}
+    down = {"direction": "decreasing", "rate_bytes_per_s": -1048576.0, "time_to_full_s": None}
+    flat = {"direction": "stable", "rate_bytes_per_s": 3.0, "time_to_full_s": None}
+    assert fmt.trend_text(up) == "↑ 1.2 MiB/s  42m to full"
+    assert fmt.trend_text(up, rate=False) == "↑ 42m to full"
+    assert fmt.trend_text(down) == "↓ 1.0 MiB/s"
+    assert fmt.trend_text(flat) == "→"
+    assert fmt.trend_text(None) == ""
+    assert fmt.trend_text(up, fmt.Style(unicode=False)) == "^ 1.2 MiB/s  42m to full"
+
+
+def test_stats_screen_from_real_example() -> None:
+    """The example host: headline, memory bar and trend, swap, PSI, CPU, one line per GPU."""
+    text = fmt.format_stats(STATS)
+    assert text.splitlines()[0] == (
+        "perfd stats · 2027-01-15T08:02:40Z · every 5s · 1 alert firing"
+    )
+    assert line(text, "mem ") == (
+        "mem    [██████░░░░]  63.2%  40.4/64.0 GiB  healthy  ↑ 26.2 MiB/s  15m to full"
+    )
+    assert line(text, "swap ") == "swap   [░░░░░░░░░░]   0.0%  0.0/8.0 GiB"
+    assert line(text, "psi ") == "psi    some 0.4%  full 0.0%"
+    assert line(text, "cpu ") == "cpu    12.5%  load 0.50 0.40 0.30  (16 cpus)"
+    assert line(text, "GPU ").split() == [
+        "GPU",
+        "MEMORY",
+        "UTIL",
+        "TEMP",
+        "PWR",
+        "VERDICT",
+        "TREND",
+    ]
+    assert line(text, "0 ") == (
+        "0 H100 80GB [██████░░] 73.0% 58.4/80.0 GiB  30% 50°C 200W healthy  ↑ 45s to full"
+    )
+    assert line(text, "1 ") == (
+        "1 H100 80GB [███████░] 93.0% 74.4/80.0 GiB  30% 71°C 200W pressure →"
+    )
+    assert line(text, "procs") == "procs  none listed"
+    assert line(text, "perfd  ") == "perfd  rss 30.0 MiB  cpu 0.0%"
+    assert "gpu ok" not in text  # the GPU state shows only when it is not ok
+    assert "cgroup" not in text
+
+
+def test_stats_fits_80_columns_for_two_gpus() -> None:
+    """No line passes 80 columns, even with long names, big GPUs and the widest verdict."""
+    wide = stats()
+    memory = wide["host"]["memory"]
+    memory["verdict"] = "full_but_healthy"
+    wide["host"]["top_processes"] = [
+        {"pid": 4194304, "name": "x" * 40, "rss_bytes": 1 << 40, "unit": "u" * 90 + ".service"}
+    ]
+    wide["host"]["cgroup"] = {
+        "path": "/" + "deep/" * 30 + "perfd.service",
+        "limit_bytes": 32 << 30,
+        "current_bytes": 20 << 30,
+        "used_percent": 62.5,
+    }
+    for gpu in wide["gpus"]:
+        gpu["name"] = "NVIDIA A100-SXM4-80GB"
+        gpu["memory"].update(total_bytes=151397597184, used_bytes=151397597184, used_percent=100.0)
+        gpu["power_watts"] = 1000.0
+        gpu["trend"] = {"direction": "increasing", "rate_bytes_per_s": 1e9, "time_to_full_s": 9e4}
+    for style in (fmt.PLAIN, fmt.Style(colour=True), fmt.Style(unicode=False)):
+        text = ANSI.sub("", fmt.format_stats(wide, style))
+        assert max(len(row) for row in text.splitlines()) <= fmt.WIDTH, text
+    text = fmt.format_stats(wide)
+    assert "full_but_healthy" in line(text, "mem ")
+    assert "15m to full" in line(text, "mem ")  # the rate gave way, the time to full stayed
+    cgroup = line(text, "cgroup ")
+    assert "  …" in cgroup
+    assert cgroup.endswith("/deep/perfd.service")
+    assert "1000W" in line(text, "0 A100")
+    assert "1.0d to full" in line(text, "0 A100")
+
+
+def test_stats_ascii_fallback() -> None:
+    """Without unicode the screen is plain ASCII: # and . bars, ^ v -> arrows, C for °C."""
+    text = fmt.format_stats(STATS, fmt.Style(unicode=False))
+    assert text.isascii()
+    assert "[######....]" in line(text, "mem ")
+    assert "^ 26.2 MiB/s" in line(text, "mem ")
+    assert "[######..]" in line(text, "0 ")
+    assert " 50C " in line(text, "0 ")
+    assert line(text, "1 ").endswith("pressure ->")
+    assert text.splitlines()[0].startswith("perfd stats | 2027-01-15T08:02:40Z | ")
+
+
+def test_stats_colour_only_with_colour_on() -> None:
+    """Verdict words are green, yellow or red with colour on, and no escape appears without."""
+    assert "\033[" not in fmt.format_stats(STATS)
+    text = fmt.format_stats(STATS, fmt.Style(colour=True))
+    assert "\033[32mhealthy\033[0m" in line(text, "mem ")
+    assert "\033[33mpressure\033[0m" in line(text, "1 ")
+    critical = stats()
+    critical["gpus"][1]["verdict"] = "critical"
+    assert "\033[31mcritical\033[0m" in fmt.format_stats(critical, fmt.Style(colour=True))
+    # Colour does not shift the columns: the lines match the plain ones once escapes are gone.
+    assert ANSI.sub("", text) == fmt.format_stats(STATS)
+
+
+def test_stats_without_psi() -> None:
+    """A host without /proc/pressure says so instead of showing percentages."""
+    snap = stats()
+    snap["host"]["psi"] = {"available": False}
+    assert line(fmt.format_stats(snap), "psi ") == "psi    absent"
+
+
+def test_stats_without_gpus() -> None:
+    """gpu_state absent with no GPUs: the headline and a gpu line say why, no GPU table."""
+    snap = stats(gpu_state="absent", gpu_error="NVML_ERROR_LIBRARY_NOT_FOUND", gpus=[])
+    text = fmt.format_stats(snap)
+    assert " · gpu absent · " in text.splitlines()[0]
+    assert line(text, "gpu ") == "gpu    absent  NVML_ERROR_LIBRARY_NOT_FOUND"
+    assert "GPU " not in text
+    disabled = fmt.format_stats(stats(gpu_state="disabled", gpu_error=None, gpus=[]))
+    assert line(disabled, "gpu ") == "gpu    disabled"
+
+
+def test_stats_lost_gpu() -> None:
+    """A lost GPU shows its state and error in red; the other GPU keeps its full line."""
+    snap = stats(gpu_state="lost", gpu_error="NVML_ERROR_GPU_IS_LOST")
+    lost = snap["gpus"][1]
+    lost.update(state="lost", error="NVML_ERROR_GPU_IS_LOST", verdict=None, trend=None)
+    lost.update(temperature_c=None, power_watts=None, utilization_percent=None)
+    lost["memory"].update(total_bytes=0, used_bytes=0, free_bytes=0, used_percent=0.0)
+    text = fmt.format_stats(snap)
+    assert " · gpu lost · " in text.splitlines()[0]
+    assert line(text, "1 ") == "1 H100 80GB lost: NVML_ERROR_GPU_IS_LOST"
+    assert "73.0%" in line(text, "0 ")
+    coloured = fmt.format_stats(snap, fmt.Style(colour=True))
+    assert "\033[31mlost: NVML_ERROR_GPU_IS_LOST\033[0m" in coloured
+
+
+def test_stats_missing_gpu_readings() -> None:
+    """Null temperature, power and utilization show as '-', never 'None'."""
+    snap = stats()
+    snap["gpus"][0].update(temperature_c=None, power_watts=None, utilization_percent=None)
+    row = line(fmt.format_stats(snap), "0 ")
+    assert "None" not in row
+    assert row.split()[7:11] == ["-", "-", "-", "healthy"]
+
+
+def test_stats_top_processes() -> None:
+    """Top processes are a PID, NAME, RSS, UNIT table; a missing unit is '-'."""
+    snap = stats()
+    snap["host"]["top_processes"] = [
+        {"pid": 2101, "name": "vllm", "rss_bytes": 12 << 30, "unit": "vllm.service"},
+        {"pid": 77, "name": "python3", "rss_bytes": 300 << 20, "unit": None},
+    ]
+    text = fmt.format_stats(snap)
+    assert line(text, " PID ").split() == ["PID", "NAME", "RSS", "UNIT"]
+    assert line(text, "2101 ").split() == ["2101", "vllm", "12.0", "GiB", "vllm.service"]
+    assert line(text, "  77 ").split() == ["77", "python3", "300.0", "MiB", "-"]
+    assert "none listed" not in text
+
+
+def test_stats_cgroup_limit() -> None:
+    """A cgroup limit below RAM gets its own bar; without a current reading, just the limit."""
+    snap = stats()
+    snap["host"]["cgroup"] = {
+        "path": "/system.slice/perfd.service",
+        "limit_bytes": 32 << 30,
+        "current_bytes": 20 << 30,
+        "used_percent": 62.5,
+    }
+    assert line(fmt.format_stats(snap), "cgroup ") == (
+        "cgroup [██████░░░░]  62.5%  20.0/32.0 GiB  /system.slice/perfd.service"
+    )
+    snap["host"]["cgroup"].update(current_bytes=None, used_percent=None)
+    assert line(fmt.format_stats(snap), "cgroup ") == (
+        "cgroup limit 32.0 GiB  /system.slice/perfd.service"
+    )
+
+
+def test_stats_first_sample_and_critical_alerts() -> None:
+    """perfd's CPU before a second sample is '-'; critical alerts are counted in red."""
+    snap = stats(perfd={"rss_bytes": 31457280, "cpu_percent": None})
+    snap["alerts"] = {"firing": 3, "critical": 2}
+    text = fmt.format_stats(snap, fmt.Style(colour=True))
+    assert line(text, "perfd  ") == "perfd  rss 30.0 MiB  cpu -"
+    assert "\033[31m3 alerts firing (2 critical)\033[0m" in text.splitlines()[0]
+    quiet = stats(alerts={"firing": 0, "critical": 0})
+    assert fmt.format_stats(quiet).splitlines()[0].endswith(" · no alerts firing")
+
+
+def test_alerts_table_and_history() -> None:
+    """Firing alerts are an aligned table with units; the history lists each event."""
+    text = fmt.format_alerts(ALERTS)
+    lines = text.splitlines()
+    assert lines[0].split() == ["SEVERITY", "ID", "VALUE", "THRESHOLD", "SINCE"]
+    assert lines[1].split() == ["warning", "gpu_memory/gpu1", "93.0%", "90.0%", ALERTS_SINCE]
+    assert lines[0].index("SINCE") == lines[1].index(ALERTS_SINCE)
+    assert lines[3] == "history, newest first:"
+    assert lines[4].split() == ["TIME", "EVENT", "ID", "SEVERITY", "VALUE"]
+    assert lines[5].split() == [ALERTS_SINCE, "firing", "gpu_memory/gpu1", "warning", "93.0%"]
+    assert "\033[" not in text
+    assert "\033[33mwarning\033[0m" in fmt.format_alerts(ALERTS, fmt.Style(colour=True))
+
+
+def test_alerts_none_firing() -> None:
+    """No alerts: says so, and says there is no history."""
+    assert fmt.format_alerts({"firing": [], "history": []}) == (
+        "no alerts firing\n\nno alert history"
+    )
+
+
+def test_alerts_history_events_and_limit() -> None:
+    """History shows each event kind, repeats and units; only the newest 10 unless asked."""
+    base = {"id": "gpu_temperature/gpu0", "severity": "critical", "unit": "C", "value": 91.0}
+    events = [
+        {**base, "event": "alert.resolved", "at": "T13", "value": 70.0},
+        {**base, "event": "alert.deescalated", "at": "T12", "severity": "warning"},
+        {**base, "event": "alert.firing", "at": "T11", "repeat": 2},
+        {**base, "event": "alert.escalated", "at": "T10"},
+        {
+            "id": "exhaustion/host",
+            "severity": "warning",
+            "unit": "s",
+            "value": 920.0,
+            "event": "alert.firing",
+            "at": "T09",
+        },
+    ] + [{**base, "event": "alert.firing", "at": f"T0{i}"} for i in range(8, 0, -1)]
+    text = fmt.format_alerts({"firing": [], "history": events})
+    rows = text.splitlines()[4:]
+    assert rows[0].split() == ["T13", "resolved", "gpu_temperature/gpu0", "critical", "70°C"]
+    assert rows[1].split()[1] == "deescalated"
+    assert rows[2].split()[1:4] == ["firing", "(repeat", "2)"]
+    assert rows[3].split()[1] == "escalated"
+    assert rows[4].split() == ["T09", "firing", "exhaustion/host", "warning", "15m"]
+    assert rows[9].startswith("T04")
+    assert rows[10] == "3 older; perfctl alerts --all shows them"
+    everything = fmt.format_alerts({"firing": [], "history": events}, history_limit=None)
+    assert everything.splitlines()[-1].startswith("T01")
+    assert "older" not in everything
