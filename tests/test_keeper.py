@@ -1,0 +1,93 @@
+"""The cache's housekeeping thread, driven by a fake monitor."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from perfd import keeper
+from perfd.monitor import Subscription, VerdictChange
+from perfd.systemd import Liveness
+from tests.test_cache import FakeLoader, make_cache
+
+
+class FakeMonitor:
+    """Hands out a subscription and a snapshot the test controls."""
+
+    def __init__(self, used_percent: float) -> None:
+        self.used_percent = used_percent
+        self.subscriptions: list[Subscription] = []
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription()
+        self.subscriptions.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.subscriptions.remove(sub)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "host": {
+                "memory": {"used_percent": self.used_percent, "total_bytes": 1 << 30},
+                "cgroup": None,
+            },
+            "gpus": [
+                {
+                    "index": 0,
+                    "state": "ok",
+                    "memory": {"used_percent": 10.0, "total_bytes": 80 << 30},
+                },
+            ],
+        }
+
+
+def test_pressure_verdict_wakes_the_keeper_and_evicts_cold_models() -> None:
+    """A verdict change wakes the keeper at once; it evicts cold models down to the low mark."""
+    loader = FakeLoader()
+    evicted = threading.Event()
+    unload = loader.unload
+
+    def on_unload(model: Any) -> None:
+        unload(model)
+        evicted.set()
+
+    loader.unload = on_unload  # type: ignore[method-assign]
+    cache, _, clock = make_cache(
+        {"a": 20, "b": 20},
+        budget="1GiB",
+        loader=loader,
+        housekeeping="1h",
+        high_watermark=90,
+        low_watermark=85,
+    )
+    for name in ("a", "b"):
+        clock.now += 1
+        with cache.lease(name):
+            pass
+    monitor = FakeMonitor(used_percent=50.0)
+    beat = Liveness().register("keeper")
+    worker = keeper.Keeper(cache, monitor, beat)  # type: ignore[arg-type]
+    worker.start()
+    try:
+        monitor.used_percent = 95.0
+        monitor.subscriptions[0].put(VerdictChange("host", "critical", "healthy", 95.0, 0.0))
+        assert evicted.wait(10)
+    finally:
+        worker.stop()
+    assert loader.unloads[0] == "a"  # the colder one first
+    assert cache.stats()["evictions"]["pressure"] >= 1
+    assert monitor.subscriptions == []  # stop() unsubscribed
+
+
+def test_device_figures_from_a_snapshot() -> None:
+    """Devices' use and capacity come from the monitor's snapshot; a cgroup limit counts."""
+    snap = FakeMonitor(70.0).snapshot()
+    assert keeper.used_percent(snap) == {"cpu": 70.0, "cuda:0": 10.0}
+    assert keeper.capacity(snap, "cpu") == 1 << 30
+    assert keeper.capacity(snap, "cuda:0") == 80 << 30
+    assert keeper.capacity(snap, "cuda:1") is None
+    snap["host"]["cgroup"] = {"limit_bytes": 1 << 29, "used_percent": 96.0}
+    assert keeper.capacity(snap, "cpu") == 1 << 29
+    assert keeper.used_percent(snap)["cpu"] == 96.0
+    assert keeper.used_percent(None) == {}
