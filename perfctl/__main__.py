@@ -1,4 +1,5 @@
-"""perfctl: ask perfd for its status, its config, its stats and alerts, or to reload.
+"""perfctl: ask perfd for its status, its config, its stats and alerts, or to reload; list,
+load, evict, pin and run the models in its cache.
 
 Exit codes: 0 ok; 1 perfd answered with an error; 2 usage; 3 perfd not running or not
 answering; 4 permission denied on the socket.
@@ -17,6 +18,7 @@ from typing import Any
 from perfctl import format as fmt
 from perfctl.client import (
     DEFAULT_TIMEOUT,
+    LONG_TIMEOUT,
     AccessDenied,
     Client,
     CommandFailed,
@@ -42,10 +44,16 @@ _COMMANDS: dict[str, tuple[str, Formatter]] = {
     "config": ("show the effective config as TOML (secrets redacted)", fmt.format_config),
     "reload": ("re-read the config file (admin: perfd group)", fmt.format_reload),
     "stats": (
-        "show host memory, PSI, CPU, GPUs, trends and top processes",
+        "show host memory, PSI, CPU, GPUs, trends, top processes and the model cache",
         fmt.format_stats,
     ),
     "alerts": ("show firing alerts and the recent alert history", fmt.format_alerts),
+    "ps": ("list the loaded models, then the configured ones not loaded", fmt.format_ps),
+    "load": ("load a model, by name or from --target/--path (admin)", fmt.format_load),
+    "evict": ("unload a model, --all or --idle ones (admin)", fmt.format_evict),
+    "pin": ("keep a loaded model loaded until unpinned (admin)", fmt.format_pin),
+    "unpin": ("let a pinned model expire and be evicted again (admin)", fmt.format_pin),
+    "infer": ("run a model on JSON inputs and print its outputs (admin)", fmt.format_infer),
 }
 
 
@@ -75,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=argparse.SUPPRESS,
         metavar="SECONDS",
-        help=f"wait this long for a reply, then retry once (default {DEFAULT_TIMEOUT:g})",
+        help=f"wait this long for a reply (default {DEFAULT_TIMEOUT:g}; {LONG_TIMEOUT:g} for "
+        "load, infer and evict); read-only commands and reload are then retried once, the "
+        "others never",
     )
     common.add_argument(
         "--json",
@@ -114,7 +124,94 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"show the whole alert history, not only the {ALERT_HISTORY} newest entries",
     )
+    _cache_arguments(commands)
     return parser
+
+
+def _cache_arguments(commands: dict[str, argparse.ArgumentParser]) -> None:
+    for name in ("load", "pin", "unpin", "infer"):
+        commands[name].add_argument("name", metavar="NAME", help="the model's name")
+    load = commands["load"]
+    for option, text in (
+        ("--loader", "python (default), onnx, or a registered loader"),
+        ("--target", "python loader: module:callable that builds the model"),
+        ("--path", "the model file (onnx and file-based loaders)"),
+        ("--device", "cpu (default) or cuda:N"),
+    ):
+        load.add_argument(option, metavar=option[2:].upper(), help=f"for a new model: {text}")
+    load.add_argument(
+        "--size-hint",
+        type=_size,
+        metavar="SIZE",
+        help="for a new model: its size when the loader cannot estimate it (4GiB, 512MiB)",
+    )
+    evict = commands["evict"]
+    evict.add_argument("name", nargs="?", metavar="NAME", help="the model to unload")
+    evict.add_argument("--all", action="store_true", help="unload every unpinned, idle model")
+    evict.add_argument("--idle", action="store_true", help="unload models past their keep-alive")
+    evict.add_argument(
+        "--dry-run", action="store_true", help="list what would be unloaded, unload nothing"
+    )
+    evict.set_defaults(parser=evict)
+    commands["infer"].add_argument(
+        "--input",
+        type=_json_input,
+        metavar="JSON",
+        help="the inputs as JSON, @FILE to read them from a file, - from stdin (default: null)",
+    )
+    for name in ("load", "infer"):
+        commands[name].add_argument(
+            "--option",
+            action="append",
+            type=_option,
+            default=[],
+            metavar="KEY=VALUE",
+            help="a model option (load: the factory's; infer: the request's); VALUE is JSON "
+            "when it parses (64, true, [1,2]), else a string; repeat for more",
+        )
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, equals, value = text.partition("=")
+    if not key or not equals:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _size(text: str) -> int:
+    from perfd.units import parse_size  # only here: pure and stdlib-only, but needs re
+
+    try:
+        value = parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 4GiB, 512MiB)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 bytes: {text!r}")
+    return value
+
+
+def _json_input(text: str) -> Any:
+    """--input: JSON itself, @FILE, or - for stdin."""
+    source = ""
+    if text == "-":
+        source, raw = "stdin", sys.stdin.read()
+    elif text.startswith("@"):
+        source = text[1:]
+        try:
+            with open(source, encoding="utf-8") as file:
+                raw = file.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {source}: {exc}") from None
+    else:
+        raw = text
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        where = f" in {source}" if source else ""
+        raise argparse.ArgumentTypeError(f"not valid JSON{where}: {exc}") from None
 
 
 def _seconds(text: str) -> float:
@@ -147,15 +244,42 @@ def _render(args: argparse.Namespace, style: fmt.Style) -> Callable[[dict[str, A
     if args.command == "alerts":
         limit = None if args.all else ALERT_HISTORY
         return lambda result: fmt.format_alerts(result, style, history_limit=limit)
+    if args.command == "load":
+        return lambda result: fmt.format_load(result, style, name=args.name)
+    if args.command == "infer":
+        pretty = sys.stdout.isatty()
+        return lambda result: fmt.format_infer(result, style, pretty=pretty)
     formatter = _COMMANDS[args.command][1]
     return lambda result: formatter(result, style)
 
 
+def _request(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments ``args.command`` sends."""
+    cmd = args.command
+    if cmd == "evict":
+        flags = {k: True for k in ("all", "idle", "dry_run") if getattr(args, k)}
+        return {"model": args.name, **flags} if args.name is not None else flags
+    if cmd not in ("load", "pin", "unpin", "infer"):
+        return {}
+    request: dict[str, Any] = {"model": args.name}
+    if cmd == "load":
+        for key in ("loader", "target", "path", "device", "size_hint"):
+            if getattr(args, key) is not None:
+                request[key] = getattr(args, key)
+    if cmd == "infer":
+        request["inputs"] = args.input
+    if getattr(args, "option", None):
+        request["options"] = dict(args.option)
+    return request
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "evict" and (args.name is not None) + args.all + args.idle != 1:
+        args.parser.error("give exactly one of NAME, --all or --idle")
     as_json = getattr(args, "json", False)
     socket = getattr(args, "socket", None)
-    timeout = getattr(args, "timeout", DEFAULT_TIMEOUT)
+    timeout = getattr(args, "timeout", None)  # given: it holds for every command
     watch = getattr(args, "watch", None)
     style = _style()
     if not style.unicode:  # a process or GPU name the stream cannot encode must not crash us
@@ -163,20 +287,26 @@ def main(argv: list[str] | None = None) -> int:
         if reconfigure is not None:
             reconfigure(errors="replace")
     try:
-        with Client(socket, timeout=timeout) as client:
+        with Client(
+            socket, timeout=timeout or DEFAULT_TIMEOUT, long_timeout=timeout or LONG_TIMEOUT
+        ) as client:
             if watch is not None:
                 return _watch(client, watch, as_json, _render(args, style))
             started = time.perf_counter()
-            result = client.call(args.command)
+            result = client.call(args.command, **_request(args))
             elapsed_ms = (time.perf_counter() - started) * 1000
     except PerfctlError as exc:
         return _fail(exc, as_json)
-    if as_json:
-        print(json.dumps({"schema": JSON_SCHEMA, **result}, indent=2, sort_keys=False))
-    elif args.command == "ping":
-        print(fmt.format_ping(result, style, elapsed_ms))
-    else:
-        print(_render(args, style)(result))
+    try:
+        if as_json:
+            print(json.dumps({"schema": JSON_SCHEMA, **result}, indent=2, sort_keys=False))
+        elif args.command == "ping":
+            print(fmt.format_ping(result, style, elapsed_ms))
+        else:
+            print(_render(args, style)(result))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (perfctl ps --json | head -1)
+        _quiet_stdout()
     return EXIT_OK
 
 
@@ -214,9 +344,14 @@ def _watch(
     except KeyboardInterrupt:
         return EXIT_OK
     except BrokenPipeError:  # the reader went away (perfctl stats --watch | head)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # keep the interpreter's last flush quiet
+        _quiet_stdout()
         return EXIT_OK
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of a closed pipe is quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _fail(exc: PerfctlError, as_json: bool) -> int:

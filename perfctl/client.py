@@ -4,6 +4,8 @@
 
     with Client() as perfd:
         print(perfd.status()["uptime_s"])
+        perfd.load("embedder")
+        vectors = perfd.infer("embedder", ["hello", "world"])
 
 Exceptions::
 
@@ -13,9 +15,12 @@ Exceptions::
     ├── AccessDenied        the socket exists but we may not use it  (perfctl exit 4)
     └── CommandFailed       perfd answered with an error; .code      (perfctl exit 1)
         ├── Forbidden, InvalidArgs, NotFound, Busy, Timeout, ConfigInvalid
+        ├── NoCapacity      a model cannot fit in its device's budget
+        ├── LoadFailed      the model's loader raised
         └── BadReply        the answer was not a well-formed perfd reply
 
-Imports only the standard library, pyzmq and perfd.protocol, so perfctl starts fast.
+Imports only the standard library, pyzmq and perfd.protocol, so perfctl starts fast; numpy is
+imported only when a reply carries arrays.
 """
 
 from __future__ import annotations
@@ -23,14 +28,23 @@ from __future__ import annotations
 import itertools
 import os
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import zmq
 
 from perfd import paths, protocol
 
 DEFAULT_TIMEOUT = 3.0
+LONG_TIMEOUT = 300.0  # seconds: loading a model (or inferring through a load) takes long
 BAD_REPLY = "bad_reply"  # client-side code: perfd's answer was not a well-formed reply
+FRAME_KEY = "$frame"  # an array's placeholder in the JSON frame (perfd/arrays.py)
+
+# Commands that may be sent again after a timeout: the read-only ones, and reload (re-reading
+# the same file twice ends in the same state). A load, an inference or an eviction is never
+# re-sent: the first one may still be running in perfd, and a second could double its effect.
+RETRYABLE_COMMANDS: Final = protocol.READ_ONLY_COMMANDS | {"reload"}
+# Commands that wait max(timeout, long_timeout): they load, run or unload models.
+LONG_COMMANDS: Final = frozenset({"load", "infer", "evict"})
 
 
 class PerfctlError(Exception):
@@ -84,6 +98,18 @@ class ConfigInvalid(CommandFailed):
     hint = "fix the file (perfd --check-config PATH) and reload again"
 
 
+class NoCapacity(CommandFailed):
+    """The model does not fit its device's budget even after evicting what can be evicted."""
+
+    hint = "raise [cache] budgets, unpin or evict models"
+
+
+class LoadFailed(CommandFailed):
+    """The model's loader raised; the message carries its error."""
+
+    hint = "check the model's target/path and perfd's log (journalctl -u perfd)"
+
+
 class BadReply(CommandFailed):
     pass
 
@@ -95,6 +121,8 @@ _BY_CODE: dict[str, type[CommandFailed]] = {
     protocol.BUSY: Busy,
     protocol.TIMEOUT: Timeout,
     protocol.CONFIG_INVALID: ConfigInvalid,
+    protocol.NO_CAPACITY: NoCapacity,
+    protocol.LOAD_FAILED: LoadFailed,
 }
 
 
@@ -113,8 +141,16 @@ class Client:
 
     ``socket`` is a path or an ipc:// endpoint; by default the admin socket in the runtime
     directory, or the read-only socket for read-only commands when the admin one is not
-    accessible. Each call waits ``timeout`` seconds, retries once on a fresh socket, then
-    raises DaemonTimeout.
+    accessible.
+
+    Timeouts and retries follow one rule:
+
+    - Each call waits ``timeout`` seconds for the reply; ``load``, ``infer`` and ``evict``
+      (LONG_COMMANDS) wait ``max(timeout, long_timeout)``, since loading a model takes long.
+    - After a timeout, only RETRYABLE_COMMANDS (the read-only ones and ``reload``) are sent
+      again, ``retries`` times, each on a fresh socket. ``load``, ``infer``, ``evict``, ``pin``
+      and ``unpin`` are never re-sent: the first request may still be running in perfd, and a
+      second could double an inference. Either way the call ends in DaemonTimeout.
     """
 
     def __init__(
@@ -122,10 +158,12 @@ class Client:
         socket: str | os.PathLike[str] | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        long_timeout: float = LONG_TIMEOUT,
         retries: int = 1,
         runtime_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.timeout = timeout
+        self.long_timeout = long_timeout
         self.retries = retries
         self._explicit = socket
         self._runtime_dir = os.fspath(runtime_dir) if runtime_dir else paths.client_runtime_dir()
@@ -175,6 +213,77 @@ class Client:
         """Firing alerts and the recent history of alert transitions, newest first."""
         return self.call("alerts")
 
+    def ps(self) -> dict[str, Any]:
+        """The loaded models (``models``, most recently used first) and the ``configured`` names."""
+        return self.call("ps")
+
+    def load(
+        self,
+        name: str,
+        *,
+        loader: str | None = None,
+        target: str | None = None,
+        path: str | None = None,
+        device: str | None = None,
+        options: dict[str, Any] | None = None,
+        size_hint: int | None = None,
+    ) -> dict[str, Any]:
+        """Load a model (a configured one by name; with a spec, one named at run time) and
+        return its ps entry. Raises NoCapacity, LoadFailed, NotFound."""
+        spec = {
+            "loader": loader,
+            "target": target,
+            "path": path,
+            "device": device,
+            "options": options,
+            "size_hint": size_hint,
+        }
+        return self.call("load", model=name, **{k: v for k, v in spec.items() if v is not None})
+
+    def evict(
+        self,
+        name: str | None = None,
+        *,
+        all: bool = False,
+        idle: bool = False,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Unload ``name``, or every evictable model (``all``), or those past their keep-alive
+        (``idle``): exactly one. ``dry_run`` only lists them. Returns ``evicted`` (names)."""
+        args: dict[str, Any] = {"model": name} if name is not None else {}
+        args.update((k, True) for k, v in (("all", all), ("idle", idle), ("dry_run", dry_run)) if v)
+        return self.call("evict", **args)
+
+    def pin(self, name: str) -> dict[str, Any]:
+        """Keep a loaded model loaded (no LRU, keep-alive or pressure eviction) until unpinned."""
+        return self.call("pin", model=name)
+
+    def unpin(self, name: str) -> dict[str, Any]:
+        return self.call("unpin", model=name)
+
+    def infer(self, name: str, inputs: Any, options: dict[str, Any] | None = None) -> Any:
+        """Run ``name`` on ``inputs`` (loading it first if needed) and return its outputs.
+
+        ``inputs`` is a JSON value, or holds numpy arrays anywhere in dicts, lists and tuples:
+        those travel as raw frames, and arrays in the outputs come back as numpy arrays
+        (writable views on the received message, no copy). Without arrays in, arrays out come
+        back as nested lists.
+        """
+        args: dict[str, Any] = {"model": name}
+        if options:
+            args["options"] = options
+        if not _has_array(inputs):
+            args["inputs"] = inputs
+            return self.call("infer", **args)["outputs"]
+        frames: list[Any] = []
+        meta: list[dict[str, Any]] = []
+        args["inputs"] = _to_frames(inputs, meta, frames)
+        args["arrays"] = meta
+        result, extra = self._exchange("infer", args, frames)
+        if not extra:
+            return result.get("outputs")
+        return _from_frames(result, extra)
+
     # -- the exchange -----------------------------------------------------------------------
 
     def endpoint_for(self, cmd: str) -> tuple[str, str | None]:
@@ -187,21 +296,49 @@ class Client:
             return _endpoint(readonly)
         return _endpoint(admin)
 
+    def timeout_for(self, cmd: str) -> float:
+        """Seconds to wait for ``cmd``'s reply (see the class docstring)."""
+        if cmd in LONG_COMMANDS:
+            return max(self.timeout, self.long_timeout)
+        return self.timeout
+
     def call(self, cmd: str, **args: Any) -> dict[str, Any]:
         """Send one command and return its result; raise a PerfctlError subclass otherwise."""
+        return self._exchange(cmd, args)[0]
+
+    def _exchange(
+        self, cmd: str, args: dict[str, Any], frames: list[Any] | None = None
+    ) -> tuple[dict[str, Any], list[zmq.Frame]]:
+        """One request (plus raw ``frames``), one reply: its result and its extra frames."""
         endpoint, path = self.endpoint_for(cmd)
         if path is not None:
             _check_path(path)
         request = protocol.Request(id=f"{self._prefix}-{next(self._ids)}", cmd=cmd, args=args)
         frame = protocol.encode_request(request)
-        for _attempt in range(self.retries + 1):
+        timeout = self.timeout_for(cmd)
+        attempts = 1 + (self.retries if cmd in RETRYABLE_COMMANDS else 0)
+        for _attempt in range(attempts):
             sock = self._socket(endpoint)
-            sock.send(frame)
-            if sock.poll(int(self.timeout * 1000)):
-                return self._result(request.id, sock.recv())
+            if frames:
+                sock.send_multipart([frame, *frames], copy=False)
+            else:
+                sock.send(frame)
+            if sock.poll(int(timeout * 1000)):
+                head = sock.recv()
+                extra = sock.recv_multipart(copy=False) if sock.get(zmq.RCVMORE) else []
+                return self._result(request.id, head), extra
             # REQ is stuck waiting for this reply: throw it away and start afresh.
             self._sockets.pop(endpoint).close(linger=0)
-        raise DaemonTimeout(f"no reply from perfd on {endpoint} within {self.timeout:g}s")
+        message = f"no reply from perfd on {endpoint} within {timeout:g}s"
+        if attempts == 1:
+            message += f"; '{cmd}' is not retried: it may still be running in perfd"
+        largest = max([len(frame), *(_nbytes(f) for f in frames or ())])
+        if largest > protocol.DEFAULT_MAX_MESSAGE_BYTES:
+            message += (
+                f"; a {largest}-byte frame is over perfd's default server.max_message_bytes "
+                f"({protocol.DEFAULT_MAX_MESSAGE_BYTES}), and perfd drops such a request unanswered"
+            )
+        raise DaemonTimeout(message)
 
     def _socket(self, endpoint: str) -> zmq.Socket[bytes]:
         sock = self._sockets.get(endpoint)
@@ -226,6 +363,85 @@ class Client:
             return reply.result
         code = reply.error_code or protocol.INTERNAL
         raise _BY_CODE.get(code, CommandFailed)(code, reply.error_message or "")
+
+
+# -- arrays on the wire (perfd/arrays.py describes the form) ----------------------------------
+
+
+def _is_array(value: Any) -> bool:
+    """A numpy array (or numpy scalar), recognised without importing numpy."""
+    return hasattr(value, "__array_interface__") and hasattr(value, "dtype")
+
+
+def _has_array(value: Any) -> bool:
+    if _is_array(value):
+        return True
+    if isinstance(value, dict):
+        return any(_has_array(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_array(v) for v in value)
+    return False
+
+
+def _to_frames(value: Any, meta: list[dict[str, Any]], frames: list[Any]) -> Any:
+    """``value`` with each array replaced by {"$frame": i}; its dtype and shape appended to
+    ``meta``, its bytes (C order, a zero-copy memoryview when it can be) to ``frames``."""
+    if _is_array(value):
+        if value.dtype.hasobject:
+            raise TypeError(f"cannot send an array of Python objects (dtype {value.dtype})")
+        meta.append({"dtype": value.dtype.str, "shape": list(value.shape)})
+        frames.append(_buffer(value))
+        return {FRAME_KEY: len(frames) - 1}
+    if isinstance(value, dict):
+        return {k: _to_frames(v, meta, frames) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_frames(v, meta, frames) for v in value]
+    return value
+
+
+def _buffer(array: Any) -> Any:
+    flags = getattr(array, "flags", None)
+    if flags is not None and flags.c_contiguous:
+        try:
+            return memoryview(array)
+        except (TypeError, ValueError):  # dtypes the buffer protocol cannot show (datetime64)
+            pass
+    return array.tobytes()  # C order, copied
+
+
+def _nbytes(frame: Any) -> int:
+    return frame.nbytes if isinstance(frame, memoryview) else len(frame)
+
+
+def _from_frames(result: dict[str, Any], frames: list[zmq.Frame]) -> Any:
+    """The reply's outputs with each {"$frame": i} replaced by frame i as a numpy array."""
+    import numpy
+
+    meta = result.get("arrays")
+    if not isinstance(meta, list) or len(meta) != len(frames):
+        raise BadReply(BAD_REPLY, f"'arrays' does not describe the reply's {len(frames)} frames")
+    decoded = []
+    for i, (info, frame) in enumerate(zip(meta, frames, strict=True)):
+        try:
+            dtype = numpy.dtype(info["dtype"])
+            shape = tuple(int(n) for n in info["shape"])
+            decoded.append(numpy.frombuffer(frame.buffer, dtype=dtype).reshape(shape))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadReply(BAD_REPLY, f"reply array {i}: {exc}") from None
+    return _replace(result.get("outputs"), decoded)
+
+
+def _replace(value: Any, decoded: list[Any]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {FRAME_KEY}:
+            index = value[FRAME_KEY]
+            if not isinstance(index, int) or not 0 <= index < len(decoded):
+                raise BadReply(BAD_REPLY, f"reply names frame {index!r}; it has {len(decoded)}")
+            return decoded[index]
+        return {k: _replace(v, decoded) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace(v, decoded) for v in value]
+    return value
 
 
 def _usable(path: str) -> bool:

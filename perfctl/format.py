@@ -262,7 +262,8 @@ def _meter(label: str, percent: float | None, used: float, total: float, style: 
 
 
 def format_stats(result: dict[str, Any], style: Style = PLAIN) -> str:
-    """The operator's screen: headline, host memory and CPU, GPUs, top processes, perfd itself.
+    """The operator's screen: headline, host memory and CPU, GPUs, top processes, the model
+    cache, perfd itself.
 
     Fits 80 columns; timestamps are shown as perfd gave them.
     """
@@ -271,6 +272,8 @@ def format_stats(result: dict[str, Any], style: Style = PLAIN) -> str:
     lines.extend(_host_lines(host, result.get("trends", {}).get("host_memory"), style))
     lines.extend(_gpu_lines(result, style))
     lines.extend(_process_lines(host, style))
+    if result.get("cache") is not None:  # perfd before the model cache sends none
+        lines.extend(_cache_lines(result["cache"], style))
     own = result.get("perfd") or {}
     rss = own.get("rss_bytes")
     lines.append(
@@ -409,6 +412,57 @@ def _process_lines(host: dict[str, Any], style: Style) -> list[str]:
     return grid(style, rows, frozenset({0, 2}), width=WIDTH, sep="  ")
 
 
+def _cache_lines(cache: dict[str, Any], style: Style) -> list[str]:
+    """``cache  3 loaded · hits 12 · ...``, the evictions by reason, then each device's use of
+    its budget (what the cache accounts: measured sizes, estimates until measured)."""
+    label = f"{'cache':<{_LABEL}}"
+    if not cache.get("started"):
+        return [label + "not started"]
+    ratio = cache.get("hit_ratio")
+    counts = [
+        f"{cache.get('loaded', 0)} loaded",
+        f"hits {cache.get('hits', 0)}",
+        f"misses {cache.get('misses', 0)}",
+        f"hit ratio {'-' if ratio is None else f'{ratio * 100:.0f}%'}",
+    ]
+    lines = _wrap(label, counts, f" {_glyph(style, '·')} ")
+    reasons = [f"{reason} {n}" for reason, n in (cache.get("evictions") or {}).items()]
+    lines.extend(_wrap(f"{'':<{_LABEL}}evictions ", reasons or ["none"], " "))
+    devices = cache.get("devices") or {}
+    width = max((len(name) for name in devices), default=0)
+    for device in sorted(devices, key=_device_order):
+        figures = devices[device]
+        on_device = [m for m in cache.get("models") or [] if m.get("device") == device]
+        used = (
+            sum(_accounted(m) for m in on_device)
+            if on_device
+            else figures.get("measured_bytes") or figures.get("estimated_bytes") or 0
+        )
+        budget = figures.get("budget_bytes") or 0
+        name = f"{'':<{_LABEL}}{device:<{width}}  "
+        if budget:
+            percent = 100 * used / budget
+            lines.append(
+                f"{name}{bar(percent, 10, style)} {_pct(percent):>6}  "
+                f"{size_pair(used, budget)} budget"
+            )
+        else:
+            lines.append(f"{name}{size(used)}  (no budget)")
+    return lines
+
+
+def _device_order(device: str) -> tuple[int, int, str]:
+    """cpu first, then cuda:0, cuda:1, ..., cuda:10 in numeric order."""
+    kind, _, index = device.partition(":")
+    return (kind != "cpu", int(index) if index.isdigit() else 0, device)
+
+
+def _accounted(model: dict[str, Any]) -> int:
+    """The bytes the cache counts for a model: measured once known, else the estimate."""
+    measured = model.get("measured_bytes")
+    return int(measured if measured is not None else model.get("estimated_bytes") or 0)
+
+
 def alert_value(value: float | None, unit: str, style: Style = PLAIN) -> str:
     """An alert's value or threshold with its unit: 93.0%, 85°C, 15m (time to full)."""
     if value is None:
@@ -474,3 +528,148 @@ def format_alerts(
         more = len(history) - len(shown)
         lines.append(style.paint(f"{more} older; perfctl alerts --all shows them", "dim"))
     return "\n".join(lines)
+
+
+# -- the model cache ------------------------------------------------------------------------
+
+FOREVER = -1  # keep_alive_s of a model that never expires (perfd/schema.py)
+_STATE_COLOURS = {"ready": "green", "loading": "yellow", "unloading": "dim"}
+
+
+def clock(stamp: str | None) -> str:
+    """``2027-01-15T08:02:40Z`` -> ``08:02:40 UTC``; anything else as given."""
+    if stamp and len(stamp) == 20 and stamp[10] == "T" and stamp.endswith("Z"):
+        return f"{stamp[11:19]} UTC"
+    return stamp or "-"
+
+
+def model_size(model: dict[str, Any]) -> str:
+    """Estimated / measured: ``64.0 MiB / 64.1 MiB rss``; ``-`` for what is not known."""
+    estimate, measured = model.get("estimated_bytes"), model.get("measured_bytes")
+    if estimate is None and measured is None:
+        return "-"
+    left = "-" if estimate is None else size(estimate)
+    right = "-" if measured is None else f"{size(measured)} {model.get('measured_by') or ''}"
+    return f"{left} / {right}".rstrip()
+
+
+def until_cell(model: dict[str, Any]) -> Cell:
+    """How long a model stays: PINNED, FOREVER, IN USE (leases held), or its expiry time."""
+    if model.get("state") != "ready":
+        return ("-", None)
+    if model.get("pinned"):
+        return ("PINNED", "bold")
+    if model.get("keep_alive_s") == FOREVER:
+        return ("FOREVER", None)
+    if model.get("leases"):
+        return ("IN USE", "yellow")
+    return (clock(model.get("expires_at")), None)
+
+
+def _stays(model: dict[str, Any]) -> str:
+    """``until_cell`` as words: "stays loaded until unpinned", "until 08:02:40 UTC"."""
+    text, _ = until_cell(model)
+    return {
+        "-": model.get("state") or "-",
+        "PINNED": "stays loaded until unpinned",
+        "FOREVER": "stays loaded (keep_alive forever)",
+        "IN USE": "in use",
+    }.get(text, f"until {text}")
+
+
+def _wrap(head: str, items: list[str], sep: str = ", ", width: int = WIDTH) -> list[str]:
+    """``head`` then ``items`` joined by ``sep``, on as many lines as it takes; continuation
+    lines start under the first item."""
+    lines, current = [], head
+    for i, item in enumerate(items):
+        piece = item + (sep.rstrip() if i < len(items) - 1 else "")
+        gap = "" if current.endswith(" ") else " "
+        if current.strip() and len(current) + len(gap) + len(piece) > width:
+            lines.append(current.rstrip())
+            current, gap = " " * len(head), ""
+        current += gap + piece
+    lines.append(current.rstrip())
+    return lines
+
+
+def format_ps(result: dict[str, Any], style: Style = PLAIN) -> str:
+    """Loaded models, most recently used first, like ``ollama ps``; then the configured models
+    that are not loaded."""
+    models = result.get("models") or []
+    lines: list[str] = []
+    if models:
+        header = ("NAME", "STATE", "SIZE", "DEVICE", "HITS", "UNTIL")
+        rows: list[list[Cell]] = [[(h, None) for h in header]]
+        for model in models:
+            state = model.get("state") or "?"
+            rows.append(
+                [
+                    (model.get("name") or "?", None),
+                    (state, _STATE_COLOURS.get(state)),
+                    (model_size(model), None),
+                    (model.get("device") or "-", None),
+                    (str(model.get("hits", 0)), None),
+                    until_cell(model),
+                ]
+            )
+        lines.extend(grid(style, rows, frozenset({4}), width=WIDTH, shrink=0, sep="  "))
+    else:
+        lines.append("no models loaded")
+    loaded = {model.get("name") for model in models}
+    configured = result.get("configured") or []
+    idle = [name for name in configured if name not in loaded]
+    if idle:
+        lines.extend(style.paint(text, "dim") for text in _wrap("not loaded: ", idle))
+    elif not configured and not models:
+        lines.append(style.paint("none configured: add [models.NAME] tables to perfd.toml", "dim"))
+    return "\n".join(lines)
+
+
+def format_load(result: dict[str, Any], style: Style = PLAIN, name: str = "") -> str:
+    """``loaded ballast on cpu in 0.07s · 64.0 MiB / 64.1 MiB rss · until 08:07:40 UTC``."""
+    if not result:  # keep_alive = 0: unloaded as soon as the load's own lease ended
+        return f"{style.paint('loaded', 'green')} {name}, and unloaded at once (keep_alive 0)"
+    head = f"{style.paint('loaded', 'green')} {result.get('name', name)} on {result.get('device')}"
+    last = (result.get("load_seconds") or {}).get("last")
+    if last is not None:
+        head += f" in {last:.2f}s"
+    dot = f" {_glyph(style, '·')} "
+    return dot.join([head, model_size(result), _stays(result)])
+
+
+def format_pin(result: dict[str, Any], style: Style = PLAIN) -> str:
+    """``pinned echo · stays loaded until unpinned`` or ``unpinned echo · until ...``."""
+    verb = "pinned" if result.get("pinned") else "unpinned"
+    dot = f" {_glyph(style, '·')} "
+    return f"{style.paint(verb, 'green')} {result.get('name', '?')}{dot}{_stays(result)}"
+
+
+def format_evict(result: dict[str, Any], style: Style = PLAIN) -> str:
+    """One line per evicted model with what it freed; a dry run lists what would go."""
+    names = result.get("evicted") or []
+    if result.get("dry_run"):
+        return f"would evict: {', '.join(names)}" if names else "nothing to evict"
+    if not names:
+        return "nothing to evict"
+    records = {r.get("model"): r for r in result.get("records") or []}
+    dot = f" {_glyph(style, '·')} "
+    lines = []
+    for name in names:
+        text = f"{style.paint('evicted', 'green')} {name}"
+        record = records.get(name)
+        if record is not None:
+            freed = max(record.get("freed_rss_bytes") or 0, 0)
+            text += (
+                f" from {record.get('device', '?')}{dot}{size(record.get('bytes') or 0)}"
+                f"{dot}{size(freed)} rss freed"
+            )
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def format_infer(result: dict[str, Any], style: Style = PLAIN, pretty: bool = False) -> str:
+    """The model's outputs as JSON: indented when ``pretty`` (a TTY), else on one line; \\u
+    escapes when the stream cannot encode unicode (never a lossy replacement)."""
+    return json.dumps(
+        result.get("outputs"), indent=2 if pretty else None, ensure_ascii=not style.unicode
+    )

@@ -57,6 +57,18 @@ def budget_bytes(text: str, capacity: int | None) -> int | None:
 
 
 @dataclass
+class ModelStats:
+    """A model's counters; they outlive its entry, so they count across evictions."""
+
+    hits: int = 0
+    misses: int = 0
+    loads: int = 0
+    load_seconds: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=64)
+    )
+
+
+@dataclass
 class Entry:
     spec: ModelSpec
     keep_alive: float
@@ -70,12 +82,7 @@ class Entry:
     measured_torch: int | None = None  # torch's CUDA count, when NVML measured
     leases: int = 0
     last_used: float = 0.0
-    hits: int = 0
-    misses: int = 0
-    loads: int = 0
-    load_seconds: collections.deque[float] = field(
-        default_factory=lambda: collections.deque(maxlen=64)
-    )
+    stats: ModelStats = field(default_factory=ModelStats)
     done: threading.Event = field(default_factory=threading.Event)
     error: CommandError | None = None
     abandoned: bool = False
@@ -95,13 +102,15 @@ class Lease:
 
     def __init__(self, cache: ModelCache, entry: Entry) -> None:
         self._cache, self._entry = cache, entry
-        self.model = entry.model
+        # Loaders may wrap what they load; `.obj` is the object the application made.
+        self.model = getattr(entry.model, "obj", entry.model)
+        self._handle = entry.model
         self.loader = entry.loader
         self.name = entry.spec.name
 
     def infer(self, inputs: Any, options: dict[str, Any] | None = None) -> Any:
         assert self.loader is not None
-        return self.loader.infer(self.model, inputs, options or {})
+        return self.loader.infer(self._handle, inputs, options or {})
 
     def release(self) -> None:
         if self._entry is not None:
@@ -143,6 +152,8 @@ class ModelCache:
         )
         self._by_reason = dict.fromkeys(REASONS, 0)
         self._loads_running = 0
+        self._load_starts = 0  # loads started so far: an overlap changes it under a load
+        self._model_stats: dict[str, ModelStats] = {}
         self.hits = 0
         self.misses = 0
 
@@ -204,7 +215,7 @@ class ModelCache:
                 if entry is not None and entry.state == READY:
                     entry.leases += 1
                     if not missed:
-                        entry.hits += 1
+                        entry.stats.hits += 1
                         self.hits += 1
                     entry.last_used = self._clock()
                     return Lease(self, entry)
@@ -214,7 +225,7 @@ class ModelCache:
                 else:
                     loader_thread = False
                     if entry.state == LOADING and not missed:
-                        entry.misses += 1
+                        entry.stats.misses += 1
                         self.misses += 1
                 missed = True
             if loader_thread:
@@ -248,9 +259,10 @@ class ModelCache:
         with contextlib.suppress(Exception):
             estimate = loader.estimate(spec) or spec.size_hint
         victims = self._victims(spec.device, estimate or 0, name)
-        entry = Entry(spec, keep_alive, pinned, estimate=estimate, loader=loader)
+        stats = self._model_stats.setdefault(name, ModelStats())
+        entry = Entry(spec, keep_alive, pinned, estimate=estimate, loader=loader, stats=stats)
         if count_miss:
-            entry.misses = 1
+            stats.misses += 1
             self.misses += 1
         self._entries[name] = entry
         for victim in victims:
@@ -318,6 +330,9 @@ class ModelCache:
         def run() -> None:
             with self._lock:
                 self._loads_running += 1
+                self._load_starts += 1
+                first = self._load_starts
+                alone_at_start = self._loads_running == 1
             before, cuda_before = memory.rss_bytes(), memory.cuda_allocated(spec.device)
             nvml_before = self._gpu_use(spec.device) if self._gpu_use and on_gpu else None
             try:
@@ -332,7 +347,10 @@ class ModelCache:
             if nvml_before is not None and nvml_after is not None:
                 outcome["nvml"] = nvml_after - nvml_before
             with self._lock:
-                outcome["alone"] = self._loads_running == 1
+                # No other load ran at any moment of this one: its deltas are its own.
+                outcome["alone"] = (
+                    alone_at_start and self._loads_running == 1 and self._load_starts == first
+                )
                 self._loads_running -= 1
             finished.set()
             self._adopt(entry, outcome)
@@ -349,7 +367,7 @@ class ModelCache:
                 ),
             )
             return
-        entry.load_seconds.append(self._clock() - started)
+        entry.stats.load_seconds.append(self._clock() - started)
         if entry.error is None:
             self._enforce_budget(entry)
 
@@ -403,7 +421,7 @@ class ModelCache:
                 elif entry.spec.device == "cpu" and outcome["alone"]:
                     entry.measured, entry.measured_by = max(0, outcome["rss"]), "rss"
                 entry.state = READY
-                entry.loads += 1
+                entry.stats.loads += 1
                 entry.last_used = self._clock()
                 entry.done.set()
         if discard:
@@ -427,6 +445,7 @@ class ModelCache:
             entry.abandoned = True
             if self._entries.get(entry.spec.name) is entry:
                 del self._entries[entry.spec.name]
+            self._runtime_specs.pop(entry.spec.name, None)  # a failed run-time model is gone
             entry.done.set()
 
     def _release(self, entry: Entry) -> None:
@@ -587,7 +606,7 @@ class ModelCache:
             }
 
     def _describe(self, e: Entry, now: float, wall: float) -> dict[str, Any]:
-        seconds = sorted(e.load_seconds)
+        seconds = sorted(e.stats.load_seconds)
         expires = None
         if e.state == READY and e.leases == 0 and e.keep_alive not in (FOREVER,) and not e.pinned:
             expires = rfc3339(wall + max(0.0, e.last_used + e.keep_alive - now))
@@ -600,11 +619,11 @@ class ModelCache:
             "measured_bytes": e.measured,
             "measured_by": e.measured_by,
             "measured_torch_bytes": e.measured_torch,
-            "hits": e.hits,
-            "misses": e.misses,
-            "loads": e.loads,
+            "hits": e.stats.hits,
+            "misses": e.stats.misses,
+            "loads": e.stats.loads,
             "load_seconds": {
-                "last": round(e.load_seconds[-1], 4) if e.load_seconds else None,
+                "last": round(e.stats.load_seconds[-1], 4) if e.stats.load_seconds else None,
                 "p50": round(statistics.median(seconds), 4) if seconds else None,
                 "p95": round(seconds[int(0.95 * (len(seconds) - 1))], 4) if seconds else None,
             },

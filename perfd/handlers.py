@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,6 +18,7 @@ if TYPE_CHECKING:  # the cache (ctypes, statistics, loaders) is imported when fi
     from perfd.cache import ModelCache
 
 _JSON = (dict, list, str, int, float, bool, type(None))
+_DEVICE = re.compile(r"^(cpu|cuda:[0-9]+)$")
 
 
 class DaemonView(Protocol):
@@ -112,6 +114,11 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
     def load(args: dict[str, Any]) -> dict[str, Any]:
         name = args["model"]
         spec_keys = {"loader", "target", "path", "device", "options", "size_hint"} & set(args)
+        device = args.get("device", "cpu")
+        if spec_keys and not _DEVICE.match(device):
+            raise CommandError(
+                protocol.INVALID_ARGS, f'device must be "cpu" or "cuda:N", not {device!r}'
+            )
         if spec_keys:
             daemon.cache.define(
                 ModelSpec(
@@ -139,8 +146,9 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
             [args["model"]] if "model" in chosen else cache.evictable(idle_only="idle" in chosen)
         )
         if args.get("dry_run"):
-            if "model" in chosen:
+            if "model" in chosen and args["model"] not in cache.loaded_names():
                 cache.spec(args["model"])  # not_found for an unknown name
+                raise CommandError(protocol.NOT_FOUND, f"'{args['model']}' is not loaded")
             return {"evicted": names, "dry_run": True}
         records = []
         for name in names:
@@ -159,13 +167,23 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
         return daemon.cache.pin(args["model"], False)
 
     def infer(args: dict[str, Any], frames: list[bytes]) -> Any:
-        inputs = arrays.decode(args.get("inputs"), args.get("arrays"), frames)
+        try:
+            inputs = arrays.decode(args.get("inputs"), args.get("arrays"), frames)
+        except ImportError:
+            raise CommandError(
+                protocol.INVALID_ARGS,
+                "array frames need numpy in perfd's environment (pip install numpy); "
+                "send JSON inputs instead",
+            ) from None
         name = args["model"]
         with daemon.cache.lease(name) as lease:
             try:
                 outputs = lease.infer(inputs, args.get("options") or {})
-            except LoaderError as exc:
-                raise CommandError(protocol.INVALID_ARGS, f"'{name}': {exc}") from None
+            except Exception as exc:  # the model's own failure, whatever the loader
+                message = (
+                    str(exc) if isinstance(exc, LoaderError) else f"{type(exc).__name__}: {exc}"
+                )
+                raise CommandError(protocol.INFER_FAILED, f"'{name}': {message}") from None
         if frames:
             value, meta, out_frames = arrays.to_frames(outputs)
             return WithFrames({"model": name, "outputs": value, "arrays": meta}, out_frames)
@@ -173,6 +191,12 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
 
     model = {"model": (str,)}
     need_model = frozenset({"model"})
+
+    def loading_time() -> float:
+        """load and infer may load a model: give them load_timeout, plus time to run."""
+        cfg = daemon.loaded.config
+        return max(cfg.server.command_timeout, cfg.cache.load_timeout + 30)
+
     return [
         Command("ps", ps),
         Command(
@@ -180,6 +204,7 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
             load,
             admin=True,
             slow=True,
+            timeout=loading_time,
             args={
                 **model,
                 "loader": (str,),
@@ -206,6 +231,7 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
             admin=True,
             slow=True,
             frames=True,
+            timeout=loading_time,
             args={**model, "inputs": _JSON, "options": (dict,), "arrays": (list,)},
             required=need_model,
         ),

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from perfd.systemd import Heartbeat
 
 _log = log.get("perfd.keeper")
+_NEVER = object()
 
 
 def used_percent(snapshot: dict[str, Any] | None) -> dict[str, float]:
@@ -54,6 +55,7 @@ class Keeper:
         self._cache, self._monitor, self._heartbeat = cache, monitor, heartbeat
         self._stop = threading.Event()
         self._subscription = monitor.subscribe()
+        self._acted_on: object = _NEVER  # the sample the last pressure eviction used
         self._thread = threading.Thread(target=self._run, name="perfd-keeper", daemon=True)
 
     def start(self) -> None:
@@ -67,13 +69,23 @@ class Keeper:
             _log.warning("thread.still_alive", thread="perfd-keeper", action="exiting anyway")
         self._monitor.unsubscribe(self._subscription)
 
+    def _turn(self) -> None:
+        """Expire keep-alives; act on pressure once per monitor sample, never twice on one
+        (the sample predates the last evictions, so it would evict again for nothing)."""
+        snapshot = self._monitor.snapshot()
+        stamp = snapshot.get("sampled_at_unix") if snapshot else None
+        used = used_percent(snapshot) if stamp != self._acted_on else {}
+        records = self._cache.housekeep(used)
+        if any(r["reason"] == "pressure" for r in records):
+            self._acted_on = stamp
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._subscription.get(timeout=self._cache.cfg.housekeeping)
             if self._stop.is_set():
                 return
             try:
-                self._cache.housekeep(used_percent(self._monitor.snapshot()))
+                self._turn()
             except Exception:  # a bug must not stop housekeeping for good
                 _log.exception("cache.housekeeping_failed")
             if self._heartbeat is not None:

@@ -42,6 +42,7 @@ INTERNAL: Final = "internal"
 CONFIG_INVALID: Final = "config_invalid"
 NO_CAPACITY: Final = "no_capacity"  # a model cannot fit even after evicting what can be
 LOAD_FAILED: Final = "load_failed"  # the loader raised; the message carries its error
+INFER_FAILED: Final = "infer_failed"  # the model raised while running a request
 ERROR_CODES: Final = frozenset(
     {
         BAD_REQUEST,
@@ -56,6 +57,7 @@ ERROR_CODES: Final = frozenset(
         CONFIG_INVALID,
         NO_CAPACITY,
         LOAD_FAILED,
+        INFER_FAILED,
     }
 )
 

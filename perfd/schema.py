@@ -192,6 +192,8 @@ def _duration(meta: Mapping[str, Any], value: Any) -> Any:
 def _ttl(meta: Mapping[str, Any], value: Any) -> Any:
     if value == "forever" or (type(value) in (int, float) and value == FOREVER):
         return FOREVER
+    if type(value) in (int, float) and value < 0:
+        raise _Bad('a duration ("30s", "5m"), 0 (unload when idle) or -1 / "forever"')
     try:
         return parse_duration(value)
     except ValueError:

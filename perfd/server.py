@@ -45,6 +45,7 @@ class Command:
     args: Mapping[str, tuple[type, ...]] = field(default_factory=dict)
     required: frozenset[str] = frozenset()
     frames: bool = False  # accepts raw frames after the JSON one (perfd.arrays)
+    timeout: Callable[[], float] | None = None  # instead of the server's command_timeout
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class _Pending:
     cmd: str
     deadline: float
     answered: bool = False
+    timeout: float = 0.0
 
 
 @dataclass
@@ -218,7 +220,8 @@ class Server:
             self._reply_error(sock, envelope, exc.request_id, exc.code, exc.message)
             return
         if command.slow:
-            self._submit(sock, envelope, request, run)
+            timeout = command.timeout() if command.timeout else self.command_timeout
+            self._submit(sock, envelope, request, run, timeout)
             return
         try:
             result = run(request.args)
@@ -307,6 +310,7 @@ class Server:
         envelope: list[bytes],
         request: protocol.Request,
         run: Callable[[dict[str, Any]], Any],
+        timeout: float,
     ) -> None:
         # Count commands that timed out but still hold a worker: the pool's queue is bounded.
         if len(self._pending) >= self.workers * 4:
@@ -318,8 +322,10 @@ class Server:
             _log.info("component.started", component="workers", threads=self.workers)
         token = self._next_token
         self._next_token += 1
-        deadline = self._clock() + self.command_timeout
-        self._pending[token] = _Pending(sock, envelope, request.id, request.cmd, deadline)
+        deadline = self._clock() + timeout
+        self._pending[token] = _Pending(
+            sock, envelope, request.id, request.cmd, deadline, timeout=timeout
+        )
         self._pool.submit(
             run, request.args, lambda result, exc: self._completed(token, result, exc)
         )
@@ -354,8 +360,8 @@ class Server:
         for pending in self._pending.values():
             if not pending.answered and now >= pending.deadline:
                 pending.answered = True
-                message = f"'{pending.cmd}' did not finish within {self.command_timeout:g}s"
-                _log.warning("command.timeout", cmd=pending.cmd, timeout_s=self.command_timeout)
+                message = f"'{pending.cmd}' did not finish within {pending.timeout:g}s"
+                _log.warning("command.timeout", cmd=pending.cmd, timeout_s=pending.timeout)
                 self._reply_error(
                     pending.sock, pending.envelope, pending.request_id, protocol.TIMEOUT, message
                 )

@@ -10,6 +10,8 @@ _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86
 _SIZE_UNITS: Final = {
     "": 1,
     "b": 1,
+    "byte": 1,
+    "bytes": 1,
     "k": 1 << 10,
     "kib": 1 << 10,
     "kb": 1000,

@@ -517,3 +517,230 @@ def test_alerts_history_events_and_limit() -> None:
     everything = fmt.format_alerts({"firing": [], "history": events}, history_limit=None)
     assert everything.splitlines()[-1].startswith("T01")
     assert "older" not in everything
+
+
+# -- the model cache ------------------------------------------------------------------------
+
+
+def model(name: str = "ballast", **changes: Any) -> dict[str, Any]:
+    """A ps entry as perfd sends it (a ready, idle, expiring CPU model), with changes."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "state": "ready",
+        "loader": "python",
+        "device": "cpu",
+        "estimated_bytes": 64 << 20,
+        "measured_bytes": 67200000,
+        "measured_by": "rss",
+        "measured_torch_bytes": None,
+        "hits": 12,
+        "misses": 1,
+        "loads": 1,
+        "load_seconds": {"last": 0.0412, "p50": 0.0412, "p95": 0.0412},
+        "last_used": "2027-01-15T08:02:40Z",
+        "keep_alive_s": 300.0,
+        "expires_at": "2027-01-15T08:07:40Z",
+        "leases": 0,
+        "pinned": False,
+    }
+    entry.update(changes)
+    return entry
+
+
+PS: dict[str, Any] = {
+    "models": [
+        model(),
+        model("embedder", pinned=True, expires_at=None, device="cuda:0", measured_by="nvml"),
+        model("chat", leases=2, expires_at=None, hits=3),
+        model("echo", keep_alive_s=-1.0, expires_at=None, estimated_bytes=None),
+        model("big", state="loading", measured_bytes=None, measured_by=None, expires_at=None),
+    ],
+    "configured": ["ballast", "big", "broken", "chat", "echo", "embedder", "huge"],
+}
+
+CACHE: dict[str, Any] = {
+    "started": True,
+    "models": PS["models"],
+    "loaded": 4,
+    "hits": 12,
+    "misses": 3,
+    "hit_ratio": 0.8,
+    "devices": {
+        "cuda:0": {
+            "estimated_bytes": 64 << 20,
+            "measured_bytes": 67200000,
+            "budget_bytes": 72 << 30,
+        },
+        "cpu": {
+            "estimated_bytes": 192 << 20,
+            "measured_bytes": 201600000,
+            "budget_bytes": 32 << 30,
+        },
+    },
+    "evictions": {"lru": 1, "pressure": 0, "ttl": 2, "manual": 0, "budget": 0},
+    "recent_evictions": [],
+    "configured": PS["configured"],
+}
+
+
+def test_ps_table_until_column() -> None:
+    """ps is a NAME STATE SIZE DEVICE HITS UNTIL table: expiry time, PINNED, IN USE, FOREVER."""
+    text = fmt.format_ps(PS)
+    lines = text.splitlines()
+    assert lines[0].split() == ["NAME", "STATE", "SIZE", "DEVICE", "HITS", "UNTIL"]
+    assert line(text, "ballast ") == (
+        "ballast   ready    64.0 MiB / 64.1 MiB rss   cpu       12  08:07:40 UTC"
+    )
+    assert line(text, "embedder ").split()[-3:] == ["cuda:0", "12", "PINNED"]
+    assert "64.1 MiB nvml" in line(text, "embedder ")
+    assert line(text, "chat ").endswith("  3  IN USE")
+    assert line(text, "echo ").split()[2:6] == ["-", "/", "64.1", "MiB"]
+    assert line(text, "echo ").endswith("FOREVER")
+    assert line(text, "big ").split()[1:5] == ["loading", "64.0", "MiB", "/"]
+    assert line(text, "big ").endswith("  -")
+    assert lines[0].index("HITS") + 4 == lines[1].index("12") + 2  # HITS is right-aligned
+    assert "\033[" not in text
+
+
+def test_ps_lists_configured_models_not_loaded() -> None:
+    """After the table, one line names the configured models that are not loaded."""
+    assert fmt.format_ps(PS).splitlines()[-1] == "not loaded: broken, huge"
+    assert "not loaded" not in fmt.format_ps({**PS, "configured": ["ballast"]})
+
+
+def test_ps_without_loaded_models() -> None:
+    """Nothing loaded: says so, then the configured names; nothing configured: how to add one."""
+    assert fmt.format_ps({"models": [], "configured": ["a", "b"]}) == (
+        "no models loaded\nnot loaded: a, b"
+    )
+    text = fmt.format_ps({"models": [], "configured": []})
+    assert text.splitlines()[0] == "no models loaded"
+    assert "[models.NAME]" in text
+
+
+def test_ps_fits_80_columns() -> None:
+    """Long names and many configured models still fit 80 columns: NAME narrows, names wrap."""
+    wide = {
+        "models": [model("m" * 60, device="cuda:12", measured_by="torch")],
+        "configured": [f"model-number-{i}" for i in range(20)],
+    }
+    for style in (fmt.PLAIN, fmt.Style(colour=True)):
+        text = ANSI.sub("", fmt.format_ps(wide, style))
+        assert max(len(row) for row in text.splitlines()) <= fmt.WIDTH, text
+    text = fmt.format_ps(wide)
+    assert text.splitlines()[2].startswith("not loaded: model-number-0, ")
+    assert text.splitlines()[3].startswith("            model-number-")
+    assert text.endswith("model-number-19")
+
+
+def test_ps_colours() -> None:
+    """ready is green, PINNED bold, IN USE yellow, with colour on; columns do not shift."""
+    text = fmt.format_ps(PS, fmt.Style(colour=True))
+    assert "\033[32mready\033[0m" in text
+    assert "\033[1mPINNED\033[0m" in text
+    assert "\033[33mIN USE\033[0m" in text
+    assert ANSI.sub("", text) == fmt.format_ps(PS)
+
+
+def test_model_size_and_clock() -> None:
+    """Sizes read estimated / measured with the measurer; expiry times read HH:MM:SS UTC."""
+    assert fmt.model_size(model()) == "64.0 MiB / 64.1 MiB rss"
+    assert fmt.model_size(model(estimated_bytes=None)) == "- / 64.1 MiB rss"
+    assert fmt.model_size(model(measured_bytes=None, measured_by=None)) == "64.0 MiB / -"
+    assert fmt.model_size(model(estimated_bytes=None, measured_bytes=None)) == "-"
+    assert fmt.clock("2027-01-15T08:07:40Z") == "08:07:40 UTC"
+    assert fmt.clock("soon") == "soon"
+    assert fmt.clock(None) == "-"
+
+
+def test_stats_cache_section() -> None:
+    """stats shows the cache's counts, its evictions by reason, then each device's budget use
+    (measured sizes, the estimate of one still loading), before perfd's own line."""
+    text = fmt.format_stats(stats(cache=CACHE))
+    lines = text.splitlines()
+    start = lines.index(line(text, "cache "))
+    assert lines[start : start + 4] == [
+        "cache  4 loaded · hits 12 · misses 3 · hit ratio 80%",
+        "       evictions lru 1 pressure 0 ttl 2 manual 0 budget 0",
+        "       cpu     [░░░░░░░░░░]   0.8%  0.3/32.0 GiB budget",
+        "       cuda:0  [░░░░░░░░░░]   0.1%  0.1/72.0 GiB budget",
+    ]
+    assert lines[-1].startswith("perfd  rss ")
+    assert "cache" not in fmt.format_stats(STATS)  # a perfd without a cache: no section
+
+
+def test_stats_cache_not_started_and_no_budget() -> None:
+    """A cache not started yet says so; a device without a budget shows its bytes only."""
+    idle = fmt.format_stats(stats(cache={"started": False, "configured": ["a"]}))
+    assert line(idle, "cache ") == "cache  not started"
+    cache = {**CACHE, "hit_ratio": None, "devices": {"cpu": {**CACHE["devices"]["cpu"]}}}
+    cache["devices"]["cpu"]["budget_bytes"] = 0
+    text = fmt.format_stats(stats(cache=cache))
+    assert "hit ratio -" in line(text, "cache ")
+    assert "       cpu  256.3 MiB  (no budget)" in text.splitlines()
+
+
+def test_stats_cache_fits_80_columns_and_ascii() -> None:
+    """The cache lines fit 80 columns with big counts, and fall back to ASCII."""
+    cache = {**CACHE, "hits": 10**9, "misses": 10**9, "loaded": 999}
+    cache["evictions"] = dict.fromkeys(CACHE["evictions"], 10**9)
+    wrapped = fmt.format_stats(stats(cache=cache)).splitlines()
+    assert " " * 17 + "manual 1000000000 budget 1000000000" in wrapped  # under the first reason
+    for style in (fmt.PLAIN, fmt.Style(colour=True), fmt.Style(unicode=False)):
+        text = ANSI.sub("", fmt.format_stats(stats(cache=cache), style))
+        assert max(len(row) for row in text.splitlines()) <= fmt.WIDTH, text
+    ascii_text = fmt.format_stats(stats(cache=cache), fmt.Style(unicode=False))
+    assert ascii_text.isascii()
+    assert line(ascii_text, "cache ").startswith("cache  999 loaded | hits ")
+
+
+def test_load_output() -> None:
+    """load names the model, its device, load time, sizes and how long it stays."""
+    assert fmt.format_load(model()) == (
+        "loaded ballast on cpu in 0.04s · 64.0 MiB / 64.1 MiB rss · until 08:07:40 UTC"
+    )
+    pinned = fmt.format_load(model(pinned=True, expires_at=None))
+    assert pinned.endswith(" · stays loaded until unpinned")
+    assert fmt.format_load({}, name="once") == "loaded once, and unloaded at once (keep_alive 0)"
+
+
+def test_pin_and_unpin_output() -> None:
+    """pin says the model stays until unpinned; unpin says when it now expires."""
+    assert fmt.format_pin(model("echo", pinned=True, expires_at=None)) == (
+        "pinned echo · stays loaded until unpinned"
+    )
+    assert fmt.format_pin(model("echo")) == "unpinned echo · until 08:07:40 UTC"
+    forever = model("echo", keep_alive_s=-1.0, expires_at=None)
+    assert fmt.format_pin(forever) == "unpinned echo · stays loaded (keep_alive forever)"
+
+
+def test_evict_output() -> None:
+    """evict shows each model with what it freed; a dry run lists names; nothing says so."""
+    record = {
+        "model": "ballast",
+        "reason": "manual",
+        "at": "2027-01-15T08:03:00Z",
+        "device": "cpu",
+        "bytes": 67112960,
+        "freed_rss_bytes": 67166208,
+    }
+    done = {"evicted": ["ballast"], "records": [record], "dry_run": False}
+    assert fmt.format_evict(done) == "evicted ballast from cpu · 64.0 MiB · 64.1 MiB rss freed"
+    assert fmt.format_evict({"evicted": ["a", "b"], "dry_run": True}) == "would evict: a, b"
+    assert fmt.format_evict({"evicted": [], "dry_run": True}) == "nothing to evict"
+    assert fmt.format_evict({"evicted": [], "records": [], "dry_run": False}) == (
+        "nothing to evict"
+    )
+    gpu = {**record, "device": "cuda:0", "freed_rss_bytes": -4096}
+    assert fmt.format_evict({"evicted": ["ballast"], "records": [gpu], "dry_run": False}) == (
+        "evicted ballast from cuda:0 · 64.0 MiB · 0 B rss freed"
+    )
+
+
+def test_infer_output_is_json() -> None:
+    """infer prints the outputs as JSON: one line, or indented for a TTY; escapes without
+    unicode."""
+    result = {"model": "echo", "outputs": {"a": 1, "text": "é"}}
+    assert fmt.format_infer(result) == '{"a": 1, "text": "é"}'
+    assert fmt.format_infer(result, pretty=True) == '{\n  "a": 1,\n  "text": "é"\n}'
+    assert fmt.format_infer(result, fmt.Style(unicode=False)) == '{"a": 1, "text": "\\u00e9"}'

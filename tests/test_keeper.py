@@ -16,6 +16,7 @@ class FakeMonitor:
 
     def __init__(self, used_percent: float) -> None:
         self.used_percent = used_percent
+        self.sampled_at = 1.0
         self.subscriptions: list[Subscription] = []
 
     def subscribe(self) -> Subscription:
@@ -28,6 +29,7 @@ class FakeMonitor:
 
     def snapshot(self) -> dict[str, Any]:
         return {
+            "sampled_at_unix": self.sampled_at,
             "host": {
                 "memory": {"used_percent": self.used_percent, "total_bytes": 1 << 30},
                 "cgroup": None,
@@ -91,3 +93,26 @@ def test_device_figures_from_a_snapshot() -> None:
     assert keeper.capacity(snap, "cpu") == 1 << 29
     assert keeper.used_percent(snap)["cpu"] == 96.0
     assert keeper.used_percent(None) == {}
+
+
+def test_pressure_acts_once_per_sample() -> None:
+    """Evictions made on one monitor sample are not repeated on the same, now stale, sample."""
+    cache, _, clock = make_cache(
+        {"a": 20, "b": 20, "c": 20},
+        budget="1GiB",
+        housekeeping="1h",
+        high_watermark=90,
+        low_watermark=89.5,  # one 20 MiB model is 1.95 % of 1 GiB: 91 -> 89.05
+    )
+    for name in ("a", "b", "c"):
+        clock.now += 1
+        with cache.lease(name):
+            pass
+    monitor = FakeMonitor(used_percent=91.0)
+    worker = keeper.Keeper(cache, monitor, None)  # type: ignore[arg-type]
+    worker._turn()
+    worker._turn()  # the same sample: no second round
+    assert [r["model"] for r in cache.stats()["recent_evictions"]] == ["a"]
+    monitor.sampled_at = 2.0  # a new sample, still above the high mark
+    worker._turn()
+    assert [r["model"] for r in cache.stats()["recent_evictions"]] == ["b", "a"]
