@@ -79,9 +79,8 @@ def to_frames(value: Any) -> tuple[Any, list[dict[str, Any]], list[bytes]]:
 
     def walk(item: Any) -> Any:
         if is_array(item):
-            import numpy
-
-            contiguous = numpy.ascontiguousarray(item)
+            # copy(order="C") rather than ascontiguousarray, which turns 0-d arrays into 1-d
+            contiguous = item if item.flags.c_contiguous else item.copy(order="C")
             arrays.append({"dtype": contiguous.dtype.str, "shape": list(contiguous.shape)})
             frames.append(contiguous.tobytes())
             return {FRAME_KEY: len(frames) - 1}

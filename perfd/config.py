@@ -57,10 +57,18 @@ class ServerConfig:
     )
     max_message_bytes: int = option(
         1 << 20,
-        "Largest request accepted (ZMQ_MAXMSGSIZE); a bigger one drops the sender's connection.",
+        "Largest frame accepted on the read-only socket (ZMQ_MAXMSGSIZE); a bigger one drops "
+        "the sender's connection.",
         kind="size",
         minimum=1024,
         maximum=1 << 30,
+    )
+    max_admin_message_bytes: int = option(
+        256 << 20,
+        "Largest frame accepted on the admin socket, where `infer` sends arrays as raw frames.",
+        kind="size",
+        minimum=1024,
+        maximum=4 << 30,
     )
     command_timeout: float = option(
         60.0,
@@ -386,6 +394,7 @@ RESTART_ONLY: Final = frozenset(
         "server.group",
         "server.workers",
         "server.max_message_bytes",
+        "server.max_admin_message_bytes",
         "monitor.gpu",  # the probes are built once, at start
         "monitor.nvml_timeout",
         "monitor.top_processes",

@@ -60,6 +60,7 @@ class Daemon:
         self.server = Server(
             handlers.build(self),
             max_message_bytes=cfg.max_message_bytes,
+            max_admin_message_bytes=cfg.max_admin_message_bytes,
             workers=cfg.workers,
             command_timeout=cfg.command_timeout,
         )

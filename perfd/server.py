@@ -86,12 +86,14 @@ class Server:
         commands: Mapping[str, Command],
         *,
         max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+        max_admin_message_bytes: int | None = None,
         workers: int = 4,
         command_timeout: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.commands = dict(commands)
         self.max_message_bytes = max_message_bytes
+        self.max_admin_message_bytes = max_admin_message_bytes or max_message_bytes
         self.workers = workers
         self.command_timeout = command_timeout
         self.counters = Counters()
@@ -122,7 +124,8 @@ class Server:
     def bind(self, path: Path, *, readonly: bool) -> None:
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 1000)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        limit = self.max_message_bytes if readonly else self.max_admin_message_bytes
+        sock.setsockopt(zmq.MAXMSGSIZE, limit)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
         sock.bind(f"ipc://{path}")
         self._sockets[sock] = readonly

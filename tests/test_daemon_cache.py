@@ -170,3 +170,21 @@ def test_no_capacity_gives_the_numbers(start_perfd: StartPerfd) -> None:
         call(perfd, "load", model="huge")
     assert caught.value.code == "no_capacity"
     assert "1024.00 GiB" in caught.value.message
+
+
+def test_arrays_bigger_than_the_read_only_limit_reach_the_admin_socket(
+    start_perfd: StartPerfd,
+) -> None:
+    """A 4 MiB array (over the read-only socket's 1 MiB) is accepted on the admin socket."""
+    perfd = start(start_perfd)
+    big = np.ones((1024, 1024), dtype=np.float32)
+    value, meta, frames = arrays.to_frames(big)
+    request = protocol.Request("b", "infer", {"model": "doubler", "inputs": value, "arrays": meta})
+    with zmq.Context() as ctx, ctx.socket(zmq.REQ) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"ipc://{perfd.admin_socket}")
+        sock.send_multipart([protocol.encode_request(request), *frames])
+        assert sock.poll(20000)
+        reply = sock.recv_multipart()
+    result = json.loads(reply[0])["result"]
+    assert arrays.decode(result["outputs"], result["arrays"], reply[1:]).sum() == 2 * big.size
