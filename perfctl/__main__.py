@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from perfctl import format as fmt
+from perfctl import format_cache as fmt_cache
 from perfctl.client import (
     DEFAULT_TIMEOUT,
     LONG_TIMEOUT,
@@ -48,12 +49,12 @@ _COMMANDS: dict[str, tuple[str, Formatter]] = {
         fmt.format_stats,
     ),
     "alerts": ("show firing alerts and the recent alert history", fmt.format_alerts),
-    "ps": ("list the loaded models, then the configured ones not loaded", fmt.format_ps),
-    "load": ("load a model, by name or from --target/--path (admin)", fmt.format_load),
-    "evict": ("unload a model, --all or --idle ones (admin)", fmt.format_evict),
-    "pin": ("keep a loaded model loaded until unpinned (admin)", fmt.format_pin),
-    "unpin": ("let a pinned model expire and be evicted again (admin)", fmt.format_pin),
-    "infer": ("run a model on JSON inputs and print its outputs (admin)", fmt.format_infer),
+    "ps": ("list the loaded models, then the configured ones not loaded", fmt_cache.format_ps),
+    "load": ("load a model, by name or from --target/--path (admin)", fmt_cache.format_load),
+    "evict": ("unload a model, --all or --idle ones (admin)", fmt_cache.format_evict),
+    "pin": ("keep a loaded model loaded until unpinned (admin)", fmt_cache.format_pin),
+    "unpin": ("let a pinned model expire and be evicted again (admin)", fmt_cache.format_pin),
+    "infer": ("run a model on JSON inputs and print its outputs (admin)", fmt_cache.format_infer),
 }
 
 
@@ -245,10 +246,10 @@ def _render(args: argparse.Namespace, style: fmt.Style) -> Callable[[dict[str, A
         limit = None if args.all else ALERT_HISTORY
         return lambda result: fmt.format_alerts(result, style, history_limit=limit)
     if args.command == "load":
-        return lambda result: fmt.format_load(result, style, name=args.name)
+        return lambda result: fmt_cache.format_load(result, style, name=args.name)
     if args.command == "infer":
         pretty = sys.stdout.isatty()
-        return lambda result: fmt.format_infer(result, style, pretty=pretty)
+        return lambda result: fmt_cache.format_infer(result, style, pretty=pretty)
     formatter = _COMMANDS[args.command][1]
     return lambda result: formatter(result, style)
 

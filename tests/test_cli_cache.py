@@ -101,6 +101,7 @@ def test_load_then_ps_shows_the_measured_size(start_perfd: StartPerfd) -> None:
     """`perfctl load ballast` then `perfctl ps`: a ready row with its measured RSS and expiry;
     the configured models not loaded are listed after the table."""
     perfd = start(start_perfd)
+    ok(perfd, "load", "upper")  # let the preload finish: an overlapping load is not measured
     loaded = ok(perfd, "load", "ballast")
     assert loaded.startswith("loaded ballast on cpu in ")
     text = ok(perfd, "ps")
@@ -120,6 +121,7 @@ def test_load_then_ps_shows_the_measured_size(start_perfd: StartPerfd) -> None:
 def test_ps_json(start_perfd: StartPerfd) -> None:
     """`perfctl ps --json` is the result plus schema 1: the models and the configured names."""
     perfd = start(start_perfd)
+    ok(perfd, "load", "upper")  # joins the preload (single flight), which may still be running
     data = json.loads(ok(perfd, "ps", "--json"))
     assert data["schema"] == 1
     assert data["configured"] == ["ballast", "broken", "doubler", "echo", "huge", "upper"]

@@ -74,6 +74,7 @@ def test_numpy_outputs_as_json_and_as_frames(start_perfd: StartPerfd) -> None:
 def test_explicit_load_evict_and_memory_comes_back(start_perfd: StartPerfd) -> None:
     """load measures the real cost (RSS); evict unloads it and the RSS comes back."""
     perfd = start(start_perfd)
+    call(perfd, "load", model="pinned")  # let the preload finish: an overlap is not measured
     loaded = call(perfd, "load", model="ballast")
     assert loaded["state"] == "ready"
     assert loaded["measured_by"] == "rss"

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from perfctl import format as fmt
+from perfctl import format_cache as fmt_cache
 
 STATUS = {
     "version": "0.1.0",
@@ -585,7 +586,7 @@ CACHE: dict[str, Any] = {
 
 def test_ps_table_until_column() -> None:
     """ps is a NAME STATE SIZE DEVICE HITS UNTIL table: expiry time, PINNED, IN USE, FOREVER."""
-    text = fmt.format_ps(PS)
+    text = fmt_cache.format_ps(PS)
     lines = text.splitlines()
     assert lines[0].split() == ["NAME", "STATE", "SIZE", "DEVICE", "HITS", "UNTIL"]
     assert line(text, "ballast ") == (
@@ -604,16 +605,16 @@ def test_ps_table_until_column() -> None:
 
 def test_ps_lists_configured_models_not_loaded() -> None:
     """After the table, one line names the configured models that are not loaded."""
-    assert fmt.format_ps(PS).splitlines()[-1] == "not loaded: broken, huge"
-    assert "not loaded" not in fmt.format_ps({**PS, "configured": ["ballast"]})
+    assert fmt_cache.format_ps(PS).splitlines()[-1] == "not loaded: broken, huge"
+    assert "not loaded" not in fmt_cache.format_ps({**PS, "configured": ["ballast"]})
 
 
 def test_ps_without_loaded_models() -> None:
     """Nothing loaded: says so, then the configured names; nothing configured: how to add one."""
-    assert fmt.format_ps({"models": [], "configured": ["a", "b"]}) == (
+    assert fmt_cache.format_ps({"models": [], "configured": ["a", "b"]}) == (
         "no models loaded\nnot loaded: a, b"
     )
-    text = fmt.format_ps({"models": [], "configured": []})
+    text = fmt_cache.format_ps({"models": [], "configured": []})
     assert text.splitlines()[0] == "no models loaded"
     assert "[models.NAME]" in text
 
@@ -625,9 +626,9 @@ def test_ps_fits_80_columns() -> None:
         "configured": [f"model-number-{i}" for i in range(20)],
     }
     for style in (fmt.PLAIN, fmt.Style(colour=True)):
-        text = ANSI.sub("", fmt.format_ps(wide, style))
+        text = ANSI.sub("", fmt_cache.format_ps(wide, style))
         assert max(len(row) for row in text.splitlines()) <= fmt.WIDTH, text
-    text = fmt.format_ps(wide)
+    text = fmt_cache.format_ps(wide)
     assert text.splitlines()[2].startswith("not loaded: model-number-0, ")
     assert text.splitlines()[3].startswith("            model-number-")
     assert text.endswith("model-number-19")
@@ -635,22 +636,22 @@ def test_ps_fits_80_columns() -> None:
 
 def test_ps_colours() -> None:
     """ready is green, PINNED bold, IN USE yellow, with colour on; columns do not shift."""
-    text = fmt.format_ps(PS, fmt.Style(colour=True))
+    text = fmt_cache.format_ps(PS, fmt.Style(colour=True))
     assert "\033[32mready\033[0m" in text
     assert "\033[1mPINNED\033[0m" in text
     assert "\033[33mIN USE\033[0m" in text
-    assert ANSI.sub("", text) == fmt.format_ps(PS)
+    assert ANSI.sub("", text) == fmt_cache.format_ps(PS)
 
 
 def test_model_size_and_clock() -> None:
     """Sizes read estimated / measured with the measurer; expiry times read HH:MM:SS UTC."""
-    assert fmt.model_size(model()) == "64.0 MiB / 64.1 MiB rss"
-    assert fmt.model_size(model(estimated_bytes=None)) == "- / 64.1 MiB rss"
-    assert fmt.model_size(model(measured_bytes=None, measured_by=None)) == "64.0 MiB / -"
-    assert fmt.model_size(model(estimated_bytes=None, measured_bytes=None)) == "-"
-    assert fmt.clock("2027-01-15T08:07:40Z") == "08:07:40 UTC"
-    assert fmt.clock("soon") == "soon"
-    assert fmt.clock(None) == "-"
+    assert fmt_cache.model_size(model()) == "64.0 MiB / 64.1 MiB rss"
+    assert fmt_cache.model_size(model(estimated_bytes=None)) == "- / 64.1 MiB rss"
+    assert fmt_cache.model_size(model(measured_bytes=None, measured_by=None)) == "64.0 MiB / -"
+    assert fmt_cache.model_size(model(estimated_bytes=None, measured_bytes=None)) == "-"
+    assert fmt_cache.clock("2027-01-15T08:07:40Z") == "08:07:40 UTC"
+    assert fmt_cache.clock("soon") == "soon"
+    assert fmt_cache.clock(None) == "-"
 
 
 def test_stats_cache_section() -> None:
@@ -696,22 +697,24 @@ def test_stats_cache_fits_80_columns_and_ascii() -> None:
 
 def test_load_output() -> None:
     """load names the model, its device, load time, sizes and how long it stays."""
-    assert fmt.format_load(model()) == (
+    assert fmt_cache.format_load(model()) == (
         "loaded ballast on cpu in 0.04s · 64.0 MiB / 64.1 MiB rss · until 08:07:40 UTC"
     )
-    pinned = fmt.format_load(model(pinned=True, expires_at=None))
+    pinned = fmt_cache.format_load(model(pinned=True, expires_at=None))
     assert pinned.endswith(" · stays loaded until unpinned")
-    assert fmt.format_load({}, name="once") == "loaded once, and unloaded at once (keep_alive 0)"
+    assert (
+        fmt_cache.format_load({}, name="once") == "loaded once, and unloaded at once (keep_alive 0)"
+    )
 
 
 def test_pin_and_unpin_output() -> None:
     """pin says the model stays until unpinned; unpin says when it now expires."""
-    assert fmt.format_pin(model("echo", pinned=True, expires_at=None)) == (
+    assert fmt_cache.format_pin(model("echo", pinned=True, expires_at=None)) == (
         "pinned echo · stays loaded until unpinned"
     )
-    assert fmt.format_pin(model("echo")) == "unpinned echo · until 08:07:40 UTC"
+    assert fmt_cache.format_pin(model("echo")) == "unpinned echo · until 08:07:40 UTC"
     forever = model("echo", keep_alive_s=-1.0, expires_at=None)
-    assert fmt.format_pin(forever) == "unpinned echo · stays loaded (keep_alive forever)"
+    assert fmt_cache.format_pin(forever) == "unpinned echo · stays loaded (keep_alive forever)"
 
 
 def test_evict_output() -> None:
@@ -725,14 +728,16 @@ def test_evict_output() -> None:
         "freed_rss_bytes": 67166208,
     }
     done = {"evicted": ["ballast"], "records": [record], "dry_run": False}
-    assert fmt.format_evict(done) == "evicted ballast from cpu · 64.0 MiB · 64.1 MiB rss freed"
-    assert fmt.format_evict({"evicted": ["a", "b"], "dry_run": True}) == "would evict: a, b"
-    assert fmt.format_evict({"evicted": [], "dry_run": True}) == "nothing to evict"
-    assert fmt.format_evict({"evicted": [], "records": [], "dry_run": False}) == (
+    assert (
+        fmt_cache.format_evict(done) == "evicted ballast from cpu · 64.0 MiB · 64.1 MiB rss freed"
+    )
+    assert fmt_cache.format_evict({"evicted": ["a", "b"], "dry_run": True}) == "would evict: a, b"
+    assert fmt_cache.format_evict({"evicted": [], "dry_run": True}) == "nothing to evict"
+    assert fmt_cache.format_evict({"evicted": [], "records": [], "dry_run": False}) == (
         "nothing to evict"
     )
     gpu = {**record, "device": "cuda:0", "freed_rss_bytes": -4096}
-    assert fmt.format_evict({"evicted": ["ballast"], "records": [gpu], "dry_run": False}) == (
+    assert fmt_cache.format_evict({"evicted": ["ballast"], "records": [gpu], "dry_run": False}) == (
         "evicted ballast from cuda:0 · 64.0 MiB · 0 B rss freed"
     )
 
@@ -741,6 +746,6 @@ def test_infer_output_is_json() -> None:
     """infer prints the outputs as JSON: one line, or indented for a TTY; escapes without
     unicode."""
     result = {"model": "echo", "outputs": {"a": 1, "text": "é"}}
-    assert fmt.format_infer(result) == '{"a": 1, "text": "é"}'
-    assert fmt.format_infer(result, pretty=True) == '{\n  "a": 1,\n  "text": "é"\n}'
-    assert fmt.format_infer(result, fmt.Style(unicode=False)) == '{"a": 1, "text": "\\u00e9"}'
+    assert fmt_cache.format_infer(result) == '{"a": 1, "text": "é"}'
+    assert fmt_cache.format_infer(result, pretty=True) == '{\n  "a": 1,\n  "text": "é"\n}'
+    assert fmt_cache.format_infer(result, fmt.Style(unicode=False)) == '{"a": 1, "text": "\\u00e9"}'
