@@ -7,6 +7,7 @@ Only the standard library is imported here, so helper processes stay cheap to st
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import resource
@@ -146,6 +147,41 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def start_echo(endpoint: str, cwd: Path) -> subprocess.Popen[str]:
+    """Start ``bench.echo`` (a bare pyzmq ROUTER echo server) on ``endpoint``; once it is bound."""
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "bench.echo", endpoint],
+        env=helper_env(),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        if proc.stdout.readline().strip() != "ready":  # "" if it died
+            raise RuntimeError(f"echo server did not start (exit {proc.poll()})")
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+@contextlib.contextmanager
+def captured_log() -> Iterator[io.StringIO]:
+    """perfd's log lines (warnings and up, JSON) go to a buffer instead of the bench's output
+    while in-process benchmarks run perfd code; structlog's defaults come back afterwards."""
+    import structlog
+
+    from perfd import log
+
+    buffer = io.StringIO()
+    log.configure(level="warning", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        structlog.reset_defaults()
+
+
 # -- systemd's side of sd_notify ---------------------------------------------------------------
 
 
@@ -198,14 +234,21 @@ class PerfdProcess:
 
     ``workdir`` gets ``run/`` (the sockets), ``notify.sock``, ``perfd.toml`` (``config``, empty
     by default, so the defaults apply whatever /etc or $XDG_CONFIG_HOME hold) and ``perfd.log``
-    (its output).
+    (its output). ``env`` adds variables to its clean environment (``PYTHONPATH`` for models
+    that live in the repository).
     """
 
     def __init__(
-        self, workdir: Path, *, watchdog_usec: int | None = None, config: str = ""
+        self,
+        workdir: Path,
+        *,
+        watchdog_usec: int | None = None,
+        config: str = "",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.config = config
+        self.extra_env = dict(env or {})
         self.runtime_dir = workdir / "run"
         self.config_path = workdir / "perfd.toml"
         self.log_path = workdir / "perfd.log"
@@ -230,7 +273,9 @@ class PerfdProcess:
         self.config_path.write_text(self.config)
         self.notify = NotifySocket(self.workdir / "notify.sock")
         env = clean_env(
-            NOTIFY_SOCKET=str(self.notify.path), PERFD_RUNTIME_DIR=str(self.runtime_dir)
+            NOTIFY_SOCKET=str(self.notify.path),
+            PERFD_RUNTIME_DIR=str(self.runtime_dir),
+            **self.extra_env,
         )
         if self.watchdog_usec is not None:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
@@ -389,12 +434,16 @@ def fmt(value: float | None, unit: str) -> str:
     """A value with its unit, at a precision that suits the unit."""
     if value is None:
         return "-"
+    if unit == "µs" and abs(value) < 10:  # the cache's bookkeeping: a few µs
+        return f"{value:.2f} {unit}"
     if unit in ("µs", "req/s"):
         return f"{value:,.0f} {unit}"
     if unit == "MiB":
         return f"{value:.1f} {unit}"
     if unit in ("% of a core", "s"):
         return f"{value:.3f} {unit}"
+    if unit == "ms" and abs(value) < 10:  # sub-millisecond figures (infer overhead)
+        return f"{value:.3f} {unit}" if abs(value) < 1 else f"{value:.2f} {unit}"
     return f"{value:.1f} {unit}"
 
 

@@ -30,6 +30,7 @@ from bench.common import (
     percentile,
     print_table,
     short_tempdir,
+    start_echo,
     stop_process,
 )
 
@@ -76,7 +77,7 @@ def run(options: Options) -> tuple[dict[str, Any], list[Check]]:
         perfd_dir = tmp / "perfd"
         perfd_dir.mkdir()
         echo_endpoint = f"ipc://{tmp / 'echo.sock'}"
-        echo = _start_echo(echo_endpoint, tmp)
+        echo = start_echo(echo_endpoint, tmp)
         try:
             with PerfdProcess(perfd_dir) as perfd:
                 servers = (
@@ -160,24 +161,6 @@ def _loadgen(
     if "error" in result:
         raise RuntimeError(f"load generator against {server.name} failed: {result['error']}")
     return result
-
-
-def _start_echo(endpoint: str, cwd: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "bench.echo", endpoint],
-        env=helper_env(),
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    try:
-        if proc.stdout.readline().strip() != "ready":  # "" if it died
-            raise RuntimeError(f"echo server did not start (exit {proc.poll()})")
-    except BaseException:
-        stop_process(proc)
-        raise
-    return proc
 
 
 def _perfd_errors(socket: Path) -> int:

@@ -23,7 +23,17 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-BENCHMARKS = ("startup", "ready", "roundtrip", "idle", "monitor_idle", "sample_cost")
+BENCHMARKS = (
+    "startup",
+    "ready",
+    "roundtrip",
+    "idle",
+    "monitor_idle",
+    "sample_cost",
+    "cache_cold_warm",
+    "infer_overhead",
+    "cache_bookkeeping",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from bench import idle, monitor_idle, ready, roundtrip, sample_cost, startup
+    from bench import (
+        cache_bookkeeping,
+        cache_cold_warm,
+        idle,
+        infer_overhead,
+        monitor_idle,
+        ready,
+        roundtrip,
+        sample_cost,
+        startup,
+    )
     from bench.common import PYTHON, Check, print_summary
 
     quick = args.quick
@@ -78,6 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         "monitor_idle": lambda: monitor_idle.run(idle_seconds),
         "sample_cost": lambda: sample_cost.run(
             sample_cost.Options(samples=samples, blocks=2 if quick else 5, one_second=not quick)
+        ),
+        "cache_cold_warm": lambda: cache_cold_warm.run(
+            cache_cold_warm.Options(runs=5 if quick else 20, socket_runs=3 if quick else 10)
+        ),
+        "infer_overhead": lambda: infer_overhead.run(
+            infer_overhead.Options(requests=500 if quick else 3000)
+        ),
+        "cache_bookkeeping": lambda: cache_bookkeeping.run(
+            cache_bookkeeping.Options(
+                rounds=8 if quick else 30,
+                batch=1000 if quick else 2000,
+                sizes=cache_bookkeeping.QUICK_SIZES if quick else cache_bookkeeping.SIZES,
+            )
         ),
     }
     selected = args.only or list(BENCHMARKS)

@@ -291,10 +291,10 @@ class ModelCache:
                     f"the {_gib(budget)} budget can be freed ({_gib(fixed)} is pinned, in use or "
                     "loading); raise [cache] budgets, unpin or evict models",
                 )
-            victims = _choose(
-                sorted((e for e in on_device if e.evictable), key=lambda e: e.last_used),
-                used + need - budget,
-            )
+            shortfall = used + need - budget
+            if shortfall > 0:  # sorting every entry is the costly part: only when needed
+                cold = sorted((e for e in on_device if e.evictable), key=lambda e: e.last_used)
+                victims = _choose(cold, shortfall)
         limit = self.cfg.max_models
         if limit:
             live = [e for e in self._entries.values() if e.state != UNLOADING]
@@ -384,10 +384,13 @@ class ModelCache:
                 if e.spec.device == loaded.spec.device and e.state != UNLOADING
             ]
             over = sum(e.size for e in on_device) - budget
-            cold = sorted(
-                (e for e in on_device if e.evictable and e is not loaded), key=lambda e: e.last_used
-            )
-            victims = _choose(cold, over)
+            victims = []
+            if over > 0:
+                cold = sorted(
+                    (e for e in on_device if e.evictable and e is not loaded),
+                    key=lambda e: e.last_used,
+                )
+                victims = _choose(cold, over)
             for victim in victims:
                 victim.state = UNLOADING
         for victim in victims:
@@ -488,16 +491,23 @@ class ModelCache:
     def _expired(self, entry: Entry, now: float) -> bool:
         return entry.keep_alive != FOREVER and now - entry.last_used >= entry.keep_alive
 
-    def _unload(self, entry: Entry, reason: str) -> dict[str, Any]:
-        """Drop every reference, release memory, check it came back, record the eviction."""
+    def _unload(self, entry: Entry, reason: str, *, release: bool = True) -> dict[str, Any]:
+        """Drop every reference, release memory, check it came back, record the eviction.
+
+        ``release=False`` leaves gc + malloc_trim (tens of ms on a big heap) to the caller,
+        which unloads a batch and releases once (see _unload_all); freed_rss_bytes is then
+        None for each entry.
+        """
         before = memory.rss_bytes()
         model, entry.model = entry.model, None
         with contextlib.suppress(Exception):
             assert entry.loader is not None
             entry.loader.unload(model)
         del model
-        memory.release()
-        freed = before - memory.rss_bytes()
+        freed: int | None = None
+        if release:
+            memory.release()
+            freed = before - memory.rss_bytes()
         with self._lock:
             if self._entries.get(entry.spec.name) is entry:
                 del self._entries[entry.spec.name]
@@ -512,7 +522,12 @@ class ModelCache:
             self._evictions.append(record)
             self._by_reason[reason] += 1
         expected = entry.measured if entry.measured_by == "rss" else None
-        if expected and expected >= LEAK_CHECK_MIN_BYTES and freed < expected // 2:
+        if (
+            freed is not None
+            and expected
+            and expected >= LEAK_CHECK_MIN_BYTES
+            and freed < expected // 2
+        ):
             _log.warning(
                 "cache.unload_leak",
                 model=entry.spec.name,
@@ -533,8 +548,15 @@ class ModelCache:
             for entry in expired:
                 entry.state = UNLOADING
             pressure = self._pressure_victims(used_percent or {})
-        records = [self._unload(e, "ttl") for e in expired]
-        records += [self._unload(e, "pressure") for e in pressure]
+        return self._unload_all([(e, "ttl") for e in expired] + [(e, "pressure") for e in pressure])
+
+    def _unload_all(self, batch: list[tuple[Entry, str]]) -> list[dict[str, Any]]:
+        """Unload several entries, releasing memory once at the end (one gc for all)."""
+        if len(batch) == 1:
+            return [self._unload(*batch[0])]
+        records = [self._unload(entry, reason, release=False) for entry, reason in batch]
+        if records:
+            memory.release()
         return records
 
     def _pressure_victims(self, used_percent: dict[str, float]) -> list[Entry]:
@@ -571,16 +593,25 @@ class ModelCache:
             entries = [e for e in self._entries.values() if e.state == READY]
             for entry in entries:
                 entry.state = UNLOADING
-        for entry in entries:
-            self._unload(entry, "manual")
+        self._unload_all([(entry, "manual") for entry in entries])
+
+    def evict_many(self, names: list[str]) -> list[dict[str, Any]]:
+        """`evict --all` / `--idle`: those still evictable now, released once at the end."""
+        with self._lock:
+            batch = [self._entries[n] for n in names if n in self._entries]
+            batch = [e for e in batch if e.evictable]
+            for entry in batch:
+                entry.state = UNLOADING
+        return self._unload_all([(entry, "manual") for entry in batch])
 
     # -- what commands read -----------------------------------------------------------------
 
     def ps(self) -> list[dict[str, Any]]:
         now, wall = self._clock(), self._wall()
-        with self._lock:
-            entries = sorted(self._entries.values(), key=lambda e: -e.last_used)
-            return [self._describe(e, now, wall) for e in entries]
+        with self._lock:  # copy under the lock; the O(N) formatting happens without it
+            entries = list(self._entries.values())
+        entries.sort(key=lambda e: -e.last_used)
+        return [self._describe(e, now, wall) for e in entries]
 
     def stats(self) -> dict[str, Any]:
         models = self.ps()

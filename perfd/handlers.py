@@ -150,14 +150,8 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
                 cache.spec(args["model"])  # not_found for an unknown name
                 raise CommandError(protocol.NOT_FOUND, f"'{args['model']}' is not loaded")
             return {"evicted": names, "dry_run": True}
-        records = []
-        for name in names:
-            try:
-                records.append(cache.evict(name))
-            except CommandError:
-                if "model" in chosen:
-                    raise
-                # --all / --idle: a model that got a lease meanwhile simply stays
+        # --all / --idle: a model that got a lease meanwhile simply stays
+        records = [cache.evict(args["model"])] if "model" in chosen else cache.evict_many(names)
         return {"evicted": [r["model"] for r in records], "records": records, "dry_run": False}
 
     def pin(args: dict[str, Any]) -> dict[str, Any]:
