@@ -100,8 +100,72 @@ def build(daemon: DaemonView) -> dict[str, Command]:
         Command("stats", stats),
         Command("alerts", alerts),
         *cache_commands(daemon),
+        recommend_command(daemon),
     ]
     return {c.name: c for c in commands}
+
+
+def recommend_command(daemon: DaemonView) -> Command:
+    """recommend: batch and context sizing for a model on this host's live hardware (or on
+    hardware named in the args). Files are never opened here: perfctl sends a config.json's
+    contents as ``config`` (any local user may reach the read-only socket)."""
+
+    def recommend(args: dict[str, Any]) -> dict[str, Any]:
+        from perfd import recommend as rec  # pure, stdlib-only; loaded on first use
+
+        try:
+            request = rec.Request(
+                model=args.get("model"),
+                config=args.get("config"),
+                quant=args.get("quant"),
+                kv_dtype=args.get("kv_dtype"),
+                context=args.get("context"),
+                gpu=None if args.get("gpu") is None else str(args["gpu"]),
+                gpus=args.get("gpus"),
+                memory=_size_arg(rec, args.get("memory")),
+                kv_budget=_size_arg(rec, args.get("kv_budget")),
+                engine=args.get("engine", "vllm"),
+                utilization=float(args.get("utilization", 0.9)),
+            )
+            if request.model is None and request.config is None:
+                raise rec.RecommendError("name a model (perfctl recommend --list-models)")
+            monitor = daemon.monitor
+            snapshot = monitor.snapshot() if monitor is not None else None
+            live = rec.hardware_from_snapshot(snapshot) if snapshot is not None else None
+            return rec.recommend(request, rec.plan_hardware(request, live))
+        except rec.RecommendError as exc:
+            raise CommandError(protocol.INVALID_ARGS, str(exc)) from None
+
+    return Command(
+        "recommend",
+        recommend,
+        slow=True,
+        args={
+            "model": (str,),
+            "config": (dict,),
+            "quant": (str,),
+            "kv_dtype": (str,),
+            "context": (int,),
+            "gpu": (str, int),
+            "gpus": (int,),
+            "memory": (int, str),
+            "kv_budget": (int, str),
+            "engine": (str,),
+            "utilization": (float, int),
+        },
+    )
+
+
+def _size_arg(rec: Any, value: int | str | None) -> int | None:
+    """Bytes from an int or a size string ("24GiB"); RecommendError for anything else."""
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return int(rec.parse_size(value))
+    except ValueError:
+        raise rec.RecommendError(
+            f"not a size: {value!r} (use bytes or 24GiB, 512MiB, 80GB)"
+        ) from None
 
 
 def cache_commands(daemon: DaemonView) -> list[Command]:

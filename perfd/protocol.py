@@ -62,7 +62,9 @@ ERROR_CODES: Final = frozenset(
 )
 
 # Commands anyone who can reach the read-only socket may run; everything else is admin-only.
-READ_ONLY_COMMANDS: Final = frozenset({"ping", "status", "config", "stats", "alerts", "ps"})
+READ_ONLY_COMMANDS: Final = frozenset(
+    {"ping", "status", "config", "stats", "alerts", "ps", "recommend"}
+)
 
 _REQUEST_KEYS: Final = frozenset({"v", "id", "cmd", "args"})
 

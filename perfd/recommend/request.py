@@ -8,7 +8,9 @@ and what is allowed, so the CLI can print it as one line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 ENGINES = ("vllm", "llama.cpp", "ollama")
 _ENGINE_ALIASES = {
@@ -67,6 +69,7 @@ class Request:
     kv_budget: int | None = None
     engine: str = "vllm"
     utilization: float = 0.9
+    config: Mapping[str, Any] | None = None  # a config.json's contents, instead of its path
 
 
 def engine_name(engine: str) -> str:

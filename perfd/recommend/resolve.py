@@ -62,12 +62,16 @@ def _config_name(config: Mapping[str, Any], path: str) -> str:
 def resolve_model(request: Request) -> Model:
     """The Model a request names; RecommendError for unknown names and unreadable files."""
     config: dict[str, Any] | None = None
+    where = request.config_json
     if request.config_json is not None:
         config = _load_config(request.config_json)
+    elif request.config is not None:  # the contents, sent over the socket by perfctl
+        config, where = dict(request.config), request.model or "config.json"
     if request.weights_path is None:
         if config is not None:
-            name = _config_name(config, request.config_json or "")
-            spec = spec_from_config(config, name=name, source=f"config.json: {request.config_json}")
+            name = request.model if request.config is not None and request.model else None
+            name = name or _config_name(config, where or "")
+            spec = spec_from_config(config, name=name, source=f"config.json: {where}")
         else:
             spec = model_spec(request.model or "")
         return Model(spec, param_groups(spec), weight_format(spec.dtype))
