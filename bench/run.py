@@ -33,6 +33,7 @@ BENCHMARKS = (
     "cache_cold_warm",
     "infer_overhead",
     "cache_bookkeeping",
+    "recommend",
 )
 
 
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         infer_overhead,
         monitor_idle,
         ready,
+        recommend,
         roundtrip,
         sample_cost,
         startup,
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 sizes=cache_bookkeeping.QUICK_SIZES if quick else cache_bookkeeping.SIZES,
             )
         ),
+        "recommend": lambda: recommend.measure(quick),
     }
     selected = args.only or list(BENCHMARKS)
     print(
