@@ -242,6 +242,18 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def nvml_library_present() -> bool:
+    """Whether libnvidia-ml can be loaded, asked without importing pynvml: a failing dlopen
+    takes well under a millisecond, pynvml's import about ten (and READY waits for it)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    return True
+
+
 def _process_name(pid: int) -> str | None:
     try:
         return psutil.Process(pid).name()
@@ -431,6 +443,10 @@ class GpuProbe:
             return failure
         try:
             if self._nvml is None:
+                if not nvml_library_present():
+                    failure = (GPU_ABSENT, "NVML_ERROR_LIBRARY_NOT_FOUND")
+                    self._failure = failure
+                    return failure
                 import pynvml
 
                 self._nvml = pynvml

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -389,6 +390,37 @@ def test_real_pynvml_without_driver_is_absent(make_probe: Callable[..., GpuProbe
         pytest.skip("this host has libnvidia-ml.so.1")
     reading = make_probe(None).sample()
     assert (reading.state, reading.error) == (GPU_ABSENT, "NVML_ERROR_LIBRARY_NOT_FOUND")
+
+
+def test_real_pynvml_path_also_maps_a_missing_library_to_absent(
+    make_probe: Callable[..., GpuProbe], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the quick library check, the real pynvml's LibraryNotFound is absent too."""
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        pass
+    else:
+        pytest.skip("this host has libnvidia-ml.so.1")
+    monkeypatch.setattr(probes_module, "nvml_library_present", lambda: True)
+    reading = make_probe(None).sample()
+    assert (reading.state, reading.error) == (GPU_ABSENT, "NVML_ERROR_LIBRARY_NOT_FOUND")
+
+
+def test_missing_library_does_not_import_pynvml() -> None:
+    """Without libnvidia-ml, the probe answers absent without importing pynvml at all."""
+    code = (
+        "import sys, ctypes\n"
+        "try:\n    ctypes.CDLL('libnvidia-ml.so.1'); print('skip')\n"
+        "except OSError:\n"
+        "    from perfd.probes import GpuProbe\n"
+        "    probe = GpuProbe(); state = probe.sample().state; probe.close()\n"
+        "    print(state, 'pynvml' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    if out.stdout.strip().endswith("skip"):
+        pytest.skip("this host has libnvidia-ml.so.1")
+    assert out.stdout.strip().splitlines()[-1] == "absent False"  # after the probe's log line
 
 
 def test_driver_not_loaded_retries_after_interval(make_probe: Callable[..., GpuProbe]) -> None:
