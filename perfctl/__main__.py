@@ -1,5 +1,5 @@
 """perfctl: ask perfd for its status, its config, its stats and alerts, or to reload; list,
-load, evict, pin and run the models in its cache.
+load, evict, pin and run the models in its cache; size a model's context and concurrency.
 
 Exit codes: 0 ok; 1 perfd answered with an error; 2 usage; 3 perfd not running or not
 answering; 4 permission denied on the socket.
@@ -17,6 +17,7 @@ from typing import Any
 
 from perfctl import format as fmt
 from perfctl import format_cache as fmt_cache
+from perfctl import recommend as rec
 from perfctl.client import (
     DEFAULT_TIMEOUT,
     LONG_TIMEOUT,
@@ -25,6 +26,7 @@ from perfctl.client import (
     CommandFailed,
     DaemonNotRunning,
     Forbidden,
+    InvalidArgs,
     PerfctlError,
 )
 from perfd import __version__
@@ -67,6 +69,10 @@ class _Formatter(argparse.HelpFormatter):
         except (ValueError, OSError):
             width = 80
         super().__init__(prog, width=max(width - 2, 40))
+
+
+class _Paragraphs(argparse.RawDescriptionHelpFormatter, _Formatter):
+    """The same, keeping a description's and an epilog's paragraphs as written."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"show the whole alert history, not only the {ALERT_HISTORY} newest entries",
     )
     _cache_arguments(commands)
+    recommend = sub.add_parser(
+        "recommend",
+        help="how much context and how many sequences a model gets here, with settings for "
+        "vLLM, llama.cpp and Ollama (--offline: no daemon needed)",
+        description=rec.DESCRIPTION,
+        epilog=rec.EPILOG,
+        parents=[common],
+        formatter_class=_Paragraphs,
+    )
+    rec.add_arguments(recommend)
+    recommend.set_defaults(parser=recommend)
     return parser
 
 
@@ -287,10 +304,16 @@ def main(argv: list[str] | None = None) -> int:
         reconfigure = getattr(sys.stdout, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="replace")
-    try:
-        with Client(
+
+    def connect() -> Client:
+        return Client(
             socket, timeout=timeout or DEFAULT_TIMEOUT, long_timeout=timeout or LONG_TIMEOUT
-        ) as client:
+        )
+
+    if args.command == "recommend":
+        return _recommend(args, style, as_json, connect)
+    try:
+        with connect() as client:
             if watch is not None:
                 return _watch(client, watch, as_json, _render(args, style))
             started = time.perf_counter()
@@ -298,17 +321,58 @@ def main(argv: list[str] | None = None) -> int:
             elapsed_ms = (time.perf_counter() - started) * 1000
     except PerfctlError as exc:
         return _fail(exc, as_json)
+    if args.command == "ping":
+        return _print(result, as_json, lambda r: fmt.format_ping(r, style, elapsed_ms))
+    return _print(result, as_json, _render(args, style))
+
+
+def _print(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> int:
+    """Print ``result`` as JSON (with its schema) or as ``render`` draws it; exit 0."""
     try:
         if as_json:
             print(json.dumps({"schema": JSON_SCHEMA, **result}, indent=2, sort_keys=False))
-        elif args.command == "ping":
-            print(fmt.format_ping(result, style, elapsed_ms))
         else:
-            print(_render(args, style)(result))
+            print(render(result))
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (perfctl ps --json | head -1)
         _quiet_stdout()
     return EXIT_OK
+
+
+def _recommend(
+    args: argparse.Namespace, style: fmt.Style, as_json: bool, connect: Callable[[], Client]
+) -> int:
+    """perfd's answer, or one computed here (--offline, --weights, --list-*: perfctl.recommend).
+
+    A model that does not fit is an answer (exit 0); usage mistakes exit 2 with the usage line.
+    """
+    from perfctl import format_recommend as fmt_rec  # only here: perfctl's other commands skip it
+
+    formatter: Formatter = fmt_rec.format_recommend
+    try:
+        rec.check(args)
+        if args.list_models or args.list_gpus:
+            result = rec.listing(args)
+            formatter = fmt_rec.format_models if args.list_models else fmt_rec.format_gpus
+        elif args.offline:
+            result = rec.compute(args, None)
+        elif args.weights is not None:  # perfd never opens client files: its stats, our math
+            with connect() as client:
+                stats = client.stats()
+            result = rec.compute(args, stats)
+        else:
+            request = rec.daemon_args(args)
+            with connect() as client:
+                result = client.recommend(**request)
+    except rec.UsageError as exc:
+        args.parser.error(str(exc))
+    except DaemonNotRunning as exc:
+        return _fail(exc, as_json, f"{exc.hint}; {rec.OFFLINE_HINT}")
+    except InvalidArgs as exc:
+        return _fail(exc, as_json, rec.LIST_HINT)
+    except PerfctlError as exc:
+        return _fail(exc, as_json)
+    return _print(result, as_json, lambda r: formatter(r, style))
 
 
 def _watch(
@@ -355,7 +419,7 @@ def _quiet_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
-def _fail(exc: PerfctlError, as_json: bool) -> int:
+def _fail(exc: PerfctlError, as_json: bool, hint: str | None = None) -> int:
     if isinstance(exc, AccessDenied | Forbidden):
         code, status = "permission_denied", EXIT_DENIED
     elif isinstance(exc, DaemonNotRunning):
@@ -367,8 +431,9 @@ def _fail(exc: PerfctlError, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"schema": JSON_SCHEMA, "error": {"code": code, "message": str(exc)}}))
     print(f"perfctl: {exc}", file=sys.stderr)
-    if exc.hint:
-        print(f"  hint: {exc.hint}", file=sys.stderr)
+    hint = exc.hint if hint is None else hint
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
     return status
 
 

@@ -284,6 +284,20 @@ class Client:
             return result.get("outputs")
         return _from_frames(result, extra)
 
+    def recommend(self, model: str | None = None, **args: Any) -> dict[str, Any]:
+        """Context and concurrency for ``model`` on perfd's host (read-only: any local user).
+
+        ``args`` are the command's: ``config`` (a config.json's contents, instead of or with
+        ``model`` as its name), ``quant``, ``kv_dtype``, ``context``, ``gpu`` (a live index or
+        a GPU model), ``gpus``, ``memory`` and ``kv_budget`` (bytes or "24GiB"), ``engine``,
+        ``utilization``; None values are left out. Raises InvalidArgs for an unknown model,
+        GPU or format. The result is described in ``perfd.recommend``.
+        """
+        sent = {k: v for k, v in args.items() if v is not None}
+        if model is not None:
+            sent["model"] = model
+        return self.call("recommend", **sent)
+
     # -- the exchange -----------------------------------------------------------------------
 
     def endpoint_for(self, cmd: str) -> tuple[str, str | None]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from perfctl import format as fmt
 from perfctl import format_cache as fmt_cache
+from perfctl import format_recommend as fmt_rec
 
 STATUS = {
     "version": "0.1.0",
@@ -749,3 +750,211 @@ def test_infer_output_is_json() -> None:
     assert fmt_cache.format_infer(result) == '{"a": 1, "text": "é"}'
     assert fmt_cache.format_infer(result, pretty=True) == '{\n  "a": 1,\n  "text": "é"\n}'
     assert fmt_cache.format_infer(result, fmt.Style(unicode=False)) == '{"a": 1, "text": "\\u00e9"}'
+
+
+# -- recommend ------------------------------------------------------------------------------
+
+
+def _recommend(**fields: Any) -> dict[str, Any]:
+    """A real recommend() result, planned for the hardware ``fields`` name."""
+    from perfd.recommend import Request, plan_hardware, recommend
+
+    request = Request(**fields)
+    return recommend(request, plan_hardware(request, None))
+
+
+FITS = {"model": "llama-3.1-8b", "gpu": "H100"}
+SHORT = {"model": "llama-3.1-70b", "gpu": "RTX 4090"}
+CPU = {"model": "tinyllama-1.1b", "memory": 16 << 30, "engine": "llama.cpp"}
+BUDGET = {"model": "llama-3.1-8b", "kv_budget": 16 << 30}
+ANSI = re.compile(r"\033\[[0-9;]*m")
+
+
+def _settings(flags: dict[str, Any]) -> list[str]:
+    return [
+        flags[k]
+        for k in ("vllm", "vllm_env", "llama.cpp", "ollama", "ollama_modelfile")
+        if k in flags
+    ]
+
+
+def test_recommend_model_hardware_and_budget_lines() -> None:
+    """Llama-3.1-8B on an H100: the model's shape, the GPU, and free -> usable -> weights ->
+    overhead -> KV cache in GiB, in that order."""
+    lines = fmt_rec.format_recommend(_recommend(**FITS)).splitlines()
+    model = " ".join(line.strip() for line in lines[:2])
+    for words in (
+        "Llama-3.1-8B",
+        "8.03B params",
+        "32 layers",
+        "8 KV heads",
+        "head_dim 128",
+        "gqa",
+        "bf16 weights",
+    ):
+        assert words in model
+    assert lines[2].startswith("hardware  1 x H100-80GB, 79.65 GiB")
+    budget = [line.split()[0] for line in lines[4:9]]
+    assert budget == ["free", "usable", "weights", "overhead", "KV"]
+    assert lines[8].split()[:3] == ["KV", "cache", "55.36"]
+    assert lines[9] == "fits      32768 tokens x 13 sequences (up to 131072 tokens for one)"
+    assert lines[10].startswith("limit     gpu_memory: 55.36 GiB of KV cache holds 13 sequences")
+
+
+def test_recommend_table_is_aligned_with_the_point_marked() -> None:
+    """Contexts and sequence counts are right-aligned; only the recommended row is marked."""
+    result = _recommend(**FITS)
+    text = fmt_rec.format_recommend(result)
+    rows = [line for line in text.splitlines() if re.search(r"\d+ +\d+ +[\d.]+ [KMG]iB", line)]
+    assert len(rows) == len(result["table"])
+    assert {row.index(" MiB") if "MiB" in row else row.index(" GiB") for row in rows} == {
+        rows[0].index(" MiB")
+    }
+    (marked,) = [row for row in rows if row.startswith("→")]
+    assert marked.split()[1:3] == ["32768", "13"]
+    assert marked.endswith("recommended")
+    assert fmt_rec.format_recommend(result, fmt.Style(unicode=False)).count("\n->") == 1
+
+
+def test_recommend_tips_are_ranked_with_bytes_saved() -> None:
+    """Each tip shows its saving in GiB and its change, largest first, then what it gives."""
+    result = _recommend(**FITS)
+    lines = fmt_rec.format_recommend(result).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("tips"))
+    heads = [line for line in lines[start + 1 :] if re.match(r"^ +\d+\.\d\d GiB  ", line)]
+    assert len(heads) == len(result["tips"])
+    saved = [float(line.split()[0]) for line in heads]
+    assert saved == sorted(saved, reverse=True)
+    for line, tip in zip(heads, result["tips"], strict=True):
+        assert line.split("GiB  ", 1)[1].startswith(tip["change"][:20])
+    assert "tensor parallel over 2 x H100-80GB → 65536 tokens x 15 sequences" in lines[start + 1]
+
+
+def test_recommend_settings_lines_are_exact_copyable_text() -> None:
+    """vLLM, llama.cpp and Ollama settings each stand alone on a line, exactly as given."""
+    for fields in (FITS, CPU, BUDGET):
+        result = _recommend(**fields)
+        lines = fmt_rec.format_recommend(result, fmt.Style(colour=True)).splitlines()
+        for setting in _settings(result["flags"]):
+            assert setting in lines
+    lines = fmt_rec.format_recommend(_recommend(**FITS)).splitlines()
+    vllm = lines.index(
+        "--max-model-len 32768 --max-num-seqs 13 --gpu-memory-utilization 0.9 "
+        "--tensor-parallel-size 1"
+    )
+    assert lines[vllm - 1] == "# vLLM: vllm serve MODEL with"
+    assert lines[vllm + 1 : vllm + 3] == [
+        "# llama.cpp: llama-server -m MODEL.gguf with",
+        "-c 425984 -np 13 -ngl 999",
+    ]
+
+
+def test_recommend_that_does_not_fit_says_why_and_the_smallest_change() -> None:
+    """Llama-3.1-70B on an RTX 4090: the shortfall, the reason, the smallest change that fits
+    with its settings, and no settings for the plan itself."""
+    result = _recommend(**SHORT)
+    text = fmt_rec.format_recommend(result)
+    assert "does not fit: short by 111.64 GiB" in text
+    assert "needs 131.42 GiB of weights" in text
+    assert "smallest change that fits: awq weights and tensor parallel over 2 x RTX 4090" in text
+    assert "gives 4096 tokens x 3 sequences" in text
+    lines = text.splitlines()
+    assert result["smallest_change"]["flags"]["vllm"] in lines
+    assert not any(line.startswith("fits ") for line in lines)
+    assert "no context in 512..131072 holds even one sequence" in text
+
+
+def test_recommend_cpu_only_and_kv_budget() -> None:
+    """A CPU-only plan budgets RAM and gives vLLM's CPU KV space; a bare KV budget has no
+    hardware and a one-line budget."""
+    cpu = fmt_rec.format_recommend(_recommend(**CPU))
+    assert "hardware  CPU only · RAM 16.00 GiB · planned · engine llama.cpp" in cpu
+    assert "budget    in GiB of RAM:" in cpu
+    assert "\nVLLM_CPU_KVCACHE_SPACE=12\n" in cpu
+    assert "recommended: 16 (max_num_seqs cap)" in cpu
+    budget = fmt_rec.format_recommend(_recommend(**BUDGET))
+    assert "hardware  none: a 16.00 GiB KV cache budget · engine vllm" in budget
+    assert "budget    KV cache 16.00 GiB (--kv-budget): 131072 tokens of 128.0 KiB" in budget
+
+
+def test_recommend_lines_fit_80_columns() -> None:
+    """Every line but the pasteable settings fits 80 columns, with and without unicode."""
+    cases = [
+        FITS,
+        SHORT,
+        CPU,
+        BUDGET,
+        {"model": "mixtral", "gpu": "L4", "gpus": 2},
+        {"model": "gemma-2-9b", "gpu": "A10G", "engine": "ollama", "kv_dtype": "q8_0"},
+        {"model": "deepseek-v2-lite", "gpu": "H200", "quant": "Q4_K_M", "context": 100000},
+    ]
+    for fields in cases:
+        result = _recommend(**fields)
+        exempt = set(_settings(result["flags"]))
+        exempt |= set(_settings((result.get("smallest_change") or {}).get("flags") or {}))
+        for style in (fmt.PLAIN, fmt.Style(unicode=False)):
+            for line in fmt_rec.format_recommend(result, style).splitlines():
+                assert line in exempt or len(line) <= 80, (fields, line)
+
+
+def test_recommend_colour_changes_no_text() -> None:
+    """With colour, the same text: only paint codes are added."""
+    for fields in (FITS, SHORT):
+        result = _recommend(**fields)
+        coloured = fmt_rec.format_recommend(result, fmt.Style(colour=True))
+        assert "\033[" in coloured
+        assert ANSI.sub("", coloured) == fmt_rec.format_recommend(result)
+
+
+def test_recommend_ascii_only_without_unicode() -> None:
+    """Without unicode the output is plain ASCII (| for ·, -> for →)."""
+    for fields in (FITS, SHORT, CPU):
+        fmt_rec.format_recommend(_recommend(**fields), fmt.Style(unicode=False)).encode("ascii")
+
+
+def test_recommend_tolerates_absent_keys() -> None:
+    """A sparse result (keys absent or None) still formats."""
+    assert fmt_rec.format_recommend({}).startswith("model")
+    result = _recommend(**FITS)
+    result.update(recommended=None, fits=False, table=[], tips=[], notes=None)
+    assert "does not fit" in fmt_rec.format_recommend(result)
+
+
+def test_model_list_is_an_aligned_table() -> None:
+    """--list-models: name, params in billions, layers, KV heads, head_dim, max context,
+    attention; aligned."""
+    from perfd.recommend import list_models
+
+    lines = fmt_rec.format_models({"models": list_models()}).splitlines()
+    assert re.split(r"\s{2,}", lines[0]) == [
+        "NAME",
+        "PARAMS(B)",
+        "LAYERS",
+        "KV HEADS",
+        "HEAD DIM",
+        "MAX CTX",
+        "ATTENTION",
+    ]
+    (llama,) = [line for line in lines if line.startswith("Llama-3.1-8B ")]
+    assert llama.split() == ["Llama-3.1-8B", "8.03", "32", "8", "128", "131072", "gqa"]
+    assert len({line.rindex("  ") + 2 for line in lines[:-1]}) == 1  # ATTENTION lines up
+    assert all(len(line) <= 80 for line in lines)
+    assert "gqa, swa 4096" in "\n".join(lines)
+
+
+def test_gpu_list_is_an_aligned_table() -> None:
+    """--list-gpus: name, memory in GiB, compute capability, aliases."""
+    from perfd.recommend import list_gpus
+
+    lines = fmt_rec.format_gpus({"gpus": list_gpus()}).splitlines()
+    (h100,) = [line for line in lines if line.startswith("H100-80GB ")]
+    assert h100.split() == [
+        "H100-80GB",
+        "79.65",
+        "GiB",
+        "9.0",
+        "h100,",
+        "h100-sxm,",
+        "h100-80gb-hbm3",
+    ]
+    assert len({line.index("GiB") for line in lines[1:-1]}) == 1
