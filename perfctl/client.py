@@ -110,6 +110,12 @@ class LoadFailed(CommandFailed):
     hint = "check the model's target/path and perfd's log (journalctl -u perfd)"
 
 
+class InferFailed(CommandFailed):
+    """The model raised while running the request; the message carries its error."""
+
+    hint = "check the inputs against what the model expects, and perfd's log"
+
+
 class BadReply(CommandFailed):
     pass
 
@@ -123,6 +129,7 @@ _BY_CODE: dict[str, type[CommandFailed]] = {
     protocol.CONFIG_INVALID: ConfigInvalid,
     protocol.NO_CAPACITY: NoCapacity,
     protocol.LOAD_FAILED: LoadFailed,
+    protocol.INFER_FAILED: InferFailed,
 }
 
 
@@ -347,10 +354,17 @@ class Client:
         if attempts == 1:
             message += f"; '{cmd}' is not retried: it may still be running in perfd"
         largest = max([len(frame), *(_nbytes(f) for f in frames or ())])
-        if largest > protocol.DEFAULT_MAX_MESSAGE_BYTES:
+        readonly = endpoint.endswith(protocol.READONLY_SOCKET)
+        limit = (
+            protocol.DEFAULT_MAX_MESSAGE_BYTES
+            if readonly
+            else protocol.DEFAULT_MAX_ADMIN_MESSAGE_BYTES
+        )
+        if largest > limit:
+            setting = "max_message_bytes" if readonly else "max_admin_message_bytes"
             message += (
-                f"; a {largest}-byte frame is over perfd's default server.max_message_bytes "
-                f"({protocol.DEFAULT_MAX_MESSAGE_BYTES}), and perfd drops such a request unanswered"
+                f"; a {largest}-byte frame is over perfd's default server.{setting} ({limit}), "
+                "and perfd drops such a request unanswered"
             )
         raise DaemonTimeout(message)
 

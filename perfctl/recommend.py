@@ -282,6 +282,9 @@ def compute(args: argparse.Namespace, stats: dict[str, Any] | None) -> dict[str,
         if exc.option in ("weights_path", "config_json"):
             raise UsageError(str(exc)) from None
         raise InvalidArgs(protocol.INVALID_ARGS, str(exc)) from None
+    except (ArithmeticError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        message = f"this model description cannot be used: {type(exc).__name__}: {exc}"
+        raise InvalidArgs(protocol.INVALID_ARGS, message) from None
 
 
 def listing(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from perfd import paths, schema
+from perfd import paths, protocol, schema
 from perfd.errors import ConfigError
 from perfd.schema import option, section, section_map
 
@@ -56,7 +56,7 @@ class ServerConfig:
         maximum=256,
     )
     max_message_bytes: int = option(
-        1 << 20,
+        protocol.DEFAULT_MAX_MESSAGE_BYTES,
         "Largest frame accepted on the read-only socket (ZMQ_MAXMSGSIZE); a bigger one drops "
         "the sender's connection.",
         kind="size",
@@ -64,7 +64,7 @@ class ServerConfig:
         maximum=1 << 30,
     )
     max_admin_message_bytes: int = option(
-        256 << 20,
+        protocol.DEFAULT_MAX_ADMIN_MESSAGE_BYTES,
         "Largest frame accepted on the admin socket, where `infer` sends arrays as raw frames.",
         kind="size",
         minimum=1024,

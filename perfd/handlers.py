@@ -135,6 +135,13 @@ def recommend_command(daemon: DaemonView) -> Command:
             return rec.recommend(request, rec.plan_hardware(request, live))
         except rec.RecommendError as exc:
             raise CommandError(protocol.INVALID_ARGS, str(exc)) from None
+        except (ArithmeticError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            # A config whose fields make no sense (zero heads, wrong types): the caller's
+            # input, not a perfd bug; anyone on the read-only socket can send one.
+            raise CommandError(
+                protocol.INVALID_ARGS,
+                f"this model description cannot be used: {type(exc).__name__}: {exc}",
+            ) from None
 
     return Command(
         "recommend",

@@ -24,7 +24,8 @@ from typing import Any, Final
 
 VERSION: Final = 1
 MAX_ID_LENGTH: Final = 128
-DEFAULT_MAX_MESSAGE_BYTES: Final = 1 << 20
+DEFAULT_MAX_MESSAGE_BYTES: Final = 1 << 20  # per frame, read-only socket
+DEFAULT_MAX_ADMIN_MESSAGE_BYTES: Final = 256 << 20  # per frame, admin socket (infer arrays)
 
 MAIN_SOCKET: Final = "perfd.sock"
 READONLY_SOCKET: Final = "perfd-ro.sock"

@@ -69,3 +69,44 @@ def test_bad_requests_are_invalid_args(
     perfd = start_perfd()
     with pytest.raises(perfctl.InvalidArgs, match=words):
         call(perfd, **args)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"num_key_value_heads": 0},
+        {"head_dim": 0},
+        {"max_position_embeddings": 0},
+    ],
+)
+def test_nonsense_config_contents_are_invalid_args(
+    start_perfd: StartPerfd, broken: dict[str, Any]
+) -> None:
+    """A config.json with impossible fields is the caller's error (invalid_args), never internal."""
+    perfd = start_perfd()
+    config = {
+        "model_type": "llama",
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "vocab_size": 100,
+        "max_position_embeddings": 512,
+        **broken,
+    }
+    with pytest.raises(perfctl.CommandFailed) as caught:
+        call(perfd, str(perfd.readonly_socket), model="x", config=config, gpu="H100")
+    assert caught.value.code == "invalid_args"
+    assert call(perfd, model="tinyllama-1.1b", gpu="H100")["fits"] is True
+
+
+def test_q4_0_kv_with_vllm_is_planned_as_fp8() -> None:
+    """vLLM has no q4_0 KV cache: the plan counts the fp8 it will really use."""
+    from perfd import recommend as r
+
+    def plan(kv: str) -> dict[str, Any]:
+        req = r.Request(model="llama-3.1-8b", gpu="H100", kv_dtype=kv)
+        return r.recommend(req, r.plan_hardware(req, None))
+
+    assert plan("q4_0")["kv_bytes_per_token"] == plan("fp8")["kv_bytes_per_token"]

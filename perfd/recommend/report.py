@@ -36,6 +36,10 @@ def recommend(request: Request, hardware: Hardware) -> dict[str, Any]:
             value=request.context,
         )
     kv = kv_format(request.kv_dtype) if request.kv_dtype else KV_FORMATS[spec.dtype]
+    if engine == "vllm" and kv.name in ("q8_0", "q4_0"):
+        # vLLM has no llama.cpp block formats: its flag becomes --kv-cache-dtype fp8, so plan
+        # for what vLLM will really hold (8 bits), not the 4.5 or 8.5 of q4_0 / q8_0.
+        kv = KV_FORMATS["fp8"]
     opts = Options(
         engine=engine,
         weights=weight_format(request.quant) if request.quant else None,

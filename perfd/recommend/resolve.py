@@ -91,7 +91,8 @@ def resolve_model(request: Request) -> Model:
         if config is None:
             raise RecommendError(
                 f"{request.weights_path}: safetensors headers give sizes, not the architecture; "
-                "put its config.json beside it, or pass --config PATH or --model NAME",
+                "put its config.json beside it, or name the model (perfctl recommend MODEL "
+                "--weights PATH) or give its config (--config-json PATH)",
                 option="weights_path",
                 value=request.weights_path,
             )
