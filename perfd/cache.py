@@ -181,6 +181,8 @@ class ModelCache:
                 device=model.device,
                 options=dict(model.options or {}),
                 size_hint=model.size_hint or None,
+                provider=model.provider,
+                remote_model=model.model,
             )
         spec = self._runtime_specs.get(name)
         if spec is None:

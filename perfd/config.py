@@ -238,6 +238,45 @@ class ExhaustionRule:
 
 
 @dataclass(frozen=True)
+class SinkConfig:
+    """Where alert transitions are also sent over HTTP (empty url: off)."""
+
+    url: str = option("", "The endpoint; empty turns this sink off.", kind="str")
+    queue: int = option(
+        1000,
+        "Transitions waiting to be sent; when full, the oldest is dropped and counted.",
+        kind="int",
+        minimum=1,
+        maximum=1_000_000,
+    )
+    timeout: float = option(
+        5.0, "Connect and read timeout of each POST.", kind="duration", minimum=0.01, maximum=300
+    )
+    retries: int = option(
+        3, "Retries of a failed POST (backoff with jitter).", kind="int", minimum=0, maximum=20
+    )
+    token_env: str = option(
+        "",
+        "Name of an environment variable holding a bearer token (never the token itself).",
+        kind="str",
+    )
+    ca_bundle: str = option("", "CA bundle for an https url (default: the system's).", kind="path")
+    resend: float = option(
+        60.0,
+        "Alertmanager only: send still-firing alerts again this often (Alertmanager resolves "
+        "alerts it stops hearing about).",
+        kind="duration",
+        minimum=1,
+        maximum=86400,
+    )
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.url and not self.url.startswith(("http://", "https://")):
+            return [("url", f"must start with http:// or https://, not {self.url!r}")]
+        return []
+
+
+@dataclass(frozen=True)
 class AlertsConfig:
     history: int = option(
         100,
@@ -275,6 +314,13 @@ class AlertsConfig:
     exhaustion: ExhaustionRule = section(
         ExhaustionRule,
         "Host memory and each GPU: under `free_below` percent free and filling up.",
+    )
+    webhook: SinkConfig = section(
+        SinkConfig, "Also POST each alert transition as JSON to this URL."
+    )
+    alertmanager: SinkConfig = section(
+        SinkConfig,
+        "Also send alerts to a Prometheus Alertmanager (url like http://127.0.0.1:9093).",
     )
 
 
@@ -359,6 +405,12 @@ class ModelConfig:
     options: dict[str, Any] = option(
         None, "Passed to the loader (python: the factory's keyword arguments).", kind="table"
     )
+    provider: str = option("", "openai loader: the `[providers.NAME]` to call.", kind="str")
+    model: str = option(
+        "",
+        'openai loader: the remote model id (e.g. "meta-llama/llama-3.1-8b-instruct").',
+        kind="str",
+    )
 
     def problems(self) -> list[tuple[str, str]]:
         if not _DEVICE.match(self.device):
@@ -367,6 +419,91 @@ class ModelConfig:
             return [("target", 'the python loader needs target = "module:callable"')]
         if self.loader == "onnx" and not self.path:
             return [("path", "the onnx loader needs path = the model file")]
+        if self.loader == "openai" and not (self.provider and self.model):
+            return [("model", 'the openai loader needs provider = "NAME" and model = "id"')]
+        return []
+
+
+OPENROUTER_URL: Final = "https://openrouter.ai/api/v1"
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    base_url: str = option(
+        OPENROUTER_URL,
+        "The OpenAI-compatible API: OpenRouter's by default; OpenAI, vLLM, llama.cpp's server "
+        "and Ollama's /v1 work the same.",
+        kind="str",
+    )
+    api_key_env: str = option(
+        "",
+        'Name of the environment variable holding the API key (e.g. "OPENROUTER_API_KEY").',
+        kind="str",
+    )
+    api_key_file: str = option(
+        "", "A file holding the API key (used when api_key_env is empty).", kind="path"
+    )
+    pool_maxsize: int = option(
+        10, "Connections kept open to the provider.", kind="int", minimum=1, maximum=1000
+    )
+    retries: int = option(3, "Retries in all.", kind="int", minimum=0, maximum=20)
+    connect_retries: int = option(
+        3, "Retries of connection errors.", kind="int", minimum=0, maximum=20
+    )
+    read_retries: int = option(
+        2,
+        "Retries of read errors (never for a POST that may have been processed).",
+        kind="int",
+        minimum=0,
+        maximum=20,
+    )
+    status_retries: int = option(
+        3,
+        "Retries on 429/500/502/503/504 (a POST only on 429 and 503).",
+        kind="int",
+        minimum=0,
+        maximum=20,
+    )
+    backoff_factor: float = option(
+        0.5, "Exponential backoff base, seconds.", kind="float", minimum=0, maximum=60
+    )
+    backoff_jitter: float = option(
+        0.25,
+        "Random extra backoff, up to this many seconds.",
+        kind="float",
+        minimum=0,
+        maximum=60,
+    )
+    backoff_max: float = option(
+        30.0,
+        "Longest backoff (also caps Retry-After).",
+        kind="duration",
+        minimum=0,
+        maximum=3600,
+    )
+    connect_timeout: float = option(
+        5.0, "Connect timeout.", kind="duration", minimum=0.01, maximum=300
+    )
+    read_timeout: float = option(
+        120.0,
+        "Read timeout (time between bytes).",
+        kind="duration",
+        minimum=0.01,
+        maximum=3600,
+    )
+    ca_bundle: str = option("", "CA bundle for https (default: the system's).", kind="path")
+    referer: str = option(
+        "", "OpenRouter attribution: sent as HTTP-Referer (your site's URL).", kind="str"
+    )
+    title: str = option(
+        "", "OpenRouter attribution: sent as X-Title (your app's name).", kind="str"
+    )
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not self.base_url.startswith(("http://", "https://")):
+            return [("base_url", f"must start with http:// or https://, not {self.base_url!r}")]
+        if self.api_key_env and self.api_key_file:
+            return [("api_key_file", "give api_key_env or api_key_file, not both")]
         return []
 
 
@@ -385,6 +522,21 @@ class Config:
     alerts: AlertsConfig = section(AlertsConfig, "Alert rules and the alert log.")
     cache: CacheConfig = section(CacheConfig, "The model cache.")
     models: dict[str, ModelConfig] = section_map(ModelConfig, "One table per model.")
+    providers: dict[str, ProviderConfig] = section_map(
+        ProviderConfig, "One table per remote API (OpenRouter and other OpenAI-compatible ones)."
+    )
+
+    def problems(self) -> list[tuple[str, str]]:
+        for name, model in self.models.items():
+            if model.loader == "openai" and model.provider not in self.providers:
+                known = ", ".join(sorted(self.providers)) or "none defined"
+                return [
+                    (
+                        f"models.{name}.provider",
+                        f"names no [providers.{model.provider or '...'}] table ({known})",
+                    )
+                ]
+        return []
 
 
 # Settings that only take effect at start; a reload that changes them logs a warning.

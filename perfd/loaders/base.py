@@ -27,6 +27,8 @@ class ModelSpec:
     device: str = "cpu"  # "cpu" or "cuda:N"
     options: dict[str, Any] = field(default_factory=dict)
     size_hint: int | None = None  # bytes, from config, when the loader cannot estimate
+    provider: str = ""  # openai: the [providers.NAME] to call
+    remote_model: str = ""  # openai: the provider's model id
 
 
 @dataclass
