@@ -34,6 +34,7 @@ BENCHMARKS = (
     "infer_overhead",
     "cache_bookkeeping",
     "recommend",
+    "provider",
 )
 
 
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         idle,
         infer_overhead,
         monitor_idle,
+        provider,
         ready,
         recommend,
         roundtrip,
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         ),
         "recommend": lambda: recommend.measure(quick),
+        "provider": lambda: provider.run(provider.Options(rounds=2 if quick else 5)),
     }
     selected = args.only or list(BENCHMARKS)
     print(

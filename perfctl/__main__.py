@@ -1,5 +1,6 @@
 """perfctl: ask perfd for its status, its config, its stats and alerts, or to reload; list,
-load, evict, pin and run the models in its cache; size a model's context and concurrency.
+load, evict, pin and run the models in its cache (local or remote); show the remote model
+providers; size a model's context and concurrency.
 
 Exit codes: 0 ok; 1 perfd answered with an error; 2 usage; 3 perfd not running or not
 answering; 4 permission denied on the socket.
@@ -17,6 +18,7 @@ from typing import Any
 
 from perfctl import format as fmt
 from perfctl import format_cache as fmt_cache
+from perfctl import format_providers as fmt_providers
 from perfctl import recommend as rec
 from perfctl.client import (
     DEFAULT_TIMEOUT,
@@ -57,6 +59,10 @@ _COMMANDS: dict[str, tuple[str, Formatter]] = {
     "pin": ("keep a loaded model loaded until unpinned (admin)", fmt_cache.format_pin),
     "unpin": ("let a pinned model expire and be evicted again (admin)", fmt_cache.format_pin),
     "infer": ("run a model on JSON inputs and print its outputs (admin)", fmt_cache.format_infer),
+    "providers": (
+        "show the remote model APIs: base URL, requests, retries, failures, latency, connections",
+        fmt_providers.format_providers,
+    ),
 }
 
 
@@ -151,7 +157,11 @@ def _cache_arguments(commands: dict[str, argparse.ArgumentParser]) -> None:
         commands[name].add_argument("name", metavar="NAME", help="the model's name")
     load = commands["load"]
     for option, text in (
-        ("--loader", "python (default), onnx, or a registered loader"),
+        (
+            "--loader",
+            "python (default), onnx, openai (a remote model: --option provider=NAME "
+            "--option model=ID), or a registered loader",
+        ),
         ("--target", "python loader: module:callable that builds the model"),
         ("--path", "the model file (onnx and file-based loaders)"),
         ("--device", "cpu (default) or cuda:N"),

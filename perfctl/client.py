@@ -291,6 +291,13 @@ class Client:
             return result.get("outputs")
         return _from_frames(result, extra)
 
+    def providers(self) -> dict[str, Any]:
+        """Each configured provider (``providers``: name -> facts): its ``base_url``, where its
+        API key comes from (``key_from``) and whether it is set (``key_set``; never the key),
+        and once ``used``, its client's counters: requests, retries, failures, latency,
+        connections."""
+        return self.call("providers")
+
     def recommend(self, model: str | None = None, **args: Any) -> dict[str, Any]:
         """Context and concurrency for ``model`` on perfd's host (read-only: any local user).
 

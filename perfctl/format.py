@@ -274,6 +274,11 @@ def format_stats(result: dict[str, Any], style: Style = PLAIN) -> str:
     lines.extend(_process_lines(host, style))
     if result.get("cache") is not None:  # perfd before the model cache sends none
         lines.extend(_cache_lines(result["cache"], style))
+    if result.get("providers"):  # only once a remote provider has been used
+        from perfctl.format_providers import provider_items
+
+        head = f"{'providers':<{_LABEL}}"
+        lines.extend(wrap(head, provider_items(result["providers"]), f" {glyph(style, '·')} "))
     own = result.get("perfd") or {}
     rss = own.get("rss_bytes")
     lines.append(

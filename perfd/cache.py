@@ -259,7 +259,8 @@ class ModelCache:
         loader = self._loader(spec)
         estimate = spec.size_hint
         with contextlib.suppress(Exception):
-            estimate = loader.estimate(spec) or spec.size_hint
+            estimated = loader.estimate(spec)
+            estimate = estimated if estimated is not None else spec.size_hint
         victims = self._victims(spec.device, estimate or 0, name)
         stats = self._model_stats.setdefault(name, ModelStats())
         entry = Entry(spec, keep_alive, pinned, estimate=estimate, loader=loader, stats=stats)
@@ -413,9 +414,14 @@ class ModelCache:
             else:
                 discard = False
                 entry.model = loaded.model
-                entry.estimate = loaded.estimate_bytes or entry.estimate
+                if loaded.estimate_bytes is not None:
+                    entry.estimate = loaded.estimate_bytes
                 if not self._measure:
                     pass
+                elif not getattr(entry.loader, "local_memory", True):
+                    # A remote model: what its first load imports (an HTTP client) is not
+                    # the model's, and it holds no local weights.
+                    entry.measured, entry.measured_by = 0, "remote"
                 elif entry.spec.device != "cpu" and "nvml" in outcome and outcome["alone"]:
                     # What nvidia-smi shows for perfd: allocator caches and the CUDA context
                     # included, unlike torch's own count (kept beside it as measured_torch).

@@ -28,6 +28,7 @@ from perfd.systemd import Liveness, Notifier, Watchdog
 if TYPE_CHECKING:  # built on first use, after READY: kept off the start-up path
     from perfd.cache import ModelCache
     from perfd.keeper import Keeper
+    from perfd.provider import Providers
 
 _log = log.get("perfd.daemon")
 
@@ -68,6 +69,8 @@ class Daemon:
         self._cache: ModelCache | None = None
         self._keeper: Keeper | None = None
         self._cache_lock = threading.Lock()
+        self._providers: Providers | None = None
+        self._providers_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._status_samples = -1
         self.admin_socket = runtime_dir / protocol.MAIN_SOCKET
@@ -80,6 +83,7 @@ class Daemon:
             "server": "started",
             "monitor": "started" if self.monitor is not None else "not_started",
             "cache": "started" if self._cache is not None else "not_started",
+            "providers": "started" if self._providers is not None else "not_started",
             "workers": "started" if self.server.pool_started else "not_started",
         }
 
@@ -88,18 +92,39 @@ class Daemon:
         return self._cache is not None
 
     @property
+    def providers_started(self) -> bool:
+        return self._providers is not None
+
+    @property
+    def providers(self) -> Providers:
+        """The [providers.NAME] clients, built on first use (by the openai loader); each
+        provider, and requests with the first one, is built when a model first needs it."""
+        with self._providers_lock:
+            if self._providers is None:
+                from perfd.provider import Providers
+
+                self._providers = Providers(self.loaded.config.providers)
+                _log.info(
+                    "component.started",
+                    component="providers",
+                    providers=sorted(self.loaded.config.providers),
+                )
+            return self._providers
+
+    @property
     def cache(self) -> ModelCache:
         """The model cache, built on first use (with its housekeeping thread)."""
         with self._cache_lock:
             if self._cache is None:
                 from perfd import keeper
                 from perfd.cache import ModelCache
+                from perfd.loaders.openai import OpenAILoader
                 from perfd.loaders.registry import Registry
 
                 monitor = self.monitor
                 assert monitor is not None, "the monitor starts before the cache"
                 cfg = self.loaded.config
-                registry = Registry()
+                registry = Registry(extra={"openai": OpenAILoader(lambda: self.providers)})
                 self._cache = ModelCache(
                     cfg.cache,
                     cfg.models,
@@ -158,7 +183,10 @@ class Daemon:
             self.monitor.reconfigure(cfg.monitor, cfg.alerts)
         if self._cache is not None:
             self._cache.reconfigure(cfg.cache, cfg.models)
-        self.loaded = new
+        with self._providers_lock:  # not built meanwhile from the old config
+            if self._providers is not None:
+                self._providers.reconfigure(cfg.providers)
+            self.loaded = new
 
     def status_line(self) -> str:
         line = self.monitor.status_line() if self.monitor is not None else None
@@ -195,6 +223,10 @@ class Daemon:
             self._keeper.stop()
         if self._cache is not None:
             self._cache.close()
+        with self._providers_lock:
+            if self._providers is not None:  # after the cache: no request can still use them
+                self._providers.close()
+                self._providers = None
         if self.monitor is not None:
             self.monitor.stop(self.loaded.config.monitor.nvml_timeout + 2)
         self.server.close()
@@ -241,7 +273,14 @@ class Daemon:
     def _start_monitor(self) -> None:
         """Start sampling; READY=1 waits for the first sample (bounded by the NVML timeout)."""
         cfg = self.loaded.config
-        self.monitor = Monitor(cfg.monitor, cfg.alerts, heartbeat=self.liveness.register("monitor"))
+        sinks = None
+        if cfg.alerts.webhook.url or cfg.alerts.alertmanager.url:
+            from perfd.sinks import Sinks  # requests is imported when the first alert is sent
+
+            sinks = Sinks(cfg.alerts)
+        self.monitor = Monitor(
+            cfg.monitor, cfg.alerts, heartbeat=self.liveness.register("monitor"), sinks=sinks
+        )
         self.monitor.start()
         wait = max(cfg.monitor.nvml_timeout, probes_init_timeout()) + 5.0
         if not self.monitor.first_sample.wait(wait):

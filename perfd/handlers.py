@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,6 +17,7 @@ from perfd.server import Command, WithFrames
 
 if TYPE_CHECKING:  # the cache (ctypes, statistics, loaders) is imported when first used
     from perfd.cache import ModelCache
+    from perfd.provider import Providers  # requests: imported when a provider is first used
 
 _JSON = (dict, list, str, int, float, bool, type(None))
 _DEVICE = re.compile(r"^(cpu|cuda:[0-9]+)$")
@@ -35,6 +37,12 @@ class DaemonView(Protocol):
 
     @property
     def cache_started(self) -> bool: ...
+
+    @property
+    def providers(self) -> Providers: ...
+
+    @property
+    def providers_started(self) -> bool: ...
 
     def components(self) -> dict[str, str]: ...
 
@@ -87,7 +95,11 @@ def build(daemon: DaemonView) -> dict[str, Command]:
             cache: dict[str, Any] = {"started": True, **daemon.cache.stats()}
         else:
             cache = {"started": False, "configured": sorted(daemon.loaded.config.models)}
-        return {**snapshot, "cache": cache}
+        result = {**snapshot, "cache": cache}
+        counts = provider_counts(daemon.providers.stats()) if daemon.providers_started else {}
+        if counts:  # only once a provider has been used
+            result["providers"] = counts
+        return result
 
     def alerts(_: dict[str, Any]) -> dict[str, Any]:
         return running_monitor().alerts()
@@ -101,8 +113,57 @@ def build(daemon: DaemonView) -> dict[str, Command]:
         Command("alerts", alerts),
         *cache_commands(daemon),
         recommend_command(daemon),
+        providers_command(daemon),
     ]
     return {c.name: c for c in commands}
+
+
+def providers_command(daemon: DaemonView) -> Command:
+    """providers: each [providers.NAME]'s base URL, where its API key comes from and whether it
+    is set in perfd's environment (never the key), and once it has been ``used``, its client's
+    counters (perfd.provider.Provider.stats). Nothing here builds a provider."""
+
+    def providers(_: dict[str, Any]) -> dict[str, Any]:
+        from perfd.provider import safe_url  # no requests: that comes with a built provider
+
+        configured = daemon.loaded.config.providers
+        used = daemon.providers.stats() if daemon.providers_started else {}
+        out: dict[str, Any] = {}
+        for name in sorted(configured):
+            cfg = configured[name]
+            out[name] = {
+                "base_url": safe_url(cfg.base_url),
+                **_key_facts(cfg, os.environ),
+                "used": False,
+                **used.get(name, {}),
+            }
+        return {"providers": out}
+
+    return Command("providers", providers)
+
+
+def provider_counts(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The ``providers`` section of ``stats``: the counters of the providers used so far."""
+    return {
+        name: {k: v for k, v in facts.items() if k not in ("used", "base_url")}
+        for name, facts in stats.items()
+        if facts.get("used")
+    }
+
+
+def _key_facts(cfg: config.ProviderConfig, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Where a provider's API key comes from and whether it is there: never the key itself."""
+    if cfg.api_key_env:
+        present = bool(environ.get(cfg.api_key_env, "").strip())
+        return {"key_from": f"env {cfg.api_key_env}", "key_set": present}
+    if cfg.api_key_file:
+        try:
+            present = Path(cfg.api_key_file).stat().st_size > 0
+            present = present and os.access(cfg.api_key_file, os.R_OK)
+        except OSError:
+            present = False
+        return {"key_from": f"file {cfg.api_key_file}", "key_set": present}
+    return {"key_from": None, "key_set": False}
 
 
 def recommend_command(daemon: DaemonView) -> Command:

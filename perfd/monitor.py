@@ -26,6 +26,7 @@ from perfd import assess, log, trends
 from perfd.alerts import CRITICAL, Engine, Transition, rfc3339
 from perfd.config import AlertsConfig, MonitorConfig
 from perfd.samples import GpuReading, HostSample
+from perfd.sinks import Sinks
 from perfd.systemd import Heartbeat
 
 _log = log.get("perfd.monitor")
@@ -95,8 +96,10 @@ class Monitor:
         heartbeat: Heartbeat | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        sinks: Sinks | None = None,
     ) -> None:
         self.cfg, self.alerts_cfg = cfg, alerts_cfg
+        self._sinks = sinks  # webhook / Alertmanager delivery; never blocks _record
         if host_probe is None or (gpu_probe is None and cfg.gpu):
             from perfd import probes  # psutil (and later pynvml) load here, not at import
 
@@ -144,6 +147,8 @@ class Monitor:
             self._gpu_probe.close()
         if self._alert_file is not None:
             self._alert_file.close()
+        if self._sinks is not None:
+            self._sinks.stop(timeout)
 
     def reconfigure(self, cfg: MonitorConfig, alerts_cfg: AlertsConfig) -> None:
         """Apply a reloaded config from the next turn on (probes and history keep running)."""
@@ -158,6 +163,8 @@ class Monitor:
                     if alerts_cfg.log_file
                     else None
                 )
+        if self._sinks is not None:  # outside the lock: replaced sinks get time to drain
+            self._sinks.reconfigure(alerts_cfg)
 
     def _run(self) -> None:
         next_due = self._clock()
@@ -293,6 +300,8 @@ class Monitor:
             _log.warning(event, **fields)
         if alert_file is not None:
             alert_file.write_line(json.dumps(entry, default=str))
+        if self._sinks is not None:
+            self._sinks.deliver(dict(entry))
 
     # -- subscribers ------------------------------------------------------------------------
 

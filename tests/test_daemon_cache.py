@@ -118,7 +118,7 @@ def test_unknown_model_and_run_time_model(start_perfd: StartPerfd) -> None:
     with pytest.raises(perfctl.CommandFailed, match=r"module 'no\.such\.module' not found") as e:
         call(perfd, "load", model="bad", target="no.such.module:f")
     assert e.value.code == "load_failed"
-    with pytest.raises(perfctl.InvalidArgs, match=r"provider client"):
+    with pytest.raises(perfctl.LoadFailed, match=r"openai loader needs a provider"):
         call(perfd, "load", model="bad2", loader="openai")
 
 

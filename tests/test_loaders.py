@@ -15,7 +15,9 @@ from onnx import TensorProto, helper
 
 from perfd.loaders import Loaded, Loader, LoaderError, ModelSpec, Registry
 from perfd.loaders.onnx import OnnxLoader, OnnxModel
+from perfd.loaders.openai import OpenAILoader
 from perfd.loaders.python import PythonLoader, PythonModel
+from perfd.provider import Providers
 from tests.models import toy
 
 TOY = "tests.models.toy"
@@ -462,13 +464,19 @@ def test_registry_unknown_name() -> None:
     assert "python" in str(info.value)
 
 
-def test_registry_openai_not_yet() -> None:
-    """openai is announced but not shipped: the error says where it will come from."""
-    with pytest.raises(LoaderError) as info:
+def test_registry_openai_needs_the_daemons_providers() -> None:
+    """A bare Registry has no openai loader: the error says the daemon wires it in."""
+    with pytest.raises(LoaderError, match=r"needs perfd's providers") as info:
         Registry().get("openai")
-    assert str(info.value) == (
-        'the "openai" loader comes with the provider client (not in this release)'
-    )
+    assert "OpenAILoader" in str(info.value)
+
+
+def test_registry_openai_wired_in() -> None:
+    """The daemon's way: OpenAILoader passed in extra is what "openai" resolves to."""
+    loader = OpenAILoader(lambda: Providers({}))
+    registry = Registry(extra={"openai": loader})
+    assert registry.get("openai") is loader
+    assert "openai" in registry.names()
 
 
 def test_registry_extra_loaders() -> None:

@@ -44,6 +44,9 @@ class LoaderError(Exception):
 
 
 class Loader(Protocol):
+    """``name``; optionally ``local_memory = False`` for loaders whose models live elsewhere
+    (remote APIs): the cache then charges them no memory."""
+
     name: str
 
     def estimate(self, spec: ModelSpec) -> int | None:

@@ -1,7 +1,8 @@
 """Loader names to Loader instances: the built-ins, then third-party entry points.
 
-Built-in: ``python`` and ``onnx``. Third-party packages add loaders through the entry-point
-group ``perfd.loaders`` (in their pyproject.toml)::
+Built-in: ``python`` and ``onnx``; ``openai`` (perfd.loaders.openai) needs the daemon's
+providers, so the daemon passes it in ``extra``. Third-party packages add loaders through the
+entry-point group ``perfd.loaders`` (in their pyproject.toml)::
 
     [project.entry-points."perfd.loaders"]
     vllm = "perfd_vllm:VllmLoader"
@@ -26,9 +27,11 @@ if TYPE_CHECKING:
 
 GROUP = "perfd.loaders"
 
-# Loaders perfd will ship but does not yet: name -> why asking for it fails.
-NOT_YET = {
-    "openai": 'the "openai" loader comes with the provider client (not in this release)',
+# Built-in loaders that need a part of the daemon, which passes them in ``extra``: name -> why
+# a bare Registry() cannot give one.
+WIRED_BY_DAEMON = {
+    "openai": "the \"openai\" loader needs perfd's providers: perfd's daemon passes it in as "
+    'Registry(extra={"openai": OpenAILoader(lambda: providers)}) (see perfd.loaders.openai)',
 }
 
 LOADER_METHODS = ("estimate", "load", "infer", "unload")
@@ -55,8 +58,8 @@ class Registry:
                 loader = _load_entry_point(entry_point)
                 self._loaders[name] = loader
                 return loader
-        if name in NOT_YET:
-            raise LoaderError(NOT_YET[name])
+        if name in WIRED_BY_DAEMON:
+            raise LoaderError(WIRED_BY_DAEMON[name])
         raise LoaderError(f"unknown loader {name!r}; known loaders: {', '.join(self.names())}")
 
     def names(self) -> list[str]:
