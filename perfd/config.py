@@ -424,6 +424,31 @@ class ModelConfig:
         return []
 
 
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = option(
+        "",
+        'Serve Prometheus metrics at http://HOST:PORT/metrics, e.g. "127.0.0.1:9464". Empty: off.',
+        kind="str",
+    )
+    allow_remote: bool = option(
+        False,
+        "Allow a listen address beyond loopback (metrics show host and GPU details).",
+        kind="bool",
+    )
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not self.listen:
+            return []
+        host, sep, port = self.listen.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+            return [("listen", f'must be "HOST:PORT" (e.g. "127.0.0.1:9464"), not {self.listen!r}')]
+        if not self.allow_remote and host not in ("127.0.0.1", "::1", "localhost"):
+            return [("listen", f"{host} is beyond loopback; set allow_remote = true to allow it")]
+        return []
+
+
 OPENROUTER_URL: Final = "https://openrouter.ai/api/v1"
 
 
@@ -522,6 +547,7 @@ class Config:
     alerts: AlertsConfig = section(AlertsConfig, "Alert rules and the alert log.")
     cache: CacheConfig = section(CacheConfig, "The model cache.")
     models: dict[str, ModelConfig] = section_map(ModelConfig, "One table per model.")
+    metrics: MetricsConfig = section(MetricsConfig, "The Prometheus metrics endpoint.")
     providers: dict[str, ProviderConfig] = section_map(
         ProviderConfig, "One table per remote API (OpenRouter and other OpenAI-compatible ones)."
     )
@@ -547,6 +573,8 @@ RESTART_ONLY: Final = frozenset(
         "server.workers",
         "server.max_message_bytes",
         "server.max_admin_message_bytes",
+        "metrics.listen",
+        "metrics.allow_remote",
         "monitor.gpu",  # the probes are built once, at start
         "monitor.nvml_timeout",
         "monitor.top_processes",
