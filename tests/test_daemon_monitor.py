@@ -119,3 +119,24 @@ def test_real_memory_pressure_fires_and_resolves(start_perfd: StartPerfd) -> Non
     assert events[-1] == ("alert.resolved", "host_memory/host")
     history = call(perfd, "alerts")["history"]
     assert next(h["event"] for h in history if h["rule"] == "host_memory") == "alert.resolved"
+
+
+def test_alerts_reach_a_webhook_from_a_real_perfd(start_perfd: StartPerfd) -> None:
+    """With [alerts.webhook], a real perfd POSTs its alert transitions as JSON."""
+    from tests.httpservers import ScriptedServer
+
+    with ScriptedServer() as hook:
+        perfd = start_perfd(
+            FAST
+            + "[alerts.host_memory]\nwarn = 0.01\ncrit = 100\nfor = 0\n"  # fires at once
+            + f'[alerts.webhook]\nurl = "{hook.url}/alerts"\n'
+        )
+        (request,) = hook.wait_for_requests(1, timeout=30)
+    body = request.json()
+    assert request.path == "/alerts"
+    assert (body["event"], body["id"], body["source"]) == (
+        "alert.firing",
+        "host_memory/host",
+        "perfd",
+    )
+    assert perfd.ctl("ping").returncode == 0
