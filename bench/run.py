@@ -35,6 +35,7 @@ BENCHMARKS = (
     "cache_bookkeeping",
     "recommend",
     "provider",
+    "metrics",
 )
 
 
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_cold_warm,
         idle,
         infer_overhead,
+        metrics,
         monitor_idle,
         provider,
         ready,
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "recommend": lambda: recommend.measure(quick),
         "provider": lambda: provider.run(provider.Options(rounds=2 if quick else 5)),
+        "metrics": lambda: metrics.run(metrics.Options(scrapes=50 if quick else 200)),
     }
     selected = args.only or list(BENCHMARKS)
     print(

@@ -136,8 +136,10 @@ class ModelCache:
         wall: Callable[[], float] = time.time,
         measure: bool = True,
         gpu_use: GpuUse | None = None,
+        on_load: Callable[[str, float], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._on_load = on_load  # (model, load seconds) after each successful load: metrics
         self._measure = measure  # False: account by estimates only (tests of pure policy)
         self._gpu_use = gpu_use
         self.models = dict(models)
@@ -370,8 +372,14 @@ class ModelCache:
                 ),
             )
             return
-        entry.stats.load_seconds.append(self._clock() - started)
+        seconds = self._clock() - started
+        entry.stats.load_seconds.append(seconds)
         if entry.error is None:
+            if self._on_load is not None:
+                try:
+                    self._on_load(spec.name, seconds)
+                except Exception:  # a metrics bug must not fail a load
+                    _log.exception("cache.on_load_failed", model=spec.name)
             self._enforce_budget(entry)
 
     def _enforce_budget(self, loaded: Entry) -> None:

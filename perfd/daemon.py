@@ -28,6 +28,7 @@ from perfd.systemd import Liveness, Notifier, Watchdog
 if TYPE_CHECKING:  # built on first use, after READY: kept off the start-up path
     from perfd.cache import ModelCache
     from perfd.keeper import Keeper
+    from perfd.metrics import MetricsServer
     from perfd.provider import Providers
 
 _log = log.get("perfd.daemon")
@@ -72,6 +73,7 @@ class Daemon:
         self._providers: Providers | None = None
         self._providers_lock = threading.Lock()
         self._lock_fd: int | None = None
+        self._metrics: MetricsServer | None = None
         self._status_samples = -1
         self.admin_socket = runtime_dir / protocol.MAIN_SOCKET
         self.readonly_socket = runtime_dir / protocol.READONLY_SOCKET
@@ -85,6 +87,7 @@ class Daemon:
             "cache": "started" if self._cache is not None else "not_started",
             "providers": "started" if self._providers is not None else "not_started",
             "workers": "started" if self.server.pool_started else "not_started",
+            "metrics": "started" if self._metrics is not None else "off",
         }
 
     @property
@@ -131,6 +134,7 @@ class Daemon:
                     registry.get,
                     lambda device: keeper.capacity(monitor.snapshot(), device),
                     gpu_use=monitor.own_gpu_bytes,
+                    on_load=self._metrics.observe_load if self._metrics is not None else None,
                 )
                 self._keeper = keeper.Keeper(self._cache, monitor, self.liveness.register("keeper"))
                 self._keeper.start()
@@ -216,9 +220,14 @@ class Daemon:
             self._lock_fd = rundir.lock(self.runtime_dir)
             self._bind()
         self._start_monitor()
+        if self._initial.metrics.listen:
+            self._start_metrics(self._initial.metrics.listen)
 
     def close(self) -> None:
         """Stop threads, unload models, close and unlink the sockets, release the lock."""
+        if self._metrics is not None:  # first: no scrape reads parts that are stopping
+            self._metrics.stop()
+            self._metrics = None
         if self._keeper is not None:
             self._keeper.stop()
         if self._cache is not None:
@@ -285,6 +294,27 @@ class Daemon:
         wait = max(cfg.monitor.nvml_timeout, probes_init_timeout()) + 5.0
         if not self.monitor.first_sample.wait(wait):
             _log.warning("monitor.slow_first_sample", waited_s=wait, action="ready anyway")
+
+    def _start_metrics(self, listen: str) -> None:
+        """Serve /metrics (prometheus_client is imported only here); a bind error is a
+        StartupError. Scrapes read the parts' stats; they never build the cache or providers."""
+        from perfd.metrics import MetricsServer, Sources
+
+        monitor = self.monitor
+        assert monitor is not None, "the monitor starts before the metrics"
+        sinks = monitor.sinks  # built once, at start; reloads reconfigure it in place
+        server = MetricsServer(
+            listen,
+            Sources(
+                monitor,
+                cache=lambda: None if (c := self._cache) is None else c.stats(),
+                configured_models=lambda: self.loaded.config.models,
+                providers=lambda: None if (p := self._providers) is None else p.stats(),
+                sinks=sinks.stats if sinks is not None else lambda: None,
+            ),
+        )
+        server.start()
+        self._metrics = server
 
     def _poll_timeout(self) -> float | None:
         """Wake for the watchdog, and to refresh STATUS= once per sample under systemd."""

@@ -350,6 +350,11 @@ class Monitor:
                 return sum(p.used_bytes or 0 for p in gpu.processes if p.pid == os.getpid())
         return None
 
+    @property
+    def sinks(self) -> Sinks | None:
+        """The alert sinks this monitor delivers to (for their metrics)."""
+        return self._sinks
+
     def snapshot(self) -> dict[str, Any] | None:
         return self._snapshot
 

@@ -43,6 +43,8 @@ def test_perfctl_touches_only_light_perfd_modules() -> None:
 
 
 def test_daemon_defers_heavy_modules() -> None:
-    """Importing the daemon loads neither psutil, requests, pynvml, numpy nor onnxruntime."""
+    """Importing the daemon loads neither psutil, requests, pynvml, numpy, onnxruntime nor
+    prometheus_client (imported only when [metrics] listen is set)."""
     loaded = _modules("import perfd.daemon")
-    assert not loaded & {"psutil", "requests", "pynvml", "numpy", "onnxruntime"}
+    heavy = {"psutil", "requests", "pynvml", "numpy", "onnxruntime", "prometheus_client"}
+    assert not loaded & heavy
