@@ -113,7 +113,7 @@ class LoadFailed(CommandFailed):
 class InferFailed(CommandFailed):
     """The model raised while running the request; the message carries its error."""
 
-    hint = "check the inputs against what the model expects, and perfd's log"
+    hint = "check the inputs the model expects; for a remote model, perfctl providers"
 
 
 class BadReply(CommandFailed):

@@ -260,7 +260,9 @@ class SinkConfig:
         "Name of an environment variable holding a bearer token (never the token itself).",
         kind="str",
     )
-    ca_bundle: str = option("", "CA bundle for an https url (default: the system's).", kind="path")
+    ca_bundle: str = option(
+        "", "CA bundle for an https url (default: certifi's, or $REQUESTS_CA_BUNDLE).", kind="path"
+    )
     resend: float = option(
         60.0,
         "Alertmanager only: send still-firing alerts again this often (Alertmanager resolves "
@@ -516,7 +518,9 @@ class ProviderConfig:
         minimum=0.01,
         maximum=3600,
     )
-    ca_bundle: str = option("", "CA bundle for https (default: the system's).", kind="path")
+    ca_bundle: str = option(
+        "", "CA bundle for https (default: certifi's, or $REQUESTS_CA_BUNDLE).", kind="path"
+    )
     referer: str = option(
         "", "OpenRouter attribution: sent as HTTP-Referer (your site's URL).", kind="str"
     )

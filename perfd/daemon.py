@@ -282,11 +282,9 @@ class Daemon:
     def _start_monitor(self) -> None:
         """Start sampling; READY=1 waits for the first sample (bounded by the NVML timeout)."""
         cfg = self.loaded.config
-        sinks = None
-        if cfg.alerts.webhook.url or cfg.alerts.alertmanager.url:
-            from perfd.sinks import Sinks  # requests is imported when the first alert is sent
+        from perfd.sinks import Sinks  # requests is imported when the first alert is sent
 
-            sinks = Sinks(cfg.alerts)
+        sinks = Sinks(cfg.alerts)  # empty and idle without a url; a reload may add one
         self.monitor = Monitor(
             cfg.monitor, cfg.alerts, heartbeat=self.liveness.register("monitor"), sinks=sinks
         )

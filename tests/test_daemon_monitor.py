@@ -140,3 +140,19 @@ def test_alerts_reach_a_webhook_from_a_real_perfd(start_perfd: StartPerfd) -> No
         "perfd",
     )
     assert perfd.ctl("ping").returncode == 0
+
+
+def test_a_webhook_added_by_reload_gets_the_next_alerts(start_perfd: StartPerfd) -> None:
+    """perfd started without sinks: a reload that adds a webhook delivers from then on."""
+    from tests.httpservers import ScriptedServer
+
+    with ScriptedServer() as hook:
+        perfd = start_perfd(FAST)
+        perfd.config_path.write_text(
+            FAST
+            + "[alerts.host_memory]\nwarn = 0.01\ncrit = 100\nfor = 0\n"
+            + f'[alerts.webhook]\nurl = "{hook.url}/late"\n'
+        )
+        assert perfd.ctl("reload").returncode == 0
+        (request,) = hook.wait_for_requests(1, timeout=30)
+    assert (request.path, request.json()["event"]) == ("/late", "alert.firing")
