@@ -648,6 +648,11 @@ class ModelCache:
                 "hit_ratio": round(self.hits / lookups, 4) if lookups else None,
                 "devices": by_device,
                 "evictions": dict(self._by_reason),
+                # every model looked up so far, loaded or not: the counters outlive evictions
+                "counters": {
+                    name: {"hits": s.hits, "misses": s.misses, "loads": s.loads}
+                    for name, s in sorted(self._model_stats.items())
+                },
                 "recent_evictions": list(self._evictions)[::-1],
                 "configured": sorted(self.models),
             }

@@ -331,8 +331,6 @@ class Sources:
 class PerfdCollector:
     def __init__(self, sources: Sources) -> None:
         self._sources = sources
-        self._lock = threading.Lock()
-        self._counts: dict[str, tuple[int, int, int]] = {}  # configured models' last counters
 
     def collect(self) -> Iterator[Metric]:
         src = self._sources
@@ -352,20 +350,11 @@ class PerfdCollector:
         yield from alert_families(monitor.alerts()["firing"])
         cache = src.cache()
         configured = set(cache["configured"] if cache is not None else src.configured_models())
-        yield from cache_families(cache, configured, self._remember(cache, configured))
+        counters = cache["counters"] if cache is not None else {}
+        counts = {n: (c["hits"], c["misses"], c["loads"]) for n, c in counters.items()}
+        yield from cache_families(cache, configured, counts)
         yield from provider_families(src.providers())
         yield from sink_families(src.sinks())
-
-    def _remember(
-        self, cache: Mapping[str, Any] | None, configured: set[str]
-    ) -> dict[str, tuple[int, int, int]]:
-        """Keep the last counters of configured models (they count across evictions)."""
-        with self._lock:
-            for m in cache["models"] if cache is not None else ():
-                if m["name"] in configured:
-                    self._counts[m["name"]] = (m["hits"], m["misses"], m["loads"])
-            self._counts = {n: c for n, c in self._counts.items() if n in configured}
-            return dict(self._counts)
 
 
 # -- the server --------------------------------------------------------------------------------

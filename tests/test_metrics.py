@@ -594,3 +594,18 @@ def test_real_prometheus_scrapes_perfd(
         assert found["sum(perfd_gpu_state)"][0]["value"][1] == "1"
     finally:
         assert perfd_.stop() == 0
+
+
+def test_counters_of_a_model_evicted_between_scrapes_are_not_lost() -> None:
+    """A model loaded, used and evicted between two scrapes still shows its counters."""
+    monitor, _, _, _ = two_gpu_monitor()
+    monitor.sample_once()
+    cache, server = _cache(Sources(monitor))
+    cache.load("big")
+    cache.get("big")
+    cache.get("big")
+    cache.evict("big")  # never scraped while loaded
+    s = scrape(server)
+    assert value(s, "perfd_cache_model_loaded", model="big") == 0
+    assert value(s, "perfd_cache_hits_total", model="big") == 2
+    assert value(s, "perfd_cache_loads_total", model="big") == 1
