@@ -7,11 +7,10 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 
 from perfd.config import AlertsConfig, ThresholdRule
 from tests.conftest import StartPerfd
+from tests.daemons import ready_server, wait_until
 from tests.httpservers import closed_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -147,15 +147,6 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, check=False)
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``check`` until it holds (AssertionError after ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as reply:
         return json.loads(reply.read())
@@ -253,38 +244,14 @@ def running_prometheus(config: Path) -> Iterator[str]:
     """A real Prometheus with ``config`` (its data and log beside it); its URL once ready."""
     assert PROMETHEUS is not None
     port = closed_port()
-    log = config.parent / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={config.parent / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as reply:
-                    return bool(reply.status == 200)
-            except (urllib.error.URLError, ConnectionError):
-                return False
-
-        wait_until(ready, timeout=60)
+    argv = [
+        PROMETHEUS,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={config.parent / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with ready_server(argv, port, config.parent / "prometheus.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def api(url: str, path: str, **params: str) -> Any:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,6 +32,7 @@ from perfd.metrics import MetricsServer, Sources
 from perfd.monitor import Monitor
 from perfd.samples import Psi
 from tests.conftest import StartPerfd
+from tests.daemons import ready_server, wait_until
 from tests.fakeprobes import FakeGpuProbe, FakeHostProbe, GiB, gpu_sample, host_sample
 from tests.httpservers import closed_port
 
@@ -52,15 +53,6 @@ def value(samples: Samples, metric: str, /, **labels: str) -> float | None:
 
 def names(samples: Samples) -> set[str]:
     return {name for name, _ in samples}
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``check`` until it holds (AssertionError after ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def meminfo_total() -> int:
@@ -517,52 +509,25 @@ def prometheus_binary() -> str:
 @pytest.fixture
 def prometheus(prometheus_binary: str, tmp_path: Path) -> Iterator[Callable[[int], str]]:
     """Start a real Prometheus scraping 127.0.0.1:PORT every second; its URL once ready."""
-    procs: list[subprocess.Popen[bytes]] = []
-    log = tmp_path / "prometheus.log"
+    with contextlib.ExitStack() as running:
 
-    def start(target_port: int) -> str:
-        port = closed_port()
-        conf = tmp_path / "prometheus.yml"
-        conf.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "scrape_configs:\n  - job_name: perfd\n    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{target_port}']\n"
-        )
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    prometheus_binary,
-                    f"--config.file={conf}",
-                    f"--storage.tsdb.path={tmp_path / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
+        def start(target_port: int) -> str:
+            port = closed_port()
+            conf = tmp_path / "prometheus.yml"
+            conf.write_text(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                "scrape_configs:\n  - job_name: perfd\n    static_configs:\n"
+                f"      - targets: ['127.0.0.1:{target_port}']\n"
             )
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
+            argv = [
+                prometheus_binary,
+                f"--config.file={conf}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ]
+            return running.enter_context(ready_server(argv, port, tmp_path / "prometheus.log"))
 
-        def ready() -> bool:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as reply:
-                    return bool(reply.status == 200)
-            except (urllib.error.URLError, ConnectionError):
-                return False
-
-        wait_until(ready, timeout=60)
-        return url
-
-    try:
         yield start
-    finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
 
 
 def test_real_prometheus_scrapes_perfd(

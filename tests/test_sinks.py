@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from perfd.alerts import ESCALATED, FIRING, RESOLVED, Transition, rfc3339
 from perfd.config import SinkConfig
 from perfd.monitor import Monitor
 from perfd.sinks import AlertmanagerSink, Sinks, WebhookSink, alertmanager_alert, safe_url
+from tests.daemons import ready_server, wait_until
 from tests.fakeprobes import FakeGpuProbe, FakeHostProbe, host_sample
 from tests.httpservers import Reply, ScriptedServer, closed_port
 
@@ -48,15 +49,6 @@ def transition(
         "since": rfc3339(since),
     }
     return Transition(kind, alert, at, previous=previous).as_dict()
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``check`` until it holds (AssertionError after ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 @pytest.fixture
@@ -359,38 +351,15 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
     port = closed_port()
     conf = tmp_path / "alertmanager.yml"
     conf.write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
-    out = (tmp_path / "alertmanager.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={conf}",
-            f"--storage.path={tmp_path / 'data'}",
-            "--cluster.listen-address=",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, (tmp_path / "alertmanager.log").read_text()
-            try:
-                return requests.get(f"{url}/-/ready", timeout=1).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_until(ready, timeout=30)
+    argv = [
+        binary,
+        f"--config.file={conf}",
+        f"--storage.path={tmp_path / 'data'}",
+        "--cluster.listen-address=",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with ready_server(argv, port, tmp_path / "alertmanager.log", timeout=30) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        out.close()
 
 
 def test_real_alertmanager_shows_firing_then_resolved(alertmanager: str) -> None:
