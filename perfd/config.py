@@ -70,6 +70,14 @@ class ServerConfig:
         minimum=1024,
         maximum=4 << 30,
     )
+    max_in_flight: int = option(
+        64,
+        "Slow commands (load, infer, evict, reload...) running or queued for a worker, counting "
+        "those that timed out but still hold one; one more gets a `busy` reply.",
+        kind="int",
+        minimum=1,
+        maximum=100_000,
+    )
     command_timeout: float = option(
         60.0,
         "A slow command still running after this gets a `timeout` reply.",

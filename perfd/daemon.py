@@ -64,6 +64,7 @@ class Daemon:
             max_message_bytes=cfg.max_message_bytes,
             max_admin_message_bytes=cfg.max_admin_message_bytes,
             workers=cfg.workers,
+            max_in_flight=cfg.max_in_flight,
             command_timeout=cfg.command_timeout,
         )
         self.monitor: Monitor | None = None
@@ -183,6 +184,7 @@ class Daemon:
         cfg = new.config
         log.configure(cfg.log.level, self._log_format or cfg.log.format, cfg.log.file)
         self.server.command_timeout = cfg.server.command_timeout
+        self.server.max_in_flight = cfg.server.max_in_flight
         if self.monitor is not None:
             self.monitor.reconfigure(cfg.monitor, cfg.alerts)
         if self._cache is not None:

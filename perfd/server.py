@@ -88,6 +88,7 @@ class Server:
         max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
         max_admin_message_bytes: int | None = None,
         workers: int = 4,
+        max_in_flight: int = 64,
         command_timeout: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -95,6 +96,7 @@ class Server:
         self.max_message_bytes = max_message_bytes
         self.max_admin_message_bytes = max_admin_message_bytes or max_message_bytes
         self.workers = workers
+        self.max_in_flight = max_in_flight
         self.command_timeout = command_timeout
         self.counters = Counters()
         self._clock = clock
@@ -127,6 +129,9 @@ class Server:
         limit = self.max_message_bytes if readonly else self.max_admin_message_bytes
         sock.setsockopt(zmq.MAXMSGSIZE, limit)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
+        # A reply to a client that has gone raises EHOSTUNREACH: counted as dropped, not lost
+        # silently.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.bind(f"ipc://{path}")
         self._sockets[sock] = readonly
         self._paths.append(path)
@@ -316,7 +321,7 @@ class Server:
         timeout: float,
     ) -> None:
         # Count commands that timed out but still hold a worker: the pool's queue is bounded.
-        if len(self._pending) >= self.workers * 4:
+        if len(self._pending) >= self.max_in_flight:
             message = f"{len(self._pending)} commands in flight; retry shortly"
             self._reply_error(sock, envelope, request.id, protocol.BUSY, message)
             return

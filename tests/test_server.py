@@ -113,9 +113,9 @@ def test_slow_command_timeout(short_dir: Path) -> None:
 
 
 def test_busy_when_too_many_in_flight(short_dir: Path) -> None:
-    """More than 4 x workers slow commands in flight: the next one gets `busy`."""
+    """More than max_in_flight slow commands in flight: the next one gets `busy`."""
     gate = threading.Event()
-    server = Server(_commands(gate), workers=1)
+    server = Server(_commands(gate), workers=1, max_in_flight=4)
     with running(server, short_dir) as endpoint, zmq.Context() as ctx:
         peer = Peer(ctx, endpoint)
         for i in range(5):
