@@ -20,6 +20,7 @@ from perfctl import format as fmt
 from perfctl import format_cache as fmt_cache
 from perfctl import format_providers as fmt_providers
 from perfctl import recommend as rec
+from perfctl import remote
 from perfctl.client import (
     DEFAULT_TIMEOUT,
     LONG_TIMEOUT,
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "perfd's runtime dir if one runs, else in /run/perfd; perfd-ro.sock for read-only "
         "commands when perfd.sock is not accessible)",
     )
+    remote.add_arguments(common)
     common.add_argument(
         "--timeout",
         type=_seconds,
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_arguments(recommend)
     recommend.set_defaults(parser=recommend)
+    remote.add_keygen(sub, parents=[common], formatter_class=_Formatter)
     return parser
 
 
@@ -302,7 +305,8 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "evict" and (args.name is not None) + args.all + args.idle != 1:
         args.parser.error("give exactly one of NAME, --all or --idle")
     as_json = getattr(args, "json", False)
@@ -315,9 +319,22 @@ def main(argv: list[str] | None = None) -> int:
         if reconfigure is not None:
             reconfigure(errors="replace")
 
+    host = getattr(args, "host", None)
+    try:
+        if args.command == "keygen":
+            return remote.keygen(args.name, args.role, as_json)
+        curve = remote.curve(host, getattr(args, "key", None), getattr(args, "server_key", None))
+        if host is not None and socket is not None:
+            raise remote.UsageError("give --host or --socket, not both")
+    except remote.UsageError as exc:
+        getattr(args, "parser", parser).error(str(exc))
+
     def connect() -> Client:
         return Client(
-            socket, timeout=timeout or DEFAULT_TIMEOUT, long_timeout=timeout or LONG_TIMEOUT
+            host or socket,
+            timeout=timeout or DEFAULT_TIMEOUT,
+            long_timeout=timeout or LONG_TIMEOUT,
+            curve=curve,
         )
 
     if args.command == "recommend":

@@ -13,6 +13,7 @@ Exceptions::
     ├── DaemonNotRunning    no socket file: perfd is not running     (perfctl exit 3)
     │   └── DaemonTimeout   the socket exists but nobody answered     (perfctl exit 3)
     ├── AccessDenied        the socket exists but we may not use it  (perfctl exit 4)
+    │   └── KeyRefused      perfd's tcp endpoint refused our CURVE key (perfctl exit 4)
     └── CommandFailed       perfd answered with an error; .code      (perfctl exit 1)
         ├── Forbidden, InvalidArgs, NotFound, Busy, Timeout, ConfigInvalid
         ├── NoCapacity      a model cannot fit in its device's budget
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from types import TracebackType
 from typing import Any, Final
 
@@ -63,6 +65,15 @@ class DaemonTimeout(DaemonNotRunning):
 
 class AccessDenied(PerfctlError):
     hint = "ask an admin to add you to the perfd group (usermod -aG perfd $USER), then log in again"
+
+
+class KeyRefused(AccessDenied):
+    """perfd's tcp endpoint refused this client's key."""
+
+    hint = (
+        "send the public half of your key (the .key file) to perfd's admin, who adds it to "
+        "[remote] authorized_keys and reloads perfd"
+    )
 
 
 class CommandFailed(PerfctlError):
@@ -120,6 +131,8 @@ class BadReply(CommandFailed):
     pass
 
 
+_HANDSHAKE_EVENTS: Final = zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
 _BY_CODE: dict[str, type[CommandFailed]] = {
     protocol.FORBIDDEN: Forbidden,
     protocol.INVALID_ARGS: InvalidArgs,
@@ -143,12 +156,24 @@ def _endpoint(socket: str | os.PathLike[str]) -> tuple[str, str | None]:
     return f"ipc://{text}", text
 
 
+class Curve:
+    """The keys for perfd's tcp:// endpoint: this client's pair and perfd's public key
+    (Z85 text, as ``perfctl keygen`` writes them)."""
+
+    __slots__ = ("public", "secret", "server")
+
+    def __init__(self, public: bytes, secret: bytes, server: bytes) -> None:
+        self.public = public
+        self.secret = secret
+        self.server = server
+
+
 class Client:
     """A connection to perfd.
 
     ``socket`` is a path or an ipc:// endpoint; by default the admin socket in the runtime
     directory, or the read-only socket for read-only commands when the admin one is not
-    accessible.
+    accessible. A ``tcp://HOST:PORT`` endpoint needs ``curve`` keys (docs/security.md).
 
     Timeouts and retries follow one rule:
 
@@ -168,7 +193,11 @@ class Client:
         long_timeout: float = LONG_TIMEOUT,
         retries: int = 1,
         runtime_dir: str | os.PathLike[str] | None = None,
+        curve: Curve | None = None,
     ) -> None:
+        if curve is None and os.fspath(socket or "").startswith("tcp://"):
+            raise ValueError("a tcp:// endpoint needs curve keys (perfctl keygen)")
+        self.curve = curve
         self.timeout = timeout
         self.long_timeout = long_timeout
         self.retries = retries
@@ -176,6 +205,7 @@ class Client:
         self._runtime_dir = os.fspath(runtime_dir) if runtime_dir else paths.client_runtime_dir()
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sockets: dict[str, zmq.Socket[bytes]] = {}
+        self._monitors: dict[str, zmq.Socket[bytes]] = {}  # tcp: handshake events
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}"
 
@@ -191,9 +221,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        for sock in self._sockets.values():
-            sock.close(linger=0)
-        self._sockets.clear()
+        for endpoint in list(self._sockets):
+            self._drop(endpoint)
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -351,12 +380,12 @@ class Client:
                 sock.send_multipart([frame, *frames], copy=False)
             else:
                 sock.send(frame)
-            if sock.poll(int(timeout * 1000)):
+            if self._wait(sock, endpoint, timeout):
                 head = sock.recv()
                 extra = sock.recv_multipart(copy=False) if sock.get(zmq.RCVMORE) else []
                 return self._result(request.id, head), extra
             # REQ is stuck waiting for this reply: throw it away and start afresh.
-            self._sockets.pop(endpoint).close(linger=0)
+            self._drop(endpoint)
         message = f"no reply from perfd on {endpoint} within {timeout:g}s"
         if attempts == 1:
             message += f"; '{cmd}' is not retried: it may still be running in perfd"
@@ -373,6 +402,8 @@ class Client:
                 f"; a {largest}-byte frame is over perfd's default server.{setting} ({limit}), "
                 "and perfd drops such a request unanswered"
             )
+        if self.curve is not None and endpoint.startswith("tcp://"):
+            message += "; is perfd's public key (--server-key) the right one?"
         raise DaemonTimeout(message)
 
     def _socket(self, endpoint: str) -> zmq.Socket[bytes]:
@@ -382,9 +413,48 @@ class Client:
                 self._ctx = zmq.Context()
             sock = self._ctx.socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None and endpoint.startswith("tcp://"):
+                sock.curve_publickey = self.curve.public
+                sock.curve_secretkey = self.curve.secret
+                sock.curve_serverkey = self.curve.server
+                self._monitors[endpoint] = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
             sock.connect(endpoint)
             self._sockets[endpoint] = sock
         return sock
+
+    def _drop(self, endpoint: str) -> None:
+        sock = self._sockets.pop(endpoint)
+        monitor = self._monitors.pop(endpoint, None)
+        if monitor is not None:
+            sock.disable_monitor()
+            monitor.close(linger=0)
+        sock.close(linger=0)
+
+    def _wait(self, sock: zmq.Socket[bytes], endpoint: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the reply; on tcp, raise AccessDenied as soon as perfd
+        refuses our key (ZeroMQ would otherwise retry the handshake until the timeout)."""
+        monitor = self._monitors.get(endpoint)
+        if monitor is None:
+            return bool(sock.poll(int(timeout * 1000)))
+        from zmq.utils.monitor import parse_monitor_message
+
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            events = dict(poller.poll(int(left * 1000) + 1))
+            if sock in events:
+                return True
+            if monitor in events:
+                event = parse_monitor_message(monitor.recv_multipart())["event"]
+                if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                    self._drop(endpoint)
+                    raise KeyRefused(
+                        f"perfd on {endpoint} refused this client key: it is not in perfd's "
+                        "[remote] authorized_keys"
+                    )
+        return False
 
     def _result(self, request_id: str, frame: bytes) -> dict[str, Any]:
         try:

@@ -95,6 +95,77 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class AccessConfig:
+    admin_users: tuple[str, ...] = option(
+        (),
+        "Users (names or numeric uids) who may also run admin commands. root, perfd's own "
+        "user and members of `[server] group` always may; anyone else is refused even when "
+        "the socket's mode lets them connect.",
+        kind="names",
+    )
+    admin_groups: tuple[str, ...] = option(
+        (),
+        "Groups (names or numeric gids) whose members may also run admin commands.",
+        kind="names",
+    )
+
+
+_TCP: Final = re.compile(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+|\*):([0-9]{1,5})$")
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    listen: str = option(
+        "",
+        'Also serve perfd on this `tcp://HOST:PORT` endpoint (e.g. "tcp://10.0.0.5:7710"), '
+        "encrypted and authenticated with CURVE. Empty: off. perfd refuses to start with it "
+        "set and no keys.",
+        kind="str",
+    )
+    secret_key_file: str = option(
+        "",
+        "perfd's CURVE key pair: the `.key_secret` file `perfctl keygen NAME` writes (mode "
+        "0600). Clients need its public half, the `.key` file.",
+        kind="path",
+    )
+    authorized_keys: str = option(
+        "",
+        "The client public keys let in, one per line: `KEY read|admin [NAME]`; `read` keys "
+        "run read-only commands only. Re-read on reload.",
+        kind="path",
+    )
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not self.listen:
+            return []
+        match = _TCP.match(self.listen)
+        if not match or not 0 <= int(match.group(2)) < 65536:
+            return [
+                (
+                    "listen",
+                    f'must be "tcp://HOST:PORT" (e.g. "tcp://10.0.0.5:7710"), not {self.listen!r}',
+                )
+            ]
+        if not self.secret_key_file:
+            return [
+                (
+                    "secret_key_file",
+                    "a tcp endpoint needs perfd's CURVE key pair (perfctl keygen); "
+                    "perfd never serves tcp without it",
+                )
+            ]
+        if not self.authorized_keys:
+            return [
+                (
+                    "authorized_keys",
+                    "a tcp endpoint needs a list of client public keys; "
+                    "perfd never serves tcp to anyone",
+                )
+            ]
+        return []
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     interval: float = option(
         5.0, "Time between samples.", kind="duration", minimum=0.05, maximum=3600
@@ -555,6 +626,10 @@ class Config:
     )
     log: LogConfig = section(LogConfig, "Logging.")
     server: ServerConfig = section(ServerConfig, "The control sockets.")
+    access: AccessConfig = section(AccessConfig, "Who may run admin commands.")
+    remote: RemoteConfig = section(
+        RemoteConfig, "Optional remote access over tcp, with CURVE keys (docs/security.md)."
+    )
     monitor: MonitorConfig = section(MonitorConfig, "Host and GPU sampling.")
     alerts: AlertsConfig = section(AlertsConfig, "Alert rules and the alert log.")
     cache: CacheConfig = section(CacheConfig, "The model cache.")
@@ -586,6 +661,8 @@ RESTART_ONLY: Final = frozenset(
         "server.max_message_bytes",
         "server.max_admin_message_bytes",
         "metrics.listen",
+        "remote.listen",
+        "remote.secret_key_file",
         "metrics.allow_remote",
         "monitor.gpu",  # the probes are built once, at start
         "monitor.nvml_timeout",

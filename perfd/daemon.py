@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from perfd import __version__, config, handlers, log, paths, protocol, rundir
+from perfd.access import AdminPolicy
 from perfd.errors import CommandError, ConfigError, StartupError
 from perfd.monitor import Monitor
 from perfd.server import Server
@@ -76,6 +77,8 @@ class Daemon:
         self._lock_fd: int | None = None
         self._metrics: MetricsServer | None = None
         self._status_samples = -1
+        self._admin_group = loaded.config.server.group  # the group resolved at bind time
+        self.remote_endpoint: str | None = None  # tcp endpoint bound, with the port chosen
         self.admin_socket = runtime_dir / protocol.MAIN_SOCKET
         self.readonly_socket = runtime_dir / protocol.READONLY_SOCKET
 
@@ -89,6 +92,7 @@ class Daemon:
             "providers": "started" if self._providers is not None else "not_started",
             "workers": "started" if self.server.pool_started else "not_started",
             "metrics": "started" if self._metrics is not None else "off",
+            "remote": self.remote_endpoint or "off",
         }
 
     @property
@@ -165,10 +169,20 @@ class Daemon:
             raise CommandError(
                 protocol.CONFIG_INVALID, f"{exc}; the previous config stays"
             ) from None
+        try:
+            keys = self._remote_keys(new.config)
+        except StartupError as exc:
+            _log.error("config.invalid", error=str(exc), action="keeping the previous config")
+            self.notifier.ready(self.status_line())
+            raise CommandError(
+                protocol.CONFIG_INVALID, f"{exc}; the previous config stays"
+            ) from None
         changed = config.changed_keys(self.loaded.config, new.config)
         differs = config.changed_keys(self._initial, new.config)
         restart = sorted(k for k in differs if k in config.RESTART_ONLY)
         self._apply(new)
+        if keys is not None:
+            self.server.remote_keys = keys
         _log.info("config.reloaded", path=str(new.path), file_present=new.exists, changed=changed)
         if restart:
             _log.warning("config.restart_required", keys=restart)
@@ -185,6 +199,8 @@ class Daemon:
         log.configure(cfg.log.level, self._log_format or cfg.log.format, cfg.log.file)
         self.server.command_timeout = cfg.server.command_timeout
         self.server.max_in_flight = cfg.server.max_in_flight
+        if self.server.policy is not None:
+            self.server.policy = self._policy(cfg)
         if self.monitor is not None:
             self.monitor.reconfigure(cfg.monitor, cfg.alerts)
         if self._cache is not None:
@@ -193,6 +209,28 @@ class Daemon:
             if self._providers is not None:
                 self._providers.reconfigure(cfg.providers)
             self.loaded = new
+
+    def _policy(self, cfg: config.Config) -> AdminPolicy:
+        policy = AdminPolicy(
+            users=cfg.access.admin_users, groups=(self._admin_group, *cfg.access.admin_groups)
+        )
+        unknown = policy.unknown_names()
+        if unknown:
+            _log.warning("access.unknown_names", names=unknown, action="ignored")
+        return policy
+
+    def _remote_keys(self, cfg: config.Config) -> dict[str, Any] | None:
+        """The authorized client keys, when the tcp endpoint is on (at start: when it is
+        configured); StartupError naming the file and line when they cannot be used."""
+        listen = self._initial.remote.listen
+        if not listen or not cfg.remote.authorized_keys:
+            return None
+        from perfd import keys
+
+        try:
+            return keys.read_authorized(Path(cfg.remote.authorized_keys))
+        except keys.KeyFileError as exc:
+            raise StartupError(f"[remote] authorized_keys: {exc}") from None
 
     def status_line(self) -> str:
         line = self.monitor.status_line() if self.monitor is not None else None
@@ -280,6 +318,33 @@ class Daemon:
         finally:
             os.umask(old_umask)
         rundir.set_modes(self.admin_socket, self.readonly_socket, group)
+        self._admin_group = group.name
+        self.server.policy = self._policy(self.loaded.config)
+        if self._initial.remote.listen:
+            self._bind_remote()
+
+    def _bind_remote(self) -> None:
+        """The tcp endpoint, with CURVE: refuse to start without usable keys."""
+        from perfd import keys
+
+        remote = self._initial.remote
+        if not keys.curve_available():
+            raise StartupError("[remote] listen: this libzmq was built without CURVE support")
+        try:
+            pair = keys.read_secret_pair(Path(remote.secret_key_file))
+        except keys.KeyFileError as exc:
+            raise StartupError(f"[remote] secret_key_file: {exc}") from None
+        allowed = self._remote_keys(self.loaded.config)
+        assert allowed is not None, "config validation requires authorized_keys with listen"
+        self.remote_endpoint = self.server.bind_remote(remote.listen, pair, allowed)
+        roles = sorted(k.role for k in allowed.values())
+        _log.info(
+            "remote.listening",
+            endpoint=self.remote_endpoint,
+            server_key=pair.public.decode(),
+            keys=len(roles),
+            admin_keys=roles.count("admin"),
+        )
 
     def _start_monitor(self) -> None:
         """Start sampling; READY=1 waits for the first sample (bounded by the NVML timeout)."""

@@ -360,5 +360,6 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
             timeout=loading_time,
             args={**model, "inputs": _JSON, "options": (dict,), "arrays": (list,)},
             required=need_model,
+            audit="debug",  # runs a model, changes nothing: one log line per request is noise
         ),
     ]

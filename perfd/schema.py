@@ -30,6 +30,7 @@ KINDS: Final = (
     "ttl",  # a duration, or -1 / "forever"
     "budget",  # a size, or a percent of the whole: "50%"
     "table",  # free-form key/value table (loader options)
+    "names",  # a list of names (users, groups): kept as a tuple of strings
 )
 FOREVER: Final = -1.0
 
@@ -161,6 +162,16 @@ def _table(meta: Mapping[str, Any], value: Any) -> Any:
     return value
 
 
+def _names(meta: Mapping[str, Any], value: Any) -> Any:
+    if (
+        not isinstance(value, list)
+        or not all(isinstance(v, str) and 0 < len(v) <= 256 for v in value)
+        or len(value) > 1000
+    ):
+        raise _Bad('a list of names ["alice", "1001"]')
+    return tuple(value)
+
+
 def _int(meta: Mapping[str, Any], value: Any) -> Any:
     if not isinstance(value, int) or isinstance(value, bool):
         raise _Bad(_range_text(meta))
@@ -228,6 +239,7 @@ _CONVERTERS: Final[dict[str, Callable[[Mapping[str, Any], Any], Any]]] = {
     "duration": _duration,
     "ttl": _ttl,
     "budget": _budget,
+    "names": _names,
 }
 
 
@@ -288,6 +300,8 @@ def toml_default(meta: Mapping[str, Any], value: Any) -> str:
         return f'"{format_size(value)}"'
     if meta["kind"] == "float":
         return f"{value:g}"
+    if meta["kind"] == "names":
+        return shown(list(value))
     return shown(value)
 
 

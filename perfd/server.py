@@ -16,12 +16,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import zmq
 
+if TYPE_CHECKING:
+    from perfd.keys import AuthorizedKey, KeyPair
+
 from perfd import log, protocol
-from perfd.errors import CommandError
+from perfd.access import AdminPolicy, Peer
+from perfd.errors import CommandError, StartupError
 from perfd.protocol import ProtocolError
 from perfd.workers import Result, WorkerPool
 
@@ -46,6 +50,7 @@ class Command:
     required: frozenset[str] = frozenset()
     frames: bool = False  # accepts raw frames after the JSON one (perfd.arrays)
     timeout: Callable[[], float] | None = None  # instead of the server's command_timeout
+    audit: str = "info"  # the level at which an admin command's caller is logged
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,15 @@ class WithFrames:
 
 
 MAX_EXTRA_FRAMES = 64
+
+# What a bound socket is: which commands it takes and how its callers are known.
+ADMIN: Final = "admin"  # ipc perfd.sock: every command, admin ones per AdminPolicy
+READONLY: Final = "readonly"  # ipc perfd-ro.sock: read-only commands
+REMOTE: Final = "remote"  # tcp with CURVE: per the client key's role
+
+# A refused caller is logged once per this many seconds (a loop of refused calls cannot
+# flood the journal); the lines in between are counted.
+DENIAL_LOG_INTERVAL: Final = 60.0
 
 
 @dataclass
@@ -102,7 +116,11 @@ class Server:
         self._clock = clock
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._poller = zmq.Poller()
-        self._sockets: dict[zmq.Socket[bytes], bool] = {}  # socket -> read-only?
+        self._sockets: dict[zmq.Socket[bytes], str] = {}  # socket -> ADMIN, READONLY, REMOTE
+        self.policy: AdminPolicy | None = None  # None: the admin socket's mode is the only gate
+        self.remote_keys: dict[str, AuthorizedKey] = {}  # Z85 key -> its role and name
+        self._auth: Any = None  # zmq.auth's ThreadAuthenticator, with a tcp endpoint
+        self._denials: dict[object, tuple[float, int]] = {}  # who -> (last logged, suppressed)
         self._paths: list[Path] = []
         self._pool: WorkerPool | None = None
         self._pending: dict[int, _Pending] = {}
@@ -124,18 +142,48 @@ class Server:
         return self._wake_w.fileno()
 
     def bind(self, path: Path, *, readonly: bool) -> None:
+        limit = self.max_message_bytes if readonly else self.max_admin_message_bytes
+        sock = self._router(limit)
+        sock.bind(f"ipc://{path}")
+        self._sockets[sock] = READONLY if readonly else ADMIN
+        self._paths.append(path)
+        self._poller.register(sock, zmq.POLLIN)
+
+    def bind_remote(self, endpoint: str, pair: KeyPair, keys: dict[str, AuthorizedKey]) -> str:
+        """Serve ``endpoint`` (tcp://) with CURVE: only ``keys`` get in. Returns the endpoint
+        bound (with the port chosen when it was 0)."""
+        from zmq.auth.thread import ThreadAuthenticator  # asyncio: only with a tcp endpoint
+
+        assert pair.secret is not None
+        self.remote_keys = keys
+        if self._auth is None:
+            self._auth = ThreadAuthenticator(self._ctx)
+            self._auth.start()
+            self._auth.configure_curve_callback("*", _KeyCheck(self))
+        sock = self._router(self.max_message_bytes)
+        sock.curve_server = True
+        sock.curve_publickey = pair.public
+        sock.curve_secretkey = pair.secret
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)  # a vanished host's connection is found and freed
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise StartupError(f"cannot listen on {endpoint}: {exc.strerror}") from None
+        self._sockets[sock] = REMOTE
+        self._poller.register(sock, zmq.POLLIN)
+        bound: bytes = sock.getsockopt(zmq.LAST_ENDPOINT)  # type: ignore[assignment]
+        return bound.decode()
+
+    def _router(self, max_message_bytes: int) -> zmq.Socket[bytes]:
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 1000)
-        limit = self.max_message_bytes if readonly else self.max_admin_message_bytes
-        sock.setsockopt(zmq.MAXMSGSIZE, limit)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
         # A reply to a client that has gone raises EHOSTUNREACH: counted as dropped, not lost
         # silently.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.bind(f"ipc://{path}")
-        self._sockets[sock] = readonly
-        self._paths.append(path)
-        self._poller.register(sock, zmq.POLLIN)
+        return sock
 
     @property
     def pool_started(self) -> bool:
@@ -158,9 +206,9 @@ class Server:
         woke = self._wake_r.fileno() in events
         if woke:
             self._drain_wake()
-        for sock, readonly in self._sockets.items():
+        for sock, kind in self._sockets.items():
             if self._accepting and events.get(sock):
-                self._serve(sock, readonly)
+                self._serve(sock, kind)
         self._finish_done()
         self._expire()
         return woke
@@ -187,6 +235,9 @@ class Server:
         for sock in self._sockets:
             sock.close(linger=200)
         self._sockets.clear()
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         self._ctx.term()
         for path in self._paths:
             path.unlink(missing_ok=True)
@@ -195,25 +246,35 @@ class Server:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _serve(self, sock: zmq.Socket[bytes], readonly: bool) -> None:
+    def _serve(self, sock: zmq.Socket[bytes], kind: str) -> None:
         for _ in range(_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                # The first frame as a zmq.Frame: it carries the sender's Peer-Address and
+                # User-Id. The rest are copied out (small JSON, or array frames to keep).
+                head = sock.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            frames = [head.bytes]
+            while sock.getsockopt(zmq.RCVMORE):
+                frames.append(sock.recv(copy=True))
             if len(frames) < 2:  # no body at all: nothing to answer
                 self.counters.dropped += 1
                 continue
             envelope, body = _split(frames)
             try:
-                self._handle(sock, readonly, envelope, body)
+                self._handle(sock, kind, head, envelope, body)
             except Exception:  # a bug in perfd must not take the socket loop down
                 _log.exception("request.crashed")
                 message = "perfd failed to handle this request; see the daemon's log"
                 self._reply_error(sock, envelope, None, protocol.INTERNAL, message)
 
     def _handle(
-        self, sock: zmq.Socket[bytes], readonly: bool, envelope: list[bytes], body: list[bytes]
+        self,
+        sock: zmq.Socket[bytes],
+        kind: str,
+        head: zmq.Frame,
+        envelope: list[bytes],
+        body: list[bytes],
     ) -> None:
         self.counters.requests += 1
         if not body:
@@ -222,7 +283,10 @@ class Server:
             return
         try:
             request = protocol.decode_request(body[0])
-            command = self._command_for(request, readonly)
+            peer, refused = self._caller(kind, head, request.id)
+            command = self._command_for(request, kind, refused)
+            if command.admin:
+                self._authorize(command, request, kind, peer or Peer.from_ipc(_peer(head)))
             run = self._runner(command, request, body[1:])
         except ProtocolError as exc:
             self._reply_error(sock, envelope, exc.request_id, exc.code, exc.message)
@@ -270,7 +334,57 @@ class Server:
         else:
             self._send(sock, envelope, protocol.encode_result(request_id, result))
 
-    def _command_for(self, request: protocol.Request, readonly: bool) -> Command:
+    def _caller(
+        self, kind: str, head: zmq.Frame, request_id: str
+    ) -> tuple[Peer | None, str | None]:
+        """For the tcp endpoint: the client key's Peer, and why it may not run admin
+        commands (None when it may). Local peers are looked up only for admin commands."""
+        if kind != REMOTE:
+            return None, (
+                f"needs the admin socket {protocol.MAIN_SOCKET}; this is the read-only socket"
+                if kind == READONLY
+                else None
+            )
+        key = self.remote_keys.get(_property(head, "User-Id") or "")
+        address = _peer(head)
+        if key is None:  # let in at connect time, removed from authorized_keys since
+            raise ProtocolError(
+                protocol.FORBIDDEN,
+                "this client key is no longer in perfd's authorized_keys",
+                request_id,
+            )
+        peer = Peer(key_name=key.name, address=address)
+        if key.role != "admin":
+            return peer, f"needs an admin key; key '{key.name}' is read-only"
+        return peer, None
+
+    def _authorize(
+        self, command: Command, request: protocol.Request, kind: str, peer: Peer
+    ) -> None:
+        """Log who runs an admin command; refuse a local caller outside the admin policy."""
+        target = request.args.get("model")
+        facts: dict[str, Any] = {"cmd": command.name, **peer.fields()}
+        if isinstance(target, str):
+            facts["model"] = target[:128]
+        if kind == ADMIN and self.policy is not None:
+            refusal = self.policy.refusal(peer)
+            if refusal is not None:
+                self._log_denial(peer.uid, facts, refusal)
+                raise ProtocolError(protocol.FORBIDDEN, refusal, request.id)
+        _log.log(_LEVELS.get(command.audit, 20), "command.admin", **facts)
+
+    def _log_denial(self, who: object, facts: dict[str, Any], reason: str) -> None:
+        now = self._clock()
+        last, suppressed = self._denials.get(who, (float("-inf"), 0))
+        if now - last < DENIAL_LOG_INTERVAL:
+            self._denials[who] = (last, suppressed + 1)
+            return
+        if len(self._denials) > 1024:
+            self._denials.clear()
+        self._denials[who] = (now, 0)
+        _log.warning("access.denied", **facts, reason=reason, suppressed_since_last=suppressed)
+
+    def _command_for(self, request: protocol.Request, kind: str, refused: str | None) -> Command:
         command = self.commands.get(request.cmd)
         if command is None:
             known = ", ".join(sorted(self.commands))
@@ -279,12 +393,9 @@ class Server:
                 f"unknown command '{request.cmd[:64]}'; known: {known}",
                 request.id,
             )
-        if readonly and command.admin:
+        if refused is not None and command.admin:
             raise ProtocolError(
-                protocol.FORBIDDEN,
-                f"'{command.name}' changes perfd and needs the admin socket "
-                f"{protocol.MAIN_SOCKET}; this is the read-only socket",
-                request.id,
+                protocol.FORBIDDEN, f"'{command.name}' changes perfd and {refused}", request.id
             )
         unknown = sorted(set(request.args) - set(command.args))
         if unknown:
@@ -413,6 +524,38 @@ class Server:
                 pass
         except OSError:
             pass
+
+
+_LEVELS: Final = {"debug": 10, "info": 20, "warning": 30}
+
+
+def _property(frame: zmq.Frame, name: str) -> str | None:
+    try:
+        value = frame.get(name)
+    except zmq.ZMQError:  # not set for this transport
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _peer(frame: zmq.Frame) -> str | None:
+    return _property(frame, "Peer-Address")
+
+
+class _KeyCheck:
+    """zmq.auth's CURVE callback: a client key gets in when it is in ``remote_keys``.
+
+    Runs on the authenticator's thread; reads the dict the socket thread replaces whole.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        text = key.decode("ascii", "replace")
+        if text in self._server.remote_keys:
+            return True
+        self._server._log_denial(("key", text), {"key": text}, "client key not in authorized_keys")
+        return False
 
 
 def _split(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:

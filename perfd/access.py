@@ -1,0 +1,149 @@
+"""Who is asking, and may they change perfd? (docs/security.md draws the whole picture.)
+
+Every message on an ipc socket carries the sender's credentials, which the kernel took when
+the client connected (SO_PEERCRED); libzmq exposes them as the ``Peer-Address`` property,
+``localhost:UID:GID:PID`` on Linux. Messages on the tcp endpoint carry the client's CURVE
+public key as ``User-Id`` and its IP address as ``Peer-Address``.
+
+Admin commands on the admin socket are allowed to:
+
+- root and perfd's own user;
+- members of ``[server] group`` (the admin socket's group) and of ``[access] admin_groups``,
+  counting the peer's primary gid at connect time and the group lists in the user database;
+- the users named in ``[access] admin_users`` (names or numeric uids).
+
+So a loose mode on perfd.sock (chmod 666) alone never grants control. Lookups in the user
+database are cached for ``ttl`` seconds per uid, so a group change applies within that.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The sender of one message: local credentials, or a remote key and address."""
+
+    uid: int | None = None
+    gid: int | None = None
+    pid: int | None = None
+    key_name: str | None = None  # tcp: the authorized key's name
+    address: str | None = None  # tcp: the client's IP address
+
+    @classmethod
+    def from_ipc(cls, peer_address: str | None) -> Peer:
+        """Parse libzmq's ``localhost:UID:GID:PID``; an unknown form gives an anonymous Peer."""
+        parts = (peer_address or "").rsplit(":", 3)
+        if len(parts) == 4 and all(p.isdigit() for p in parts[1:]):
+            return cls(uid=int(parts[1]), gid=int(parts[2]), pid=int(parts[3]))
+        return cls()
+
+    def fields(self) -> dict[str, Any]:
+        """What the log says about this peer."""
+        if self.key_name is not None:
+            return {"key": self.key_name, "address": self.address}
+        out: dict[str, Any] = {"uid": self.uid, "gid": self.gid, "pid": self.pid}
+        if self.uid is not None:
+            out["user"] = user_name(self.uid)
+        return out
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _uid_of(name: str) -> int | None:
+    if name.isdigit():
+        return int(name)
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def _gid_of(name: str) -> int | None:
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+class AdminPolicy:
+    """Decides whether a local peer may run admin commands (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        users: Iterable[str] = (),
+        groups: Iterable[str] = (),
+        service_uid: int | None = None,
+        ttl: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.users = tuple(users)
+        self.groups = tuple(groups)
+        self.service_uid = os.geteuid() if service_uid is None else service_uid
+        self.ttl = ttl
+        self._clock = clock
+        self._cache: dict[tuple[int, int | None], tuple[float, str | None]] = {}
+
+    def unknown_names(self) -> list[str]:
+        """Configured users and groups that do not exist here (logged as a warning)."""
+        return [f"user {u}" for u in self.users if _uid_of(u) is None] + [
+            f"group {g}" for g in self.groups if _gid_of(g) is None
+        ]
+
+    def refusal(self, peer: Peer) -> str | None:
+        """None when ``peer`` may run admin commands, else why not (for the reply)."""
+        if peer.uid is None:
+            return "perfd cannot tell who sent this request (no peer credentials)"
+        key = (peer.uid, peer.gid)
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        answer = self._decide(peer.uid, peer.gid)
+        if len(self._cache) > 4096:  # a bounded cache: uids are few, but be safe
+            self._cache.clear()
+        self._cache[key] = (now, answer)
+        return answer
+
+    def _decide(self, uid: int, gid: int | None) -> str | None:
+        if uid in (0, self.service_uid):
+            return None
+        if uid in {_uid_of(u) for u in self.users}:
+            return None
+        admin_gids = {g for g in (_gid_of(name) for name in self.groups) if g is not None}
+        if gid is not None and gid in admin_gids:
+            return None
+        try:
+            account = pwd.getpwuid(uid)
+        except KeyError:
+            account = None
+        if account is not None:
+            if account.pw_gid in admin_gids:
+                return None
+            for admin_gid in admin_gids:
+                try:
+                    if account.pw_name in grp.getgrgid(admin_gid).gr_mem:
+                        return None
+                except KeyError:
+                    continue
+        who = account.pw_name if account is not None else f"uid {uid}"
+        groups = ", ".join(self.groups) or "none"
+        return (
+            f"{who} may not run admin commands: only root, perfd's own user, members of the "
+            f"groups {groups} and [access] admin_users may"
+        )
