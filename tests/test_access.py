@@ -1,8 +1,11 @@
-"""Access control seen by a real unprivileged user: read-only socket yes, admin commands no."""
+"""Access control: socket modes and group, peer credentials, the admin allow-list, seen by
+real unprivileged users (a forked child that drops to uid nobody) against a real perfd."""
 
 from __future__ import annotations
 
+import grp
 import os
+import stat
 import sys
 import traceback
 from pathlib import Path
@@ -10,13 +13,17 @@ from pathlib import Path
 import pytest
 
 import perfctl.__main__ as cli
+from perfd.access import AdminPolicy, Peer
 from tests.conftest import StartPerfd
 
 NOBODY = 65534
+NOGROUP = 65534
 
-pytestmark = pytest.mark.skipif(
+as_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="running perfctl as another uid needs root (CI runs as root)"
 )
+
+_last_pid = 0
 
 
 def run_as(uid: int, argv: list[str], runtime_dir: Path) -> tuple[int, str, str]:
@@ -46,6 +53,8 @@ def run_as(uid: int, argv: list[str], runtime_dir: Path) -> tuple[int, str, str]
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    global _last_pid
+    _last_pid = pid
     os.close(out_w)
     os.close(err_w)
     with open(out_r) as out, open(err_r) as err:
@@ -54,6 +63,7 @@ def run_as(uid: int, argv: list[str], runtime_dir: Path) -> tuple[int, str, str]
     return os.waitstatus_to_exitcode(status), stdout, stderr
 
 
+@as_root
 def test_unprivileged_user_reads_but_cannot_reload(start_perfd: StartPerfd) -> None:
     """nobody: status works through perfd-ro.sock; reload exits 4 with a hint about the group."""
     perfd = start_perfd()
@@ -66,6 +76,7 @@ def test_unprivileged_user_reads_but_cannot_reload(start_perfd: StartPerfd) -> N
     assert "usermod -aG perfd" in err
 
 
+@as_root
 def test_unprivileged_user_forbidden_on_readonly_socket(start_perfd: StartPerfd) -> None:
     """nobody sending reload straight to perfd-ro.sock gets perfd's `forbidden`, exit 4."""
     perfd = start_perfd()
@@ -75,3 +86,130 @@ def test_unprivileged_user_forbidden_on_readonly_socket(start_perfd: StartPerfd)
     assert code == 4, err
     assert '"code": "forbidden"' in out
     assert "needs the admin socket" in err
+
+
+# -- the policy, as pure logic ----------------------------------------------------------------
+
+
+def test_peer_address_is_parsed() -> None:
+    """libzmq's ipc Peer-Address `localhost:UID:GID:PID` becomes uid, gid and pid."""
+    assert Peer.from_ipc("localhost:1000:1001:4242") == Peer(uid=1000, gid=1001, pid=4242)
+    assert Peer.from_ipc(":0:0:7") == Peer(uid=0, gid=0, pid=7)
+    assert Peer.from_ipc(None) == Peer()
+    assert Peer.from_ipc("127.0.0.1") == Peer()
+
+
+def test_policy_allows_root_service_user_groups_and_listed_users() -> None:
+    """root and perfd's own uid always; others only through admin_users or admin_groups."""
+    policy = AdminPolicy(service_uid=4242, groups=("no-such-group-perfd",))
+    assert policy.refusal(Peer(uid=0, gid=0, pid=1)) is None
+    assert policy.refusal(Peer(uid=4242, gid=4242, pid=1)) is None
+    refusal = policy.refusal(Peer(uid=NOBODY, gid=NOGROUP, pid=1))
+    assert refusal is not None
+    assert refusal.startswith("nobody may not run admin commands")
+    assert AdminPolicy(users=("nobody",)).refusal(Peer(uid=NOBODY, gid=NOGROUP)) is None
+    assert AdminPolicy(users=(str(NOBODY),)).refusal(Peer(uid=NOBODY, gid=NOGROUP)) is None
+    assert AdminPolicy(groups=("nogroup",)).refusal(Peer(uid=NOBODY, gid=NOGROUP)) is None
+    # a supplementary group from the user database counts too
+    member = AdminPolicy(groups=("daemon",)).refusal(Peer(uid=NOBODY, gid=NOGROUP))
+    assert (member is None) == ("nobody" in grp.getgrnam("daemon").gr_mem)
+
+
+def test_policy_refuses_a_peer_without_credentials() -> None:
+    """No credentials (a transport without SO_PEERCRED) is refused, never assumed root."""
+    refusal = AdminPolicy().refusal(Peer())
+    assert refusal is not None
+    assert "cannot tell who sent this request" in refusal
+
+
+def test_policy_caches_lookups_for_its_ttl() -> None:
+    """A decision is cached per uid and gid for `ttl` seconds of the injected clock."""
+    now = [0.0]
+    policy = AdminPolicy(users=("nobody",), clock=lambda: now[0], ttl=30)
+    peer = Peer(uid=NOBODY, gid=NOGROUP)
+    assert policy.refusal(peer) is None
+    policy.users = ()
+    assert policy.refusal(peer) is None  # cached
+    now[0] = 31.0
+    assert policy.refusal(peer) is not None
+
+
+def test_unknown_names_are_reported() -> None:
+    """Configured users and groups that do not exist are listed for a warning."""
+    policy = AdminPolicy(users=("nobody", "no-such-user-perfd"), groups=("no-such-group-perfd",))
+    assert policy.unknown_names() == ["user no-such-user-perfd", "group no-such-group-perfd"]
+
+
+# -- a real perfd -------------------------------------------------------------------------------
+
+
+def test_admin_socket_group_and_modes(start_perfd: StartPerfd) -> None:
+    """[server] group owns perfd.sock (0660); perfd-ro.sock is 0666; the directory 0755."""
+    perfd = start_perfd('[server]\ngroup = "daemon"\n')
+    admin = perfd.admin_socket.stat()
+    assert admin.st_gid == grp.getgrnam("daemon").gr_gid
+    assert stat.S_IMODE(admin.st_mode) == 0o660
+    assert stat.S_IMODE(perfd.readonly_socket.stat().st_mode) == 0o666
+    assert stat.S_IMODE(perfd.runtime_dir.stat().st_mode) == 0o755
+
+
+def test_mutating_commands_log_the_callers_uid_and_pid(start_perfd: StartPerfd) -> None:
+    """reload through perfctl logs command.admin with perfctl's uid, gid, pid and user."""
+    perfd = start_perfd()
+    result = perfd.ctl("reload")
+    assert result.returncode == 0, result.stderr
+    entry = perfd.log_entry("command.admin")
+    assert entry["cmd"] == "reload"
+    assert entry["uid"] == os.geteuid()
+    assert entry["gid"] == os.getegid()
+    assert isinstance(entry["pid"], int)
+    assert entry["pid"] not in (os.getpid(), perfd.proc.pid)  # perfctl's own process
+    assert entry["user"]
+
+
+@as_root
+def test_a_loose_socket_mode_grants_no_control(start_perfd: StartPerfd) -> None:
+    """With perfd.sock chmod 666, nobody connects and reads, but admin commands are refused
+    by uid (exit 4), and the refusal is logged with nobody's uid and pid."""
+    perfd = start_perfd()
+    perfd.admin_socket.chmod(0o666)
+    socket = ["--socket", str(perfd.admin_socket)]
+    code, out, err = run_as(NOBODY, [*socket, "status", "--json"], perfd.runtime_dir)
+    assert code == 0, err
+    code, out, err = run_as(NOBODY, [*socket, "--json", "reload"], perfd.runtime_dir)
+    assert code == 4, err
+    assert '"code": "forbidden"' in out
+    assert "nobody may not run admin commands" in err
+    entry = perfd.log_entry("access.denied")
+    assert (entry["cmd"], entry["uid"], entry["gid"]) == ("reload", NOBODY, NOGROUP)
+    assert entry["pid"] == _last_pid
+    assert "command.admin" not in perfd.events()
+
+
+@as_root
+@pytest.mark.parametrize(
+    "access", ['admin_users = ["nobody"]', "admin_users = ['65534']", 'admin_groups = ["nogroup"]']
+)
+def test_the_allow_list_grants_control(start_perfd: StartPerfd, access: str) -> None:
+    """nobody, listed in [access] admin_users or through admin_groups, may reload."""
+    perfd = start_perfd(f"[access]\n{access}\n")
+    perfd.admin_socket.chmod(0o666)
+    code, _, err = run_as(
+        NOBODY, ["--socket", str(perfd.admin_socket), "reload"], perfd.runtime_dir
+    )
+    assert code == 0, err
+    entry = perfd.log_entry("command.admin")
+    assert (entry["uid"], entry["user"], entry["pid"]) == (NOBODY, "nobody", _last_pid)
+
+
+@as_root
+def test_reload_changes_the_allow_list(start_perfd: StartPerfd) -> None:
+    """Adding nobody to admin_users and reloading grants control without a restart."""
+    perfd = start_perfd()
+    perfd.admin_socket.chmod(0o666)
+    argv = ["--socket", str(perfd.admin_socket), "reload"]
+    assert run_as(NOBODY, argv, perfd.runtime_dir)[0] == 4
+    perfd.config_path.write_text('[access]\nadmin_users = ["nobody"]\n')
+    assert perfd.ctl("reload").returncode == 0
+    code, _, err = run_as(NOBODY, argv, perfd.runtime_dir)
+    assert code == 0, err
