@@ -36,6 +36,7 @@ BENCHMARKS = (
     "recommend",
     "provider",
     "metrics",
+    "load",
 )
 
 
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_cold_warm,
         idle,
         infer_overhead,
+        load,
         metrics,
         monitor_idle,
         provider,
@@ -121,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         "recommend": lambda: recommend.measure(quick),
         "provider": lambda: provider.run(provider.Options(rounds=2 if quick else 5)),
         "metrics": lambda: metrics.run(metrics.Options(scrapes=50 if quick else 200)),
+        "load": lambda: load.run(
+            load.Options(requests=250 if quick else 2500, rounds=2 if quick else 4)
+        ),
     }
     selected = args.only or list(BENCHMARKS)
     print(

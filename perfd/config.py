@@ -258,6 +258,8 @@ class ThresholdRule:
     unit_max: float = field(default=100.0, repr=False)  # internal: largest sensible threshold
 
     def problems(self) -> list[tuple[str, str]]:
+        if self.warn > self.unit_max:
+            return [("warn", f"must be at most {self.unit_max:g}")]
         if self.warn > self.crit:
             return [("crit", f"must be at least warn ({self.warn:g})")]
         if self.crit > self.unit_max:
@@ -426,6 +428,7 @@ class CacheConfig:
         300.0,
         'How long an idle model stays loaded; 0 unloads it when idle, -1 or "forever" keeps it.',
         kind="ttl",
+        maximum=365 * _DAY,
     )
     load_timeout: float = option(
         300.0,
@@ -472,7 +475,7 @@ class ModelConfig:
     path: str = option("", "onnx (and file-based loaders): the model file.", kind="path")
     device: str = option("cpu", '`"cpu"` or `"cuda:N"`.', kind="str")
     keep_alive: float | None = option(
-        None, "Overrides `[cache] keep_alive` for this model.", kind="ttl"
+        None, "Overrides `[cache] keep_alive` for this model.", kind="ttl", maximum=365 * _DAY
     )
     pin: bool = option(False, "Never evict this model.", kind="bool")
     preload: bool = option(False, "Load this model when perfd starts.", kind="bool")

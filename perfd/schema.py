@@ -10,6 +10,7 @@ and what is allowed. A dataclass may also define ``problems()`` for checks acros
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
@@ -99,7 +100,9 @@ def parse(default: Any, data: Mapping[str, Any], path: str | None, prefix: str =
         dotted = prefix + name
         if spec.metadata.get("section"):
             if not isinstance(value, dict):
-                raise ConfigError(path, dotted, f"must be a table [{dotted}], got {shown(value)}")
+                raise ConfigError(
+                    path, dotted, f"must be a table [{dotted}], got {shown(value)}", value=value
+                )
             values[spec.name] = parse(getattr(default, spec.name), value, path, dotted + ".")
         elif "section_map" in spec.metadata:
             values[spec.name] = _parse_map(spec, value, path, dotted)
@@ -109,26 +112,36 @@ def parse(default: Any, data: Mapping[str, Any], path: str | None, prefix: str =
     problems = getattr(result, "problems", None)
     if problems is not None:
         for name, message in problems():
-            raise ConfigError(path, prefix + name, message, value=_get(result, name))
+            value = _get(result, name)
+            shows_value = shown(value) in message or repr(value) in message
+            problem = message if shows_value else f"bad value {shown(value)}: {message}"
+            raise ConfigError(path, prefix + name, problem, value=value)
     return result
 
 
 def _parse_map(spec: dataclasses.Field[Any], value: Any, path: str | None, dotted: str) -> Any:
     if not isinstance(value, dict):
-        raise ConfigError(path, dotted, f"must hold tables [{dotted}.NAME], got {shown(value)}")
+        raise ConfigError(
+            path, dotted, f"must hold tables [{dotted}.NAME], got {shown(value)}", value=value
+        )
     out = {}
     for name, table in value.items():
         if not isinstance(table, dict):
-            raise ConfigError(path, f"{dotted}.{name}", f"must be a table, got {shown(table)}")
+            raise ConfigError(
+                path, f"{dotted}.{name}", f"must be a table, got {shown(table)}", value=table
+            )
         out[name] = parse(spec.metadata["section_map"](), table, path, f"{dotted}.{name}.")
     return out
 
 
 def _get(obj: Any, key: str) -> Any:
-    for spec in _settings(obj):
-        if _key(spec) == key:
-            return getattr(obj, spec.name)
-    return None
+    """The value at a dotted TOML name below ``obj`` ("crit", "models.NAME.provider")."""
+    for part in key.split("."):
+        if isinstance(obj, dict):
+            obj = obj.get(part)
+            continue
+        obj = next((getattr(obj, f.name) for f in _settings(obj) if _key(f) == part), None)
+    return obj
 
 
 class _Bad(Exception):
@@ -139,8 +152,9 @@ class _Bad(Exception):
 
 
 def _string(meta: Mapping[str, Any], value: Any) -> Any:
-    if not isinstance(value, str):
-        raise _Bad("a string")
+    """Any text but NUL, which no name, path or URL holds (os and grp calls raise on it)."""
+    if not isinstance(value, str) or "\0" in value:
+        raise _Bad("a string (without NUL characters)")
     return value
 
 
@@ -179,52 +193,77 @@ def _int(meta: Mapping[str, Any], value: Any) -> Any:
 
 
 def _float(meta: Mapping[str, Any], value: Any) -> Any:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+    if not isinstance(value, int | float) or isinstance(value, bool):
         raise _Bad(_range_text(meta))
-    return float(value)
+    try:
+        result = float(value)  # OverflowError: an integer beyond any float (and TOML's range)
+    except OverflowError:
+        raise _Bad(_range_text(meta)) from None
+    if not math.isfinite(result):
+        raise _Bad(_range_text(meta))
+    return result
 
 
 def _size(meta: Mapping[str, Any], value: Any) -> Any:
     try:
         return parse_size(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "999...9TiB" beyond any float
         raise _Bad(_range_text(meta, 'a size in bytes or with a unit ("512KiB", "1MiB")')) from None
 
 
 def _duration(meta: Mapping[str, Any], value: Any) -> Any:
     try:
-        return parse_duration(value)
-    except ValueError:
-        raise _Bad(
-            _range_text(meta, 'a duration ("500ms", "5s", "10m", "1h") or seconds')
-        ) from None
+        result = parse_duration(value)
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond any float
+        result = math.nan
+    if not math.isfinite(result):  # nan above, or "999...9s" read as inf
+        raise _Bad(_range_text(meta, 'a duration ("500ms", "5s", "10m", "1h") or seconds'))
+    return result
 
 
 def _ttl(meta: Mapping[str, Any], value: Any) -> Any:
+    """A duration up to ``maximum`` (when set), or FOREVER from -1 or "forever"."""
+    high = meta["max"]
+    allowed = (
+        f"a duration{f' up to {format_duration(high)}' if high is not None else ''} "
+        '("30s", "5m"), 0 (unload when idle) or -1 / "forever"'
+    )
     if value == "forever" or (type(value) in (int, float) and value == FOREVER):
         return FOREVER
-    if type(value) in (int, float) and value < 0:
-        raise _Bad('a duration ("30s", "5m"), 0 (unload when idle) or -1 / "forever"')
     try:
-        return parse_duration(value)
-    except ValueError:
-        raise _Bad('a duration ("30s", "5m"), 0 (unload when idle) or -1 / "forever"') from None
+        result = parse_duration(value)
+    except (ValueError, OverflowError):
+        raise _Bad(allowed) from None
+    if not 0 <= result < math.inf or (high is not None and result > high):
+        raise _Bad(allowed)
+    return result
+
+
+# A size budget beyond this is a typo (and "999...9TiB" would not survive parse_size at run time).
+_BUDGET_MAX: Final = 1 << 50
 
 
 def _budget(meta: Mapping[str, Any], value: Any) -> Any:
     """Kept as text: "50%" (resolved against the device's size at run time) or "16GiB"."""
+    allowed = (
+        'a percent above 0 and up to 100 ("50%") or a size from 1 byte to '
+        f'{format_size(_BUDGET_MAX)} ("16GiB")'
+    )
     if isinstance(value, str) and value.strip().endswith("%"):
         try:
             share = float(value.strip()[:-1])
         except ValueError:
             share = -1.0
         if not 0 < share <= 100:
-            raise _Bad('a percent above 0 and up to 100 ("50%") or a size ("16GiB")')
+            raise _Bad(allowed)
         return value.strip()
     try:
-        return format_size(parse_size(value))
-    except ValueError:
-        raise _Bad('a percent ("50%") or a size ("16GiB")') from None
+        size = parse_size(value)
+    except (ValueError, OverflowError):
+        raise _Bad(allowed) from None
+    if not 1 <= size <= _BUDGET_MAX:  # 0 would refuse every model; a negative one, crash
+        raise _Bad(allowed)
+    return format_size(size)
 
 
 _CONVERTERS: Final[dict[str, Callable[[Mapping[str, Any], Any], Any]]] = {
@@ -266,7 +305,7 @@ _KIND_WORDS: Final = {
 
 
 def _range_text(meta: Mapping[str, Any], what: str | None = None) -> str:
-    what = what or _KIND_WORDS[meta["kind"]]
+    what = what or _KIND_WORDS.get(meta["kind"], meta["kind"])
     low, high = meta["min"], meta["max"]
     if low is None or high is None:
         return what
@@ -285,6 +324,8 @@ def shown(value: Any) -> str:
     """A value as it looks in TOML: "text", true, 1.5, nan."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, dt.date | dt.time):  # TOML dates and times are written bare
+        return value.isoformat()
     return json.dumps(value, default=str)
 
 

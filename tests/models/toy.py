@@ -140,3 +140,65 @@ class Doubler:
 
 def make_doubler() -> Doubler:
     return Doubler()
+
+
+def wait_for_file(path: str, timeout: float, what: str) -> None:
+    """Return once ``path`` exists; ToyLoadError after ``timeout`` seconds (never hangs).
+
+    Waits with Event.wait, not time.sleep: under libfaketime with FAKETIME_DONT_FAKE_MONOTONIC
+    Python 3.11's time.sleep fails with EINVAL (wolfcw/libfaketime#426).
+    """
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise ToyLoadError(f"{what}: {path} did not appear within {timeout}s")
+        threading.Event().wait(0.01)
+
+
+def _touch(path: str) -> None:
+    if path:
+        with open(path, "a"):
+            pass
+
+
+class Gated:
+    """Echoes its inputs after taking a while, controlled from another process by files.
+
+    Request options: ``seconds`` to sleep, ``gate`` a file to wait for (at most ``timeout``
+    seconds), ``entered`` a file created when the request starts and ``done`` one created when
+    it has finished, so a test outside perfd knows where the request is.
+    """
+
+    def __call__(
+        self,
+        inputs: Any,
+        *,
+        seconds: float = 0.0,
+        gate: str = "",
+        entered: str = "",
+        done: str = "",
+        timeout: float = 30.0,
+    ) -> Any:
+        _touch(entered)
+        if gate:
+            wait_for_file(gate, timeout, "Gated request")
+        if seconds:
+            threading.Event().wait(seconds)  # not time.sleep: see wait_for_file
+        _touch(done)
+        return inputs
+
+
+def make_gated(
+    *, gate: str = "", entered: str = "", done: str = "", timeout: float = 30.0
+) -> Gated:
+    """A Gated model whose load, too, can be held on files: it creates ``entered``, waits for
+    ``gate`` (ToyLoadError after ``timeout`` seconds), then creates ``done``. Works inside a
+    perfd subprocess, where make_blocking's in-process Event cannot be reached."""
+    _touch(entered)
+    if gate:
+        wait_for_file(gate, timeout, "make_gated load")
+    _touch(done)
+    return Gated()
