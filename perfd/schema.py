@@ -179,7 +179,7 @@ def _table(meta: Mapping[str, Any], value: Any) -> Any:
 def _names(meta: Mapping[str, Any], value: Any) -> Any:
     if (
         not isinstance(value, list)
-        or not all(isinstance(v, str) and 0 < len(v) <= 256 for v in value)
+        or not all(isinstance(v, str) and 0 < len(v) <= 256 and "\0" not in v for v in value)
         or len(value) > 1000
     ):
         raise _Bad('a list of names ["alice", "1001"]')

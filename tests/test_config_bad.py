@@ -63,6 +63,7 @@ TAKES: dict[str, tuple[type, ...]] = {
     "ttl": (int, float, str),
     "budget": (int, str),
     "table": (dict,),
+    "names": (list,),
 }
 NAN, INF = math.nan, math.inf
 # Values of a type the kind takes that are still wrong (ranges come from the schema).
@@ -78,6 +79,7 @@ WRONG_VALUES: dict[str, tuple[Any, ...]] = {
     "ttl": ("soon", "never", "-1s", -2, -0.5, NAN, INF, -INF, HUGE, HUGE_TEXT + "s"),
     "budget": ("0%", "101%", "-5%", "%", "nan%", "half%", "text", -5, 0, "0 bytes", HUGE),
     "table": (),
+    "names": ([1, 2], [""], ["nul\0char"], [["nested"]], ["x" * 257], [True]),
 }
 UNKNOWN = "no_such_key"  # a key no table has
 BOUNDED = ("int", "float", "size", "duration", "ttl")  # kinds that must declare a range
