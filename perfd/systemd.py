@@ -9,8 +9,8 @@ timeout withholds WATCHDOG=1, so systemd restarts a perfd with a hung thread.
 
 from __future__ import annotations
 
-import contextlib
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +28,7 @@ class Notifier:
 
             self._sender = sdnotify.SystemdNotifier()
         self._last_status = ""
+        self.dropped = 0  # messages the notify socket had no room for
         self.watchdog_interval = watchdog_interval(os.environ) if self._enabled else None
 
     @property
@@ -37,11 +38,17 @@ class Notifier:
     def _send(self, message: str) -> None:
         # sdnotify connects (abstract "@" addresses included) but encodes with latin-1, which
         # mangles "·" and drops "↑" silently; systemd expects UTF-8, so send the bytes here.
+        # Never block: a notify socket nobody reads (its queue holds a few datagrams) must not
+        # stall the main loop; such a message is counted and dropped.
         sock = getattr(self._sender, "socket", None)
         if sock is None:
             return
-        with contextlib.suppress(OSError):  # systemd gone: nothing to tell
-            sock.sendall(message.encode())
+        try:
+            sock.send(message.encode(), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            self.dropped += 1
+        except OSError:  # systemd gone: nothing to tell
+            pass
 
     def ready(self, status: str | None = None) -> None:
         self._send("READY=1" + (f"\nSTATUS={status}" if status else ""))

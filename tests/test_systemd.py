@@ -50,6 +50,22 @@ def test_messages_reach_the_socket(short_dir: Path, monkeypatch: pytest.MonkeyPa
     sock.close()
 
 
+def test_a_notify_socket_nobody_reads_never_blocks(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled systemd (its datagram queue full) cannot block perfd: messages past the
+    queue are dropped and counted, and the queued ones still arrive."""
+    path = str(short_dir / "notify")
+    sock = _listen(path)
+    notifier = _notifier(monkeypatch, path)
+    for i in range(2000):  # far more than an AF_UNIX datagram queue holds
+        notifier.status(f"line {i}")
+    assert notifier.dropped > 0
+    assert sock.recv(4096) == b"STATUS=line 0"
+    notifier.close()
+    sock.close()
+
+
 def test_abstract_socket_address(monkeypatch: pytest.MonkeyPatch) -> None:
     """An abstract NOTIFY_SOCKET ("@name") works too."""
     name = f"perfd-test-{os.getpid()}"
