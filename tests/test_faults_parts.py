@@ -4,6 +4,8 @@ unwritable path; alert sinks that are down or hang."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,4 +142,124 @@ def test_nvml_failing_mid_run(start_perfd: StartPerfd, tmp_path: Path, kind: str
     assert {a["id"] for a in call(perfd, "alerts")["firing"]} >= firing
     gpu_alerts = [e for e in perfd.logs() if e.get("rule") == "gpu_memory"]
     assert [e["event"] for e in gpu_alerts] == ["alert.firing", "alert.firing"]  # no resolve
+    assert perfd.stop() == 0
+
+
+# --- loaders that raise, hang or leak -------------------------------------------------------
+
+MODELS = """
+[models.echo]
+target = "tests.models.toy:make_echo"
+[models.broken]
+target = "tests.models.toy:make_failing"
+options = { message = "weights are corrupt" }
+[models.leaky]
+target = "tests.models.toy:make_leaky"
+options = { size_mb = 96 }
+"""
+
+
+def start_with_models(start_perfd: StartPerfd, extra: str = "") -> Perfd:
+    return start_perfd(MODELS + extra, env={"PYTHONPATH": ROOT})
+
+
+def test_loader_that_raises(start_perfd: StartPerfd) -> None:
+    """A factory that raises: load_failed naming the error, logged, nothing left loaded; the
+    next load of a good model works, a retry of the bad one loads afresh, perfd serves on."""
+    perfd = start_with_models(start_perfd)
+    out = perfd.ctl("load", "broken")
+    assert out.returncode == 1
+    assert "ToyLoadError: weights are corrupt" in out.stderr
+    with pytest.raises(perfctl.CommandFailed) as caught:
+        call(perfd, "infer", model="broken", inputs=1)
+    assert caught.value.code == "load_failed"
+    assert "ToyLoadError: weights are corrupt" in caught.value.message
+    assert call(perfd, "ps")["models"] == []
+    assert len(events(perfd, "cache.load_failed", model="broken")) == 2  # each try is logged
+    assert call(perfd, "infer", model="echo", inputs=[1, 2])["outputs"] == [1, 2]
+    assert [m["name"] for m in call(perfd, "ps")["models"]] == ["echo"]
+    counters = call(perfd, "stats")["cache"]["counters"]
+    assert (counters["broken"]["loads"], counters["echo"]["loads"]) == (0, 1)
+    assert call(perfd, "ping")["pong"] is True
+    assert perfd.stop() == 0
+
+
+def test_loader_that_hangs_past_load_timeout(start_perfd: StartPerfd, tmp_path: Path) -> None:
+    """A load past load_timeout: every waiter gets timeout within the bound while other
+    commands answer; the late model is unloaded when it comes (logged), never cached."""
+    gate, entered, done = (tmp_path / name for name in ("gate", "entered", "done"))
+    perfd = start_with_models(
+        start_perfd,
+        '[cache]\nload_timeout = "500ms"\n'
+        "[models.slow]\n"
+        'target = "tests.models.toy:make_gated"\n'
+        f"options = {{ gate = {str(gate)!r}, entered = {str(entered)!r}, done = {str(done)!r} }}\n",
+    )
+    outcomes: list[tuple[str, float]] = []
+
+    def waiter() -> None:
+        began = time.monotonic()
+        try:
+            call(perfd, "infer", model="slow", inputs=1)
+            outcomes.append(("answered", time.monotonic() - began))
+        except perfctl.CommandFailed as exc:
+            outcomes.append((exc.code, time.monotonic() - began))
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    wait_until(entered.exists)
+    assert call(perfd, "ping")["pong"] is True  # the loop answers while the load hangs
+    assert call(perfd, "infer", model="echo", inputs="x")["outputs"] == "x"
+    for thread in threads:
+        thread.join(30)
+    assert [code for code, _ in outcomes] == ["timeout"] * 3
+    assert max(seconds for _, seconds in outcomes) < 0.5 + 10  # load_timeout + a wide margin
+    assert [m["name"] for m in call(perfd, "ps")["models"]] == ["echo"]
+    (logged,) = events(perfd, "cache.load_timeout", model="slow")
+    assert logged["level"] == "error"
+
+    gate.touch()  # the hung load returns at last...
+    wait_until(lambda: bool(events(perfd, "cache.load_discarded", model="slow")))
+    assert done.exists()
+    assert [m["name"] for m in call(perfd, "ps")["models"]] == ["echo"]  # ...and is not kept
+    assert call(perfd, "stats")["cache"]["counters"]["slow"]["loads"] == 0
+    assert call(perfd, "infer", model="slow", inputs=2)["outputs"] == 2  # gate open: loads now
+    assert perfd.stop() == 0
+
+
+def test_load_ending_as_its_timeout_runs_out_is_kept_not_leaked() -> None:
+    """A load that finishes just as load_timeout runs out stands: the model is cached, not
+    dropped unreleased. In-process: only a hook inside the cache can force that interleaving."""
+    from perfd import config
+    from perfd.cache import ModelCache
+    from perfd.loaders.python import PythonLoader
+
+    class RacingCache(ModelCache):
+        def _wait_for_load(self, entry: Any, finished: threading.Event) -> bool:
+            assert entry.done.wait(10)  # the load ends, adopted as ready...
+            return False  # ...while the wait reports that the time ran out
+
+    cfg = config.parse({"models": {"echo": {"target": "tests.models.toy:make_echo"}}})
+    cache = RacingCache(cfg.cache, cfg.models, lambda name: PythonLoader(), lambda d: 1 << 30)
+    with cache.lease("echo") as lease:
+        assert lease.infer("x") == "x"
+    assert [(m["name"], m["state"], m["loads"]) for m in cache.ps()] == [("echo", "ready", 1)]
+
+
+def test_loader_that_leaks(start_perfd: StartPerfd) -> None:
+    """A model that keeps its memory after close(): the eviction record shows how little came
+    back, perfd logs cache.unload_leak naming it, and serves on."""
+    perfd = start_with_models(start_perfd)
+    loaded = call(perfd, "load", model="leaky")
+    assert loaded["measured_by"] == "rss"
+    assert loaded["measured_bytes"] >= 80 << 20
+    (record,) = call(perfd, "evict", model="leaky")["records"]
+    assert record["freed_rss_bytes"] < loaded["measured_bytes"] // 2
+    (leak,) = events(perfd, "cache.unload_leak", model="leaky")
+    assert (leak["level"], leak["measured_bytes"]) == ("warning", loaded["measured_bytes"])
+    assert leak["freed_bytes"] == record["freed_rss_bytes"]
+    recent = call(perfd, "stats")["cache"]["recent_evictions"][0]
+    assert (recent["model"], recent["freed_rss_bytes"]) == ("leaky", record["freed_rss_bytes"])
+    assert call(perfd, "infer", model="echo", inputs=1)["outputs"] == 1
     assert perfd.stop() == 0
