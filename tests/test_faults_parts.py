@@ -4,6 +4,7 @@ unwritable path; alert sinks that are down or hang."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -262,4 +263,72 @@ def test_loader_that_leaks(start_perfd: StartPerfd) -> None:
     recent = call(perfd, "stats")["cache"]["recent_evictions"][0]
     assert (recent["model"], recent["freed_rss_bytes"]) == ("leaky", record["freed_rss_bytes"])
     assert call(perfd, "infer", model="echo", inputs=1)["outputs"] == 1
+    assert perfd.stop() == 0
+
+
+# --- the log file and the alert log on a full disk or an unwritable path --------------------
+
+ALERT_FIRES = "[alerts.host_memory]\nwarn = 0.01\ncrit = {crit}\nfor = 0\nclear = 1\n"
+
+
+def _full(path: Path) -> tuple[str, Callable[[], None]]:
+    """``path`` names /dev/full (every write: ENOSPC); the fix makes it a regular file."""
+    path.parent.mkdir()
+    path.symlink_to("/dev/full")
+
+    def fix() -> None:
+        fresh = path.with_suffix(".new")
+        fresh.touch()
+        fresh.replace(path)
+
+    return "ENOSPC", fix
+
+
+def _under_a_file(path: Path) -> tuple[str, Callable[[], None]]:
+    """``path``'s directory is a regular file (ENOTDIR, even for root); the fix makes it one."""
+    path.parent.write_text("not a directory")
+
+    def fix() -> None:
+        path.parent.unlink()
+        path.parent.mkdir()
+
+    return "ENOTDIR", fix
+
+
+@pytest.mark.parametrize("fault", [_full, _under_a_file], ids=["disk_full", "not_a_directory"])
+@pytest.mark.parametrize("which", ["log file", "alert log"])
+def test_unwritable_log_files(
+    start_perfd: StartPerfd,
+    tmp_path: Path,
+    which: str,
+    fault: Callable[[Path], tuple[str, Callable[[], None]]],
+) -> None:
+    """A [log] file or [alerts] log_file that cannot be written: perfd serves on, logs
+    log.file_failed (file, error) once on stdout whatever it writes meanwhile, and logs
+    log.file_writable when the file works again, where writing then resumes."""
+    path = tmp_path / "logs" / "perfd.jsonl"
+    code, fix = fault(path)
+    key = '[log]\nfile = "{}"\n' if which == "log file" else '[alerts]\nlog_file = "{}"\n'
+    base = FAST + key.format(path)
+    perfd = start_perfd(base + ALERT_FIRES.format(crit=100))
+    wait_until(lambda: bool(events(perfd, "alert.firing", rule="host_memory")))
+
+    perfd.config_path.write_text(base + ALERT_FIRES.format(crit=0.02))  # more lines to write
+    assert perfd.ctl("reload").returncode == 0
+    wait_until(lambda: bool(events(perfd, "alert.escalated", rule="host_memory")))
+    assert call(perfd, "ping")["pong"] is True
+    (failed,) = events(perfd, "log.file_failed", file=str(path))
+    assert (failed["what"], failed["errno"], failed["level"]) == (which, code, "error")
+    assert failed["error"]
+
+    fix()
+    perfd.config_path.write_text(base + ALERT_FIRES.format(crit=100))
+    assert perfd.ctl("reload").returncode == 0
+    wait_until(lambda: bool(events(perfd, "alert.deescalated", rule="host_memory")))
+    wait_until(lambda: bool(events(perfd, "log.file_writable", file=str(path))))
+    written = [json.loads(line)["event"] for line in path.read_text().splitlines()]
+    if which == "log file":
+        assert "log.file_writable" in written
+    wait_until(lambda: "alert.deescalated" in path.read_text())
+    assert len(events(perfd, "log.file_failed")) == 1
     assert perfd.stop() == 0
