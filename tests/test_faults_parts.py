@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import perfctl
 from tests import fakenvml
 from tests.conftest import Perfd, StartPerfd
 from tests.daemons import wait_until
+from tests.httpservers import Reply, ScriptedServer, closed_port
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 GiB = 1 << 30
@@ -332,3 +334,140 @@ def test_unwritable_log_files(
     wait_until(lambda: "alert.deescalated" in path.read_text())
     assert len(events(perfd, "log.file_failed")) == 1
     assert perfd.stop() == 0
+
+
+# --- alert sinks that are down or hang ------------------------------------------------------
+
+
+def sink_config(sink: str, url: str, **options: str) -> str:
+    """An [alerts.webhook] or [alerts.alertmanager] table sending to ``url``."""
+    lines = [f"[alerts.{sink}]", f'url = "{url}"', "retries = 0"]
+    lines += [f"{key} = {value}" for key, value in options.items()]
+    if sink == "alertmanager":
+        lines.append('resend = "1s"')
+    return "\n".join(lines) + "\n"
+
+
+def sink_counter(port: int, name: str, sink: str) -> float:
+    """perfd_alert_sink_<name>_total for ``sink`` from perfd's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    prefix = f'perfd_alert_sink_{name}_total{{sink="{sink}"}} '
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return 0.0
+
+
+def start_with_sink(
+    start_perfd: StartPerfd, tmp_path: Path, sink: str, url: str, gpus: int, **options: str
+) -> tuple[Perfd, fakenvml.NvmlControl, int]:
+    """perfd with ``gpus`` GPUs all over gpu_memory's warn (one alert each at the first
+    sample), host alerts off, a sink to ``url`` and /metrics on a free port."""
+    metrics = closed_port()
+    control, env = fakenvml.subprocess_env(tmp_path, ROOT, gpus=[{"used": 40 * GiB}] * gpus)
+    perfd = start_perfd(
+        FAST
+        + GPU_ALERTS
+        + "[alerts.host_memory]\nenabled = false\n[alerts.exhaustion]\nenabled = false\n"
+        + sink_config(sink, url, **options)
+        + f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n',
+        env=env,
+    )
+    return perfd, control, metrics
+
+
+def firing_ids(perfd: Perfd) -> set[str]:
+    """The firing alerts as `perfctl alerts --json` lists them."""
+    out = perfd.ctl("alerts", "--json")
+    assert out.returncode == 0, out.stderr
+    return {alert["id"] for alert in json.loads(out.stdout)["firing"]}
+
+
+def escalate_gpu0(control: fakenvml.NvmlControl, gpus: int) -> None:
+    """GPU 0 goes over gpu_memory's crit: a new transition (alert.escalated)."""
+    control.set(gpus=[{"used": 78 * GiB}] + [{"used": 40 * GiB}] * (gpus - 1))
+
+
+def delivered(requests: list[Any]) -> set[tuple[str, str]]:
+    """(alert id, event or severity) of every alert the sink's server received."""
+    out = set()
+    for request in requests:
+        body = request.json()
+        if isinstance(body, dict):  # a webhook POST: one transition
+            out.add((body["id"], body["event"]))
+        else:  # an Alertmanager POST: alerts with labels
+            out.update((a["labels"]["alert_id"], a["labels"]["severity"]) for a in body)
+    return out
+
+
+@pytest.mark.parametrize("sink", ["webhook", "alertmanager"])
+def test_alert_sink_that_is_down(start_perfd: StartPerfd, tmp_path: Path, sink: str) -> None:
+    """A sink refusing connections: alerts still reach the log and `perfctl alerts`, the
+    outage is logged once however many POSTs fail, and delivery resumes once it is up."""
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}/hook" if sink == "webhook" else f"http://127.0.0.1:{port}"
+    perfd, control, metrics = start_with_sink(start_perfd, tmp_path, sink, url, gpus=3)
+    wait_until(lambda: sink_counter(metrics, "failed", sink) >= 3)
+    ids = {f"gpu_memory/gpu{index}" for index in range(3)}
+    assert firing_ids(perfd) == ids
+    assert {e["id"] for e in events(perfd, "alert.firing")} == ids
+    (failed,) = events(perfd, "alert_sink.failed", sink=sink)
+    assert (failed["url"], failed["error"]) == (url, "connection refused")
+    assert call(perfd, "ping")["pong"] is True
+
+    with ScriptedServer(port=port) as server:
+        escalate_gpu0(control, 3)
+        if sink == "webhook":  # new transitions are sent; those of the outage were dropped
+            wanted = {("gpu_memory/gpu0", "alert.escalated")}
+        else:  # Alertmanager gets every firing alert again, at once
+            others = ids - {"gpu_memory/gpu0"}
+            wanted = {("gpu_memory/gpu0", "critical")} | {(i, "warning") for i in others}
+        wait_until(lambda: wanted <= delivered(server.requests))
+        wait_until(lambda: bool(events(perfd, "alert_sink.recovered", sink=sink)))
+        assert len(events(perfd, "alert_sink.failed")) == 1
+        assert perfd.stop() == 0
+
+
+@pytest.mark.parametrize("sink", ["webhook", "alertmanager"])
+def test_alert_sink_that_hangs(start_perfd: StartPerfd, tmp_path: Path, sink: str) -> None:
+    """A sink that never answers: perfd serves on, the queue stays within its bound (the rest
+    dropped and counted), the outage is logged once, and delivery resumes when it answers."""
+    with ScriptedServer(default=Reply(stall=True)) as server:
+        url = f"{server.url}/hook" if sink == "webhook" else server.url
+        perfd, control, metrics = start_with_sink(
+            start_perfd, tmp_path, sink, url, gpus=6, queue="2", timeout='"1s"'
+        )
+        server.wait_for_requests(1)
+        assert call(perfd, "ping")["pong"] is True
+        assert len(firing_ids(perfd)) == 6
+        # six transitions at once: one in flight, two queued, the rest pushed out
+        wait_until(lambda: sink_counter(metrics, "dropped", sink) >= 6 - 2 - 1)
+        wait_until(lambda: sink_counter(metrics, "failed", sink) >= 2, timeout=20)
+        (failed,) = events(perfd, "alert_sink.failed", sink=sink)
+        assert failed["error"] == "read timeout"
+        assert len(events(perfd, "alert_sink.queue_full", sink=sink)) == 1
+
+        server.default = Reply(200, {})
+        server.release()
+        escalate_gpu0(control, 6)
+        wanted = ("gpu_memory/gpu0", "alert.escalated" if sink == "webhook" else "critical")
+        wait_until(lambda: wanted in delivered(server.requests), timeout=20)
+        wait_until(lambda: bool(events(perfd, "alert_sink.recovered", sink=sink)))
+        assert len(events(perfd, "alert_sink.failed")) == 1
+        assert perfd.stop() == 0
+
+
+@pytest.mark.parametrize("sink", ["webhook", "alertmanager"])
+def test_sigterm_is_not_held_by_a_hung_sink(
+    start_perfd: StartPerfd, tmp_path: Path, sink: str
+) -> None:
+    """SIGTERM while a sink's POST hangs (its timeout 60 s): perfd exits 0 well within the
+    sink timeout and logs the alerts it did not send."""
+    with ScriptedServer(default=Reply(stall=True)) as server:
+        url = f"{server.url}/hook" if sink == "webhook" else server.url
+        perfd, _, _ = start_with_sink(start_perfd, tmp_path, sink, url, gpus=3, timeout='"60s"')
+        server.wait_for_requests(1)
+        assert perfd.stop(timeout=30) == 0  # the sink's timeout is 60 s
+    (dropped,) = events(perfd, "alert_sink.dropped_at_stop", sink=sink)
+    assert dropped["count"] >= 1
