@@ -340,10 +340,12 @@ class ModelCache:
                 alone_at_start = self._loads_running == 1
             before, cuda_before = memory.rss_bytes(), memory.cuda_allocated(spec.device)
             nvml_before = self._gpu_use(spec.device) if self._gpu_use and on_gpu else None
+            began = time.monotonic()
             try:
                 outcome["loaded"] = loader.load(spec)
             except BaseException as exc:
                 outcome["error"] = exc
+            outcome["seconds"] = time.monotonic() - began
             outcome["rss"] = memory.rss_bytes() - before
             cuda_after = memory.cuda_allocated(spec.device)
             if cuda_before is not None and cuda_after is not None:
@@ -362,7 +364,8 @@ class ModelCache:
 
         started = self._clock()
         threading.Thread(target=run, name=f"perfd-load-{spec.name}", daemon=True).start()
-        if not finished.wait(self.cfg.load_timeout):
+        if not self._wait_for_load(entry, finished) and self._abandon(entry):
+            _log.error("cache.load_timeout", model=spec.name, load_timeout_s=self.cfg.load_timeout)
             self._fail(
                 entry,
                 CommandError(
@@ -381,6 +384,19 @@ class ModelCache:
                 except Exception:  # a metrics bug must not fail a load
                     _log.exception("cache.on_load_failed", model=spec.name)
             self._enforce_budget(entry)
+
+    def _wait_for_load(self, entry: Entry, finished: threading.Event) -> bool:
+        """Wait up to load_timeout for the load thread; True when it finished in time."""
+        return finished.wait(self.cfg.load_timeout)
+
+    def _abandon(self, entry: Entry) -> bool:
+        """Give up on a load that ran out of time, unless it ended just as the wait did (then
+        it stands, loaded or failed); True when given up: its late result will be discarded."""
+        with self._lock:
+            if entry.done.is_set():
+                return False
+            entry.abandoned = True
+            return True
 
     def _enforce_budget(self, loaded: Entry) -> None:
         """After a load whose size was unknown beforehand: evict LRU models if the measured
@@ -449,6 +465,12 @@ class ModelCache:
                 entry.loader.unload(loaded.model)
             del loaded
             memory.release()
+            _log.warning(
+                "cache.load_discarded",
+                model=entry.spec.name,
+                load_seconds=round(outcome["seconds"], 3),
+                reason="finished after load_timeout; unloaded",
+            )
             return
         _log.info(
             "cache.loaded",

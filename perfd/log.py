@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from typing import IO, Any, Final
 
 import structlog
@@ -38,43 +39,49 @@ class AppendFile:
 
     Each line goes out in one write() on an O_APPEND descriptor, so it lands whole. The file is
     reopened when its path no longer names the open inode (logrotate moved it). A failure is
-    reported once on stderr (``what`` names the file's role) and perfd carries on; the next
-    success is reported too.
+    logged once (``log.file_failed``, naming the file, its role ``what`` and the error) and
+    perfd carries on, trying again at each line; the next success is logged too
+    (``log.file_writable``).
     """
 
-    def __init__(self, path: str, what: str = "log file") -> None:
+    def __init__(self, path: str, what: str = "log file", *, is_log: bool = False) -> None:
         self.path = path
         self._what = what
+        self._is_log = is_log  # perfd's own log file: its failure is logged to stdout only
         self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.failed = False
 
     def write_line(self, line: str) -> bool:
         """Append one line; False when it could not be written."""
-        with self._lock:
+        with self._lock:  # reentrant: the log file's "writable again" line comes back here
             try:
                 self._reopen_if_moved()
                 assert self._fd is not None
                 os.write(self._fd, (line + "\n").encode())
             except OSError as exc:
+                self._close()
                 if not self.failed:
                     self.failed = True
-                    sys.stderr.write(
-                        f"perfd: cannot write {self._what} {self.path}: {exc.strerror}\n"
-                    )
-                self._close()
+                    self._report_failure(exc)
                 return False
             if self.failed:
                 self.failed = False
-                sys.stderr.write(f"perfd: writing {self._what} {self.path} again\n")
+                get("perfd.log").info("log.file_writable", file=self.path, what=self._what)
             return True
+
+    def _report_failure(self, error: OSError) -> None:
+        code = errno.errorcode.get(error.errno or 0, str(error.errno))
+        fields = {"file": self.path, "what": self._what, "error": error.strerror, "errno": code}
+        with _stdout_only(self._is_log):  # not into the file that just failed
+            get("perfd.log").error("log.file_failed", **fields, action="going on without it")
 
     def _reopen_if_moved(self) -> None:
         try:
             st = os.stat(self.path)
             current: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except FileNotFoundError:
+        except OSError:  # missing, or a path through a non-directory: open() says which
             current = None
         if self._fd is None or current != self._inode:
             self._close()
@@ -95,12 +102,28 @@ class AppendFile:
             self._close()
 
 
+_local = threading.local()  # stdout_only: this thread is reporting a file's failure
+
+
+@contextlib.contextmanager
+def _stdout_only(on: bool = True) -> Iterator[None]:
+    """Log lines written meanwhile by this thread skip the log file (stdout only)."""
+    before = getattr(_local, "stdout_only", False)
+    _local.stdout_only = on or before
+    try:
+        yield
+    finally:
+        _local.stdout_only = before
+
+
 class Sink:
     """Writes rendered lines to stdout and, optionally, to an AppendFile."""
 
-    def __init__(self, stream: IO[str] | None = None, path: str = "") -> None:
+    def __init__(
+        self, stream: IO[str] | None = None, path: str = "", file: AppendFile | None = None
+    ) -> None:
         self._stream = stream
-        self._file = AppendFile(path) if path else None
+        self.file = file or (AppendFile(path, is_log=True) if path else None)
         self._lock = threading.Lock()
 
     def write(self, line: str, file_line: str | None = None) -> None:
@@ -112,12 +135,12 @@ class Sink:
                 stream.flush()
             except (OSError, ValueError):
                 pass  # stdout closed (journald restarted): nothing better to do
-        if self._file is not None:
-            self._file.write_line(line if file_line is None else file_line)
+        if self.file is not None and not getattr(_local, "stdout_only", False):
+            self.file.write_line(line if file_line is None else file_line)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 class _SinkLogger:
@@ -210,8 +233,13 @@ def configure(
     _State.threshold = LEVELS[level]
     _State.console = fmt == "console"
     _State.journald = stdout_is_journal(stream)
-    old, _sink = _sink, Sink(stream, file)
-    old.close()
+    # The same file keeps its AppendFile, so a reload neither reopens it nor reports a
+    # failing file again.
+    old = _sink
+    same = old.file if old.file is not None and old.file.path == file else None
+    _sink = Sink(stream, file, same)
+    if same is None:
+        old.close()
     structlog.configure(
         processors=[_filter, redact, render],
         logger_factory=lambda *args: _SinkLogger(args[0] if args else "perfd"),

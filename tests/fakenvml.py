@@ -8,14 +8,26 @@ are pynvml's own ctypes structures (``c_nvmlMemory_v2_t``...) and process object
     nvml.lose(1)                         # GPU 1 fell off the bus
     nvml.fail("nvmlDeviceGetPowerUsage", pynvml.NVML_ERROR_NOT_SUPPORTED)
     nvml.hang(release)                   # every call blocks until ``release`` is set
+
+A perfd subprocess gets a ``ControlledNvml`` instead, scripted through a JSON file the test
+rewrites while perfd runs (``subprocess_env`` writes the sitecustomize.py that installs it):
+
+    control, env = subprocess_env(tmp_path, ROOT, gpus=[{"used": 40 * GiB}])
+    perfd = start_perfd(config, env=env)
+    control.set(gpus=[{}], fail={"nvmlDeviceGetCount": pynvml.NVML_ERROR_UNKNOWN})
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pynvml
@@ -262,3 +274,98 @@ for _name in dir(pynvml):
         or _name == "NVMLLibraryMismatchError"
     ):
         setattr(FakeNvml, _name, getattr(pynvml, _name))
+
+
+# --- a fake a perfd subprocess uses, switched at run time through a file -------------------
+
+
+class ControlledNvml(FakeNvml):
+    """A FakeNvml that re-reads a JSON control file whenever it changes, so a test can make a
+    running perfd's NVML fail and heal. Keys (each optional)::
+
+        {"gpus": [{"used": 42949672960}, {}],   # FakeGpu fields, one object per GPU
+         "fail": {"nvmlInit": 9, "nvmlDeviceGetCount": 999, "nvmlDeviceGetUUID@1": 4},
+         "lost": [1],                            # GPUs fallen off the bus
+         "hang": true}                           # every call blocks until hang is false
+
+    ``function@index`` fails that function on one GPU only. Write the file with
+    ``NvmlControl.set`` (atomically, by rename).
+    """
+
+    HANG_LIMIT = 60.0  # a hang the test forgets to end still ends
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._seen: tuple[int, int] | None = None
+        self._hanging = False
+        super().__init__(0)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            return
+        if (st.st_ino, st.st_mtime_ns) == self._seen:
+            return
+        self._seen = (st.st_ino, st.st_mtime_ns)
+        with open(self._path, encoding="utf-8") as f:
+            script = json.load(f)
+        gpus = [FakeGpu(**spec) for spec in script.get("gpus", [{}])]
+        for index, gpu in enumerate(gpus):
+            gpu.uuid = gpu.uuid or f"GPU-{index:08d}-fake-4000-8000-000000000000"
+            gpu.lost = index in script.get("lost", [])
+        self.gpus = gpus
+        self._failures = {}
+        for key, code in script.get("fail", {}).items():
+            function, _, index = key.partition("@")
+            self._failures[(function, int(index) if index else None)] = int(code)
+        self._hanging = bool(script.get("hang"))
+
+    def _enter(self, function: str, handle: _Handle | None = None) -> FakeGpu | None:
+        self._refresh()
+        deadline = time.monotonic() + self.HANG_LIMIT
+        while self._hanging and time.monotonic() < deadline:
+            self.blocked.set()
+            time.sleep(0.02)
+            self._refresh()
+        return super()._enter(function, handle)
+
+
+class NvmlControl:
+    """The test's side of a ControlledNvml: writes its control file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def set(self, **script: Any) -> None:
+        """Replace the whole script (see ControlledNvml); the next NVML call sees it."""
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(script))
+        os.replace(tmp, self.path)
+
+
+def install(control: str, retry_interval: float = 0.2) -> ControlledNvml:
+    """Make this process's perfd sample a ControlledNvml instead of pynvml, and retry nvmlInit
+    every ``retry_interval`` seconds (not every minute) after the driver went away. Called
+    from a sitecustomize.py, before perfd builds its GPU probe."""
+    from perfd import probes
+
+    nvml = ControlledNvml(control)
+    probes.GpuProbe = functools.partial(  # type: ignore[assignment,misc]
+        probes.GpuProbe, nvml=nvml, retry_interval=retry_interval
+    )
+    return nvml
+
+
+def subprocess_env(tmp: Path, root: str, **script: Any) -> tuple[NvmlControl, dict[str, str]]:
+    """A control file holding ``script`` and the environment that makes a perfd subprocess
+    load a ControlledNvml reading it (a sitecustomize.py on PYTHONPATH, ahead of ``root``)."""
+    control = NvmlControl(tmp / "nvml.json")
+    control.set(**script)
+    site = tmp / "nvml-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        f"from tests.fakenvml import install\ninstall({str(control.path)!r})\n"
+    )
+    return control, {"PYTHONPATH": f"{site}{os.pathsep}{root}"}

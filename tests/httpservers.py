@@ -21,7 +21,7 @@ sse_reply(events, *, done=True, status=200) -> Reply
 Recorded: method, path, headers (dict, lower-case names), body (bytes), arrived
     (time.monotonic() when the request was read), peer ((host, port) of the client's
     connection); ``.json()`` decodes the body.
-ScriptedServer(default=Reply(200, {}))           started on construction
+ScriptedServer(default=Reply(200, {}), *, port=0)  started on construction (port 0: any free)
     .url ("http://127.0.0.1:PORT"), .port
     .enqueue(*replies)   answered in order; once the queue is empty ``default`` answers
     .requests            the Recorded requests so far, in arrival order (a copy)
@@ -171,9 +171,9 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     block_on_close = True  # server_close() joins the handler threads
 
-    def __init__(self, owner: ScriptedServer) -> None:
+    def __init__(self, owner: ScriptedServer, port: int = 0) -> None:
         self.owner = owner
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", port), _Handler)
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)  # no getfqdn(): no DNS in tests
@@ -196,7 +196,7 @@ class ScriptedServer:
 
     scheme = "http"
 
-    def __init__(self, default: Reply | None = None) -> None:
+    def __init__(self, default: Reply | None = None, *, port: int = 0) -> None:
         self.default = default or Reply(200, {})
         self.errors: list[BaseException | None] = []
         self.released = threading.Event()
@@ -206,7 +206,7 @@ class ScriptedServer:
         self._requests: list[Recorded] = []
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Condition()
-        self._server = _Server(self)
+        self._server = _Server(self, port)
         self._wrap()
         self.port: int = self._server.server_address[1]
         self.url = f"{self.scheme}://127.0.0.1:{self.port}"

@@ -202,3 +202,20 @@ def make_gated(
         wait_for_file(gate, timeout, "make_gated load")
     _touch(done)
     return Gated()
+
+
+_LEAKED: list[bytearray] = []  # what Leaky models keep after close(): a leak, on purpose
+
+
+class Leaky(Ballast):
+    """A Ballast whose close() hides its memory in a module-level list instead of freeing it."""
+
+    def close(self) -> None:
+        _LEAKED.append(self.buffer)
+        self.buffer = bytearray()
+        self.closed = True
+
+
+def make_leaky(size_mb: int = 96) -> Leaky:
+    """A model that takes ``size_mb`` MB of RSS and keeps it after unload (a leaking model)."""
+    return Leaky(size_mb)
