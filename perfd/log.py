@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import errno
 import json
+import math
 import os
 import sys
 import threading
@@ -52,6 +53,7 @@ class AppendFile:
         self._inode: tuple[int, int] | None = None
         self._lock = threading.RLock()
         self.failed = False
+        self._closed = False  # replaced by a reload: a late line is written, nothing kept open
 
     def write_line(self, line: str) -> bool:
         """Append one line; False when it could not be written."""
@@ -60,6 +62,8 @@ class AppendFile:
                 self._reopen_if_moved()
                 assert self._fd is not None
                 os.write(self._fd, (line + "\n").encode())
+                if self._closed:  # a thread that still held this file when it was replaced
+                    self._close()
             except OSError as exc:
                 self._close()
                 if not self.failed:
@@ -99,6 +103,7 @@ class AppendFile:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._close()
 
 
@@ -188,6 +193,17 @@ def _timestamp() -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with each NaN or infinity as a string ("nan", "inf", "-inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def render(
     logger: Any, __: str, event: MutableMapping[str, Any]
 ) -> tuple[tuple[str, str], dict[str, Any]]:
@@ -205,7 +221,10 @@ def render(
         fields = " ".join(f"{k}={v!r}" for k, v in event.items())
         line = f"{head['ts']} {level.upper():8} {head['event']:28} {fields}".rstrip()
     head.update(event)
-    json_line = json.dumps(head, default=str, ensure_ascii=False)
+    try:
+        json_line = json.dumps(head, default=str, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN or infinity (a config value, a sample): strict JSON has neither
+        json_line = json.dumps(_finite(head), default=str, ensure_ascii=False)
     if not _State.console:
         line = json_line
     if _State.journald:

@@ -144,3 +144,27 @@ def test_log_file_is_json_whatever_stdout_is(
         log.get("t").warning("x.y", n=1)
     assert stdout.read_text().startswith("<4>")
     assert json.loads(path.read_text())["event"] == "x.y"
+
+
+def test_nan_and_infinity_are_strict_json() -> None:
+    """A NaN or infinite field (a bad config value) is written as a string: strict JSON."""
+    out = io.StringIO()
+    log.configure(stream=out)
+    log.get("t").error("config.invalid", value=float("nan"), limits=[float("inf"), 1.5])
+    line = out.getvalue().strip()
+    entry = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}"))
+    assert (entry["value"], entry["limits"]) == ("nan", ["inf", 1.5])
+
+
+def test_a_line_written_through_a_replaced_file_leaks_no_descriptor(tmp_path: Path) -> None:
+    """A thread still holding the old log file when a reload switches files writes its line
+    there, and no descriptor stays open on the old file."""
+    old_path, new_path = tmp_path / "a.log", tmp_path / "b.log"
+    log.configure(file=str(old_path), stream=io.StringIO())
+    log.get("t").info("first")
+    old = log._sink  # what a worker thread looked up before the reload
+    log.configure(file=str(new_path), stream=io.StringIO())
+    old.write('{"late": true}', '{"late": true}')
+    assert old_path.read_text().splitlines()[-1] == '{"late": true}'
+    fds = os.listdir("/proc/self/fd")
+    assert not any(os.path.realpath(f"/proc/self/fd/{fd}") == str(old_path) for fd in fds)
