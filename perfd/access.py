@@ -8,8 +8,11 @@ public key as ``User-Id`` and its IP address as ``Peer-Address``.
 Admin commands on the admin socket are allowed to:
 
 - root and perfd's own user;
-- members of ``[server] group`` (the admin socket's group) and of ``[access] admin_groups``,
-  counting the peer's primary gid at connect time and the group lists in the user database;
+- members of ``[server] group`` (the admin socket's group) and of ``[access] admin_groups``:
+  the peer's gid at connect time, the supplementary groups of its process (``Groups:`` in
+  /proc/PID/status, read only while that pid still belongs to the peer's uid; this is how a
+  service with ``SupplementaryGroups=perfd`` is known), or the group lists in the user
+  database;
 - the users named in ``[access] admin_users`` (names or numeric uids).
 
 So a loose mode on perfd.sock (chmod 666) alone never grants control. Lookups in the user
@@ -24,6 +27,7 @@ import pwd
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -91,13 +95,15 @@ class AdminPolicy:
         service_uid: int | None = None,
         ttl: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        proc: Path = Path("/proc"),
     ) -> None:
         self.users = tuple(users)
         self.groups = tuple(groups)
         self.service_uid = os.geteuid() if service_uid is None else service_uid
         self.ttl = ttl
         self._clock = clock
-        self._cache: dict[tuple[int, int | None], tuple[float, str | None]] = {}
+        self._proc = proc
+        self._cache: dict[tuple[int, int | None, int | None], tuple[float, str | None]] = {}
 
     def unknown_names(self) -> list[str]:
         """Configured users and groups that do not exist here (logged as a warning)."""
@@ -109,24 +115,26 @@ class AdminPolicy:
         """None when ``peer`` may run admin commands, else why not (for the reply)."""
         if peer.uid is None:
             return "perfd cannot tell who sent this request (no peer credentials)"
-        key = (peer.uid, peer.gid)
+        key = (peer.uid, peer.gid, peer.pid)
         now = self._clock()
         cached = self._cache.get(key)
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1]
-        answer = self._decide(peer.uid, peer.gid)
+        answer = self._decide(peer.uid, peer.gid, peer.pid)
         if len(self._cache) > 4096:  # a bounded cache: uids are few, but be safe
             self._cache.clear()
         self._cache[key] = (now, answer)
         return answer
 
-    def _decide(self, uid: int, gid: int | None) -> str | None:
+    def _decide(self, uid: int, gid: int | None, pid: int | None) -> str | None:
         if uid in (0, self.service_uid):
             return None
         if uid in {_uid_of(u) for u in self.users}:
             return None
         admin_gids = {g for g in (_gid_of(name) for name in self.groups) if g is not None}
         if gid is not None and gid in admin_gids:
+            return None
+        if pid is not None and admin_gids & self._process_groups(pid, uid):
             return None
         try:
             account = pwd.getpwuid(uid)
@@ -147,3 +155,19 @@ class AdminPolicy:
             f"{who} may not run admin commands: only root, perfd's own user, members of the "
             f"groups {groups} and [access] admin_users may"
         )
+
+    def _process_groups(self, pid: int, uid: int) -> set[int]:
+        """The supplementary groups of process ``pid``, if it still runs as ``uid``.
+
+        The kernel recorded the uid at connect time; checking it again guards against the pid
+        having been reused by another user's process since.
+        """
+        try:
+            text = (self._proc / str(pid) / "status").read_text()
+        except OSError:
+            return set()
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        uids = fields.get("Uid", "").split()
+        if len(uids) < 2 or uids[1] != str(uid):  # effective uid
+            return set()
+        return {int(g) for g in fields.get("Groups", "").split() if g.isdigit()}

@@ -26,7 +26,9 @@ as_root = pytest.mark.skipif(
 _last_pid = 0
 
 
-def run_as(uid: int, argv: list[str], runtime_dir: Path) -> tuple[int, str, str]:
+def run_as(
+    uid: int, argv: list[str], runtime_dir: Path, groups: tuple[int, ...] = ()
+) -> tuple[int, str, str]:
     """Run perfctl's real main() in a forked child that dropped to ``uid`` (no groups).
 
     A fork, not an exec: the interpreter may live under a directory that uid cannot read,
@@ -40,7 +42,7 @@ def run_as(uid: int, argv: list[str], runtime_dir: Path) -> tuple[int, str, str]
         try:
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
-            os.setgroups([])
+            os.setgroups(list(groups))
             os.setgid(uid)
             os.setuid(uid)
             os.environ["PERFD_RUNTIME_DIR"] = str(runtime_dir)
@@ -113,6 +115,24 @@ def test_policy_allows_root_service_user_groups_and_listed_users() -> None:
     # a supplementary group from the user database counts too
     member = AdminPolicy(groups=("daemon",)).refusal(Peer(uid=NOBODY, gid=NOGROUP))
     assert (member is None) == ("nobody" in grp.getgrnam("daemon").gr_mem)
+
+
+def test_policy_counts_the_process_supplementary_groups(tmp_path: Path) -> None:
+    """A process with the admin group among its supplementary groups (a service with
+    SupplementaryGroups=perfd) is allowed, read from /proc/PID/status while the pid still
+    runs as the peer's uid."""
+    proc = tmp_path / "proc"
+    for pid, uid, groups in ((100, NOBODY, "1 27"), (101, 1234, "1"), (102, NOBODY, "27")):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "status").write_text(
+            f"Name:\tapp\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGroups:\t{groups}\n"
+        )
+    policy = AdminPolicy(groups=("daemon",), proc=proc)  # gid 1
+    assert grp.getgrnam("daemon").gr_gid == 1
+    assert policy.refusal(Peer(uid=NOBODY, gid=NOGROUP, pid=100)) is None
+    assert policy.refusal(Peer(uid=NOBODY, gid=NOGROUP, pid=101)) is not None  # pid reused
+    assert policy.refusal(Peer(uid=NOBODY, gid=NOGROUP, pid=102)) is not None  # not a member
+    assert policy.refusal(Peer(uid=NOBODY, gid=NOGROUP, pid=999)) is not None  # gone
 
 
 def test_policy_refuses_a_peer_without_credentials() -> None:
@@ -200,6 +220,21 @@ def test_the_allow_list_grants_control(start_perfd: StartPerfd, access: str) -> 
     assert code == 0, err
     entry = perfd.log_entry("command.admin")
     assert (entry["uid"], entry["user"], entry["pid"]) == (NOBODY, "nobody", _last_pid)
+
+
+@as_root
+def test_a_service_with_the_group_as_supplementary_group_may_infer(
+    start_perfd: StartPerfd,
+) -> None:
+    """A process of nobody whose supplementary groups hold the admin socket's group (as
+    SupplementaryGroups=perfd gives a service) runs admin commands; without it, refused."""
+    perfd = start_perfd('[server]\ngroup = "daemon"\n')
+    argv = ["--socket", str(perfd.admin_socket), "reload"]
+    daemon_gid = grp.getgrnam("daemon").gr_gid
+    code, _, err = run_as(NOBODY, argv, perfd.runtime_dir, groups=(daemon_gid,))
+    assert code == 0, err
+    perfd.admin_socket.chmod(0o666)
+    assert run_as(NOBODY, argv, perfd.runtime_dir)[0] == 4
 
 
 @as_root
