@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # the cache (ctypes, statistics, loaders) is imported when fi
     from perfd.provider import Providers  # requests: imported when a provider is first used
 
 _JSON = (dict, list, str, int, float, bool, type(None))
-_DEVICE = re.compile(r"^(cpu|cuda:[0-9]+)$")
+_DEVICE = re.compile(r"cpu|cuda:[0-9]+")  # fullmatch: "$" would let "cpu\n" through
+_SIZE_HINT_MAX = 1 << 50  # what [models.NAME] size_hint allows (perfd.config.ModelConfig)
 
 
 class DaemonView(Protocol):
@@ -236,6 +237,51 @@ def _size_arg(rec: Any, value: int | str | None) -> int | None:
         ) from None
 
 
+def _runtime_spec(args: dict[str, Any]) -> ModelSpec | None:
+    """The model a ``load`` names at run time (any of loader, target, path, device, options,
+    size_hint given), checked; None when it names a model already defined."""
+    if not {"loader", "target", "path", "device", "options", "size_hint"} & set(args):
+        return None
+    device = args.get("device", "cpu")
+    if not _DEVICE.fullmatch(device):
+        raise CommandError(
+            protocol.INVALID_ARGS, f'device must be "cpu" or "cuda:N", not {device!r}'
+        )
+    size_hint = args.get("size_hint")
+    if size_hint is not None and not 0 <= size_hint <= _SIZE_HINT_MAX:
+        raise CommandError(
+            protocol.INVALID_ARGS,
+            f"size_hint must be bytes from 0 (unknown) to {_SIZE_HINT_MAX}, not {size_hint}",
+        )
+    return ModelSpec(
+        name=args["model"],
+        loader=args.get("loader", "python"),
+        target=args.get("target", ""),
+        path=args.get("path", ""),
+        device=device,
+        options=args.get("options") or {},
+        size_hint=size_hint or None,
+    )
+
+
+def _infer_reply(name: str, outputs: Any, *, as_frames: bool) -> Any:
+    """infer's result: outputs as JSON, or as raw frames when the request sent frames."""
+    try:
+        if as_frames:
+            value, meta, frames = arrays.to_frames(outputs)
+            return WithFrames({"model": name, "outputs": value, "arrays": meta}, frames)
+        return {"model": name, "outputs": arrays.to_json(outputs)}
+    except RecursionError:  # an echo of deeply nested inputs, or a model's own structure
+        raise CommandError(
+            protocol.INFER_FAILED, f"'{name}': its outputs are nested too deeply to send"
+        ) from None
+    except (TypeError, ValueError) as exc:  # numpy values with no list form (datetime64)
+        raise CommandError(
+            protocol.INFER_FAILED,
+            f"'{name}': its outputs cannot be sent: {type(exc).__name__}: {exc}",
+        ) from None
+
+
 def cache_commands(daemon: DaemonView) -> list[Command]:
     """ps, load, evict, pin, unpin, infer."""
 
@@ -244,26 +290,10 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
         return {"models": models, "configured": sorted(daemon.loaded.config.models)}
 
     def load(args: dict[str, Any]) -> dict[str, Any]:
-        name = args["model"]
-        spec_keys = {"loader", "target", "path", "device", "options", "size_hint"} & set(args)
-        device = args.get("device", "cpu")
-        if spec_keys and not _DEVICE.match(device):
-            raise CommandError(
-                protocol.INVALID_ARGS, f'device must be "cpu" or "cuda:N", not {device!r}'
-            )
-        if spec_keys:
-            daemon.cache.define(
-                ModelSpec(
-                    name=name,
-                    loader=args.get("loader", "python"),
-                    target=args.get("target", ""),
-                    path=args.get("path", ""),
-                    device=args.get("device", "cpu"),
-                    options=args.get("options") or {},
-                    size_hint=args.get("size_hint") or None,
-                )
-            )
-        return daemon.cache.load(name)
+        spec = _runtime_spec(args)
+        if spec is not None:
+            daemon.cache.define(spec)
+        return daemon.cache.load(args["model"])
 
     def evict(args: dict[str, Any]) -> dict[str, Any]:
         chosen = [k for k in ("model", "all", "idle") if args.get(k)]
@@ -301,6 +331,8 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
                 "array frames need numpy in perfd's environment (pip install numpy); "
                 "send JSON inputs instead",
             ) from None
+        except RecursionError:
+            raise CommandError(protocol.INVALID_ARGS, "'inputs' is nested too deeply") from None
         name = args["model"]
         with daemon.cache.lease(name) as lease:
             try:
@@ -310,10 +342,7 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
                     str(exc) if isinstance(exc, LoaderError) else f"{type(exc).__name__}: {exc}"
                 )
                 raise CommandError(protocol.INFER_FAILED, f"'{name}': {message}") from None
-        if frames:
-            value, meta, out_frames = arrays.to_frames(outputs)
-            return WithFrames({"model": name, "outputs": value, "arrays": meta}, out_frames)
-        return {"model": name, "outputs": arrays.to_json(outputs)}
+        return _infer_reply(name, outputs, as_frames=bool(frames))
 
     model = {"model": (str,)}
     need_model = frozenset({"model"})

@@ -131,7 +131,7 @@ def encode_request(request: Request) -> bytes:
 
 def decode_request(frame: bytes) -> Request:
     """Parse and validate one request frame; raise ProtocolError saying what is wrong."""
-    body = _load(frame, "request")
+    body = _load(frame, "request", strict=True)
     if not isinstance(body, dict):
         raise ProtocolError(BAD_REQUEST, f"request must be a JSON object, got {_kind(body)}")
     raw_id = body.get("id")
@@ -170,8 +170,15 @@ def decode_request(frame: bytes) -> Request:
 
 
 def encode_result(request_id: str | None, result: dict[str, Any]) -> bytes:
+    """The reply for ``result``; an ``internal`` error reply when JSON cannot carry it (an int
+    of more than 4300 digits, a cycle, nesting deeper than the encoder goes): never raises,
+    since the socket loop calls it for results that come back from worker threads."""
     body = {"v": VERSION, "id": request_id, "ok": True, "result": result}
-    return json.dumps(body, separators=(",", ":"), default=str).encode()
+    try:
+        return json.dumps(body, separators=(",", ":"), default=str).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        message = f"the result cannot be sent as JSON: {_short(exc)}"
+        return encode_error(request_id, INTERNAL, message)
 
 
 def encode_error(request_id: str | None, code: str, message: str) -> bytes:
@@ -202,11 +209,17 @@ def decode_reply(frame: bytes) -> Reply:
     raise ProtocolError(BAD_REQUEST, "reply has neither a result object nor an error object")
 
 
-def _load(frame: bytes, what: str) -> Any:
+def _load(frame: bytes, what: str, *, strict: bool = False) -> Any:
+    """JSON from ``frame``; ``strict`` refuses NaN and Infinity, which Python's json reads and
+    writes but JSON has not (other languages' clients could not send them)."""
     try:
-        return json.loads(frame)
+        return json.loads(frame, parse_constant=_not_json if strict else None)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(BAD_REQUEST, f"{what} is not valid JSON: {_short(exc)}") from None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; send null or a string")
 
 
 def _kind(value: object) -> str:

@@ -39,6 +39,8 @@ def test_args_default_to_empty() -> None:
         (b'{"v":1,"id":"x","cmd":5}', "bad_request", "got number"),
         (b'{"v":1,"id":"x","cmd":"ping","args":"a"}', "bad_request", '"args" must be an object'),
         (b"[" * 50000, "bad_request", "nested too deeply"),
+        (b'{"v":1,"id":"x","cmd":"ping","args":{"a":NaN}}', "bad_request", "NaN is not a JSON"),
+        (b'{"v":1,"id":"x","cmd":"ping","args":{"a":[-Infinity]}}', "bad_request", "-Infinity"),
     ],
 )
 def test_malformed_requests(frame: bytes, code: str, words: str) -> None:
@@ -70,6 +72,17 @@ def test_reply_round_trip() -> None:
     assert ok == protocol.Reply(id="i", ok=True, result={"pong": True})
     err = protocol.decode_reply(protocol.encode_error("i", "busy", "later"))
     assert (err.ok, err.error_code, err.error_message) == (False, "busy", "later")
+
+
+def test_a_result_json_cannot_carry_becomes_an_internal_error() -> None:
+    """encode_result never raises: a result JSON cannot carry gets an `internal` error reply
+    with its id (a slow command's result is encoded in the socket loop, which must not die)."""
+    cycle: list[object] = []
+    cycle.append(cycle)
+    for result in ({"n": 10**5000}, {"c": cycle}, {"k": {(1, 2): 3}}):
+        reply = protocol.decode_reply(protocol.encode_result("r", result))
+        assert (reply.id, reply.ok, reply.error_code) == ("r", False, "internal")
+        assert "cannot be sent as JSON" in (reply.error_message or "")
 
 
 @pytest.mark.parametrize("frame", [b"x", b"{}", b'{"v":1,"ok":true}', b'{"v":1,"ok":false}'])

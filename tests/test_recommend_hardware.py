@@ -18,6 +18,7 @@ from perfd.recommend import (
     plan_hardware,
     recommend,
 )
+from perfd.recommend.request import MAX_GPUS
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -132,6 +133,16 @@ def test_gpus_zero_plans_cpu_only() -> None:
     hw = plan_hardware(Request(model="gpt2", gpus=0), live)
     assert hw.gpus == ()
     assert recommend(Request(model="gpt2"), hw)["budget"]["device"] == "cpu"
+
+
+def test_gpus_are_bounded_before_planning() -> None:
+    """--gpus past MAX_GPUS (or below 0) is refused before the GPU is repeated that often: a
+    huge count once took perfd minutes and gigabytes."""
+    assert len(plan_hardware(Request(model="gpt2", gpu="h100", gpus=MAX_GPUS), None).gpus) == 1024
+    for gpus in (MAX_GPUS + 1, 10**30, -1):
+        with pytest.raises(RecommendError, match="gpus must be an integer from 0 to 1024") as info:
+            plan_hardware(Request(model="gpt2", gpu="h100", gpus=gpus), None)
+        assert info.value.option == "gpus"
 
 
 def test_kv_budget_needs_no_hardware() -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from perfd.recommend.catalog import GPUS, gpu_model
-from perfd.recommend.request import RecommendError, Request
+from perfd.recommend.request import RecommendError, Request, check_gpus
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,7 @@ def _live_gpus(text: str, live: Hardware | None) -> tuple[Gpu, ...]:
 
 def plan_hardware(request: Request, live: Hardware | None) -> Hardware:
     """The hardware to plan for: ``live`` changed by the request's --gpu/--gpus/--memory."""
+    check_gpus(request.gpus)  # before the GPU is repeated that many times
     if request.kv_budget is not None and live is None and request.gpu is None:
         return Hardware((), 0, 0, None, 1, "kv_budget")
     if live is None and request.gpu is None and request.memory is None:

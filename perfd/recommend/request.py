@@ -22,6 +22,10 @@ _ENGINE_ALIASES = {
     "ollama": "ollama",
 }
 
+# Planning repeats the GPU once per ``gpus``: a bound keeps one request from taking minutes and
+# gigabytes of perfd's time (a million took 12 s); no model is split over more GPUs than this.
+MAX_GPUS = 1024
+
 
 class RecommendError(ValueError):
     """A bad model name, file or option; the message says what is allowed.
@@ -85,6 +89,16 @@ def engine_name(engine: str) -> str:
     return name
 
 
+def check_gpus(gpus: int | None) -> None:
+    """RecommendError unless ``gpus`` is None or a whole number from 0 to MAX_GPUS."""
+    if gpus is not None and (isinstance(gpus, bool) or not 0 <= gpus <= MAX_GPUS):
+        raise RecommendError(
+            f"gpus must be an integer from 0 to {MAX_GPUS}, not {gpus!r}",
+            option="gpus",
+            value=gpus,
+        )
+
+
 def check(request: Request) -> str:
     """Validate the plain-number options of ``request``; its canonical engine name."""
     if request.model is None and request.config_json is None and request.weights_path is None:
@@ -99,12 +113,12 @@ def check(request: Request) -> str:
             option="utilization",
             value=request.utilization,
         )
-    for option in ("context", "gpus", "memory", "kv_budget"):
+    check_gpus(request.gpus)
+    for option in ("context", "memory", "kv_budget"):
         value = getattr(request, option)
-        minimum = 0 if option == "gpus" else 1
-        if value is not None and (isinstance(value, bool) or value < minimum):
+        if value is not None and (isinstance(value, bool) or value < 1):
             raise RecommendError(
-                f"{option} must be an integer >= {minimum}, not {value!r}",
+                f"{option} must be an integer >= 1, not {value!r}",
                 option=option,
                 value=value,
             )
