@@ -407,7 +407,7 @@ class AlertsConfig:
     )
 
 
-_DEVICE: Final = re.compile(r"^(cpu|cuda:[0-9]+)$")
+_DEVICE: Final = re.compile(r"cpu|cuda:[0-9]+")  # fullmatch: "$" would let "cpu\n" through
 
 
 @dataclass(frozen=True)
@@ -497,7 +497,7 @@ class ModelConfig:
     )
 
     def problems(self) -> list[tuple[str, str]]:
-        if not _DEVICE.match(self.device):
+        if not _DEVICE.fullmatch(self.device):
             return [("device", f'must be "cpu" or "cuda:N", not "{self.device}"')]
         if self.loader == "python" and ":" not in self.target:
             return [("target", 'the python loader needs target = "module:callable"')]

@@ -410,6 +410,9 @@ class Daemon:
             watchdog_interval_s=self.watchdog.interval,
         )
         self.preload()
+        from perfd import memory  # ctypes: after READY, off the start-up path
+
+        memory.fix_mmap_threshold()
         while self._stop_reason is None:
             self.server.poll(self._poll_timeout())
             beat.beat()

@@ -169,16 +169,18 @@ def decode_request(frame: bytes) -> Request:
     return Request(id=request_id, cmd=cmd, args=args)
 
 
+class Unencodable(Exception):
+    """A result JSON cannot carry (an int of more than 4300 digits, a cycle, nesting deeper
+    than the encoder goes); the message says why."""
+
+
 def encode_result(request_id: str | None, result: dict[str, Any]) -> bytes:
-    """The reply for ``result``; an ``internal`` error reply when JSON cannot carry it (an int
-    of more than 4300 digits, a cycle, nesting deeper than the encoder goes): never raises,
-    since the socket loop calls it for results that come back from worker threads."""
+    """The reply for ``result``; raise Unencodable when JSON cannot carry it."""
     body = {"v": VERSION, "id": request_id, "ok": True, "result": result}
     try:
         return json.dumps(body, separators=(",", ":"), default=str).encode()
     except (TypeError, ValueError, RecursionError) as exc:
-        message = f"the result cannot be sent as JSON: {_short(exc)}"
-        return encode_error(request_id, INTERNAL, message)
+        raise Unencodable(f"the result cannot be sent as JSON: {_short(exc)}") from None
 
 
 def encode_error(request_id: str | None, code: str, message: str) -> bytes:

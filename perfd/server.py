@@ -305,7 +305,7 @@ class Server:
             message = f"'{request.cmd}' failed inside perfd; see the daemon's log"
             self._reply_error(sock, envelope, request.id, protocol.INTERNAL, message)
             return
-        self._deliver(sock, envelope, request.id, result)
+        self._deliver(sock, envelope, request.id, result, request.cmd)
 
     def _runner(
         self, command: Command, request: protocol.Request, extra: list[bytes]
@@ -326,13 +326,26 @@ class Server:
         return lambda args: command.handler(args, extra)
 
     def _deliver(
-        self, sock: zmq.Socket[bytes], envelope: list[bytes], request_id: str | None, result: Any
+        self,
+        sock: zmq.Socket[bytes],
+        envelope: list[bytes],
+        request_id: str | None,
+        result: Any,
+        cmd: str,
     ) -> None:
-        if isinstance(result, WithFrames):
-            payload = protocol.encode_result(request_id, result.result)
-            self._send(sock, envelope, payload, result.frames)
-        else:
-            self._send(sock, envelope, protocol.encode_result(request_id, result))
+        """Send a result; a result JSON cannot carry, or frames that are not bytes, get an
+        `internal` reply with the request's id (a bug in a handler, logged)."""
+        try:
+            if isinstance(result, WithFrames):
+                payload = protocol.encode_result(request_id, result.result)
+                # pyzmq checks every frame is a buffer before sending any: no half message
+                self._send(sock, envelope, payload, result.frames)
+            else:
+                self._send(sock, envelope, protocol.encode_result(request_id, result))
+        except (protocol.Unencodable, TypeError, ValueError) as exc:
+            _log.error("command.failed", cmd=cmd, error=str(exc)[:200])
+            message = f"'{cmd}' failed inside perfd: {str(exc)[:200]}"
+            self._reply_error(sock, envelope, request_id, protocol.INTERNAL, message)
 
     def _caller(
         self, kind: str, head: zmq.Frame, request_id: str
@@ -472,7 +485,7 @@ class Server:
                 message = f"'{pending.cmd}' failed inside perfd; see the daemon's log"
                 self._reply_error(sock, envelope, request_id, protocol.INTERNAL, message)
             else:
-                self._deliver(sock, envelope, request_id, result)
+                self._deliver(sock, envelope, request_id, result, pending.cmd)
 
     def _expire(self) -> None:
         now = self._clock()

@@ -74,15 +74,14 @@ def test_reply_round_trip() -> None:
     assert (err.ok, err.error_code, err.error_message) == (False, "busy", "later")
 
 
-def test_a_result_json_cannot_carry_becomes_an_internal_error() -> None:
-    """encode_result never raises: a result JSON cannot carry gets an `internal` error reply
-    with its id (a slow command's result is encoded in the socket loop, which must not die)."""
+def test_a_result_json_cannot_carry_is_unencodable() -> None:
+    """A result JSON cannot carry raises Unencodable saying why (the server turns it into an
+    `internal` reply with the request's id, see tests/test_server.py)."""
     cycle: list[object] = []
     cycle.append(cycle)
     for result in ({"n": 10**5000}, {"c": cycle}, {"k": {(1, 2): 3}}):
-        reply = protocol.decode_reply(protocol.encode_result("r", result))
-        assert (reply.id, reply.ok, reply.error_code) == ("r", False, "internal")
-        assert "cannot be sent as JSON" in (reply.error_message or "")
+        with pytest.raises(protocol.Unencodable, match="cannot be sent as JSON"):
+            protocol.encode_result("r", result)
 
 
 @pytest.mark.parametrize("frame", [b"x", b"{}", b'{"v":1,"ok":true}', b'{"v":1,"ok":false}'])

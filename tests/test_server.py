@@ -13,7 +13,7 @@ import zmq
 
 from perfd import handlers, protocol
 from perfd.errors import CommandError
-from perfd.server import Command, Server
+from perfd.server import Command, Server, WithFrames
 
 
 @contextmanager
@@ -76,6 +76,9 @@ def _commands(gate: threading.Event) -> dict[str, Command]:
         "fails_slowly": Command("fails_slowly", fails, slow=True, args={"how": (str,)}),
         "admin": Command("admin", lambda _: {}, admin=True),
         "typed": Command("typed", lambda a: a, args={"n": (int,)}, required=frozenset({"n"})),
+        "huge": Command("huge", lambda _: {"n": 10**5000}, slow=True),
+        "huge_inline": Command("huge_inline", lambda _: {"n": 10**5000}),
+        "bad_frames": Command("bad_frames", lambda _: WithFrames({}, [object()]), slow=True),
     }
 
 
@@ -233,3 +236,20 @@ def test_read_only_commands_match_the_command_table() -> None:
 
     table = handlers.build(View())  # type: ignore[arg-type]
     assert {n for n, c in table.items() if not c.admin} == protocol.READ_ONLY_COMMANDS
+
+
+def test_a_result_that_cannot_be_sent_is_an_internal_reply(short_dir: Path) -> None:
+    """A result JSON cannot carry, or a frame that is not a buffer, from a slow or an inline
+    command: an `internal` reply with the request's id, and the loop serves on."""
+    server = Server(_commands(threading.Event()), workers=1)
+    with running(server, short_dir) as endpoint, zmq.Context() as ctx:
+        peer = Peer(ctx, endpoint)
+        for cmd in ("huge", "huge_inline", "bad_frames"):
+            peer.send(cmd, cmd)
+            reply = peer.receive()
+            assert (reply["id"], reply["error"]["code"]) == (cmd, "internal")
+            assert reply["error"]["message"].startswith(f"'{cmd}' failed inside perfd")
+        peer.send("p", "ping")
+        assert peer.receive()["ok"] is True
+        assert server.counters.errors == 3
+        peer.sock.close()
