@@ -193,6 +193,12 @@ def _timestamp() -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Characters str.splitlines() (and some log viewers) take as line ends, which json.dumps with
+# ensure_ascii=False leaves raw: escaped, so that one event is always one line whatever a
+# client put in a model name.
+_LINE_BREAKS: Final = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
 def _finite(value: Any) -> Any:
     """``value`` with each NaN or infinity as a string ("nan", "inf", "-inf")."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -225,6 +231,7 @@ def render(
         json_line = json.dumps(head, default=str, ensure_ascii=False, allow_nan=False)
     except ValueError:  # NaN or infinity (a config value, a sample): strict JSON has neither
         json_line = json.dumps(_finite(head), default=str, ensure_ascii=False)
+    json_line = json_line.translate(_LINE_BREAKS)
     if not _State.console:
         line = json_line
     if _State.journald:

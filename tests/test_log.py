@@ -168,3 +168,14 @@ def test_a_line_written_through_a_replaced_file_leaks_no_descriptor(tmp_path: Pa
     assert old_path.read_text().splitlines()[-1] == '{"late": true}'
     fds = os.listdir("/proc/self/fd")
     assert not any(os.path.realpath(f"/proc/self/fd/{fd}") == str(old_path) for fd in fds)
+
+
+def test_one_event_is_one_line_whatever_the_text() -> None:
+    """A field holding U+2028, U+2029 or U+0085 (line ends to str.splitlines) stays one
+    line, and the JSON still reads back to the same text."""
+    out = io.StringIO()
+    log.configure(stream=out)
+    name = "a\u2028b\u2029c\x85d\ne"
+    log.get("t").info("command.admin", model=name)
+    assert len(out.getvalue().splitlines()) == 1
+    assert json.loads(out.getvalue())["model"] == name
