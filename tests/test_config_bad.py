@@ -422,7 +422,10 @@ def names(text: str, case: Case) -> bool:
 
 
 def as_logged(value: Any) -> Any:
-    """``value`` as it reads back from perfd's JSON log."""
+    """``value`` as it reads back from perfd's JSON log (strict JSON: NaN and infinities are
+    written as "nan", "inf", "-inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     return json.loads(json.dumps(value, default=str))
 
 

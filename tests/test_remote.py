@@ -180,10 +180,10 @@ def test_local_sockets_still_work_beside_tcp(remote: Remote) -> None:
 @pytest.mark.parametrize(
     ("remote_table", "problem"),
     [
-        ('listen = "tcp://127.0.0.1:0"\n', "remote.secret_key_file: a tcp endpoint needs"),
+        ('listen = "tcp://127.0.0.1:0"\n', "a tcp endpoint needs perfd's CURVE key pair"),
         (
             'listen = "tcp://127.0.0.1:0"\nsecret_key_file = "{secret}"\n',
-            "remote.authorized_keys: a tcp endpoint needs a list of client public keys",
+            "a tcp endpoint needs a list of client public keys",
         ),
         (
             'listen = "tcp://127.0.0.1:0"\nsecret_key_file = "{public}"\n'
