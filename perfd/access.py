@@ -21,6 +21,7 @@ database are cached for ``ttl`` seconds per uid, so a group change applies withi
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
@@ -59,6 +60,7 @@ class Peer:
         return out
 
 
+@functools.lru_cache(maxsize=256)  # a log field: a renamed user shows late, harmlessly
 def user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name

@@ -275,6 +275,11 @@ def configure(
     )
 
 
+def enabled(level: str) -> bool:
+    """True when events of ``level`` are written: lets a hot path skip building them."""
+    return LEVELS[level] >= _State.threshold
+
+
 def get(name: str) -> Any:
     """A logger whose lines carry ``logger=name``."""
     return structlog.get_logger(name)

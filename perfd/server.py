@@ -375,15 +375,18 @@ class Server:
         self, command: Command, request: protocol.Request, kind: str, peer: Peer
     ) -> None:
         """Log who runs an admin command; refuse a local caller outside the admin policy."""
+        refusal = None
+        if kind == ADMIN and self.policy is not None:
+            refusal = self.policy.refusal(peer)
+        if refusal is None and not log.enabled(command.audit):
+            return  # infer at the default level: no event to build (a hot path)
         target = request.args.get("model")
         facts: dict[str, Any] = {"cmd": command.name, **peer.fields()}
         if isinstance(target, str):
             facts["model"] = target[:128]
-        if kind == ADMIN and self.policy is not None:
-            refusal = self.policy.refusal(peer)
-            if refusal is not None:
-                self._log_denial(peer.uid, facts, refusal)
-                raise ProtocolError(protocol.FORBIDDEN, refusal, request.id)
+        if refusal is not None:
+            self._log_denial(peer.uid, facts, refusal)
+            raise ProtocolError(protocol.FORBIDDEN, refusal, request.id)
         _log.log(_LEVELS.get(command.audit, 20), "command.admin", **facts)
 
     def _log_denial(self, who: object, facts: dict[str, Any], reason: str) -> None:
