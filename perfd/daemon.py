@@ -29,6 +29,7 @@ from perfd.systemd import Liveness, Notifier, Watchdog
 if TYPE_CHECKING:  # built on first use, after READY: kept off the start-up path
     from perfd.cache import ModelCache
     from perfd.keeper import Keeper
+    from perfd.keys import AuthorizedKey
     from perfd.metrics import MetricsServer
     from perfd.provider import Providers
 
@@ -182,7 +183,7 @@ class Daemon:
         restart = sorted(k for k in differs if k in config.RESTART_ONLY)
         self._apply(new)
         if keys is not None:
-            self.server.remote_keys = keys
+            self.server.gate.remote_keys = keys
         _log.info("config.reloaded", path=str(new.path), file_present=new.exists, changed=changed)
         if restart:
             _log.warning("config.restart_required", keys=restart)
@@ -199,8 +200,8 @@ class Daemon:
         log.configure(cfg.log.level, self._log_format or cfg.log.format, cfg.log.file)
         self.server.command_timeout = cfg.server.command_timeout
         self.server.max_in_flight = cfg.server.max_in_flight
-        if self.server.policy is not None:
-            self.server.policy = self._policy(cfg)
+        if self.server.gate.policy is not None:
+            self.server.gate.policy = self._policy(cfg)
         if self.monitor is not None:
             self.monitor.reconfigure(cfg.monitor, cfg.alerts)
         if self._cache is not None:
@@ -219,7 +220,7 @@ class Daemon:
             _log.warning("access.unknown_names", names=unknown, action="ignored")
         return policy
 
-    def _remote_keys(self, cfg: config.Config) -> dict[str, Any] | None:
+    def _remote_keys(self, cfg: config.Config) -> dict[str, AuthorizedKey] | None:
         """The authorized client keys, when the tcp endpoint is on (at start: when it is
         configured); StartupError naming the file and line when they cannot be used."""
         listen = self._initial.remote.listen
@@ -319,7 +320,7 @@ class Daemon:
             os.umask(old_umask)
         rundir.set_modes(self.admin_socket, self.readonly_socket, group)
         self._admin_group = group.name
-        self.server.policy = self._policy(self.loaded.config)
+        self.server.gate.policy = self._policy(self.loaded.config)
         if self._initial.remote.listen:
             self._bind_remote()
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from perfd.keys import AuthorizedKey, KeyPair
 
 from perfd import log, protocol
-from perfd.access import AdminPolicy, Peer
 from perfd.errors import CommandError, StartupError
+from perfd.gate import ADMIN, READONLY, REMOTE, Gate
 from perfd.protocol import ProtocolError
 from perfd.workers import Result, WorkerPool
 
@@ -62,15 +62,6 @@ class WithFrames:
 
 
 MAX_EXTRA_FRAMES = 64
-
-# What a bound socket is: which commands it takes and how its callers are known.
-ADMIN: Final = "admin"  # ipc perfd.sock: every command, admin ones per AdminPolicy
-READONLY: Final = "readonly"  # ipc perfd-ro.sock: read-only commands
-REMOTE: Final = "remote"  # tcp with CURVE: per the client key's role
-
-# A refused caller is logged once per this many seconds (a loop of refused calls cannot
-# flood the journal); the lines in between are counted.
-DENIAL_LOG_INTERVAL: Final = 60.0
 
 
 @dataclass
@@ -117,10 +108,8 @@ class Server:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._poller = zmq.Poller()
         self._sockets: dict[zmq.Socket[bytes], str] = {}  # socket -> ADMIN, READONLY, REMOTE
-        self.policy: AdminPolicy | None = None  # None: the admin socket's mode is the only gate
-        self.remote_keys: dict[str, AuthorizedKey] = {}  # Z85 key -> its role and name
+        self.gate = Gate(clock)  # who may run what: the admin policy, the remote keys
         self._auth: Any = None  # zmq.auth's ThreadAuthenticator, with a tcp endpoint
-        self._denials: dict[object, tuple[float, int]] = {}  # who -> (last logged, suppressed)
         self._paths: list[Path] = []
         self._pool: WorkerPool | None = None
         self._pending: dict[int, _Pending] = {}
@@ -155,11 +144,11 @@ class Server:
         from zmq.auth.thread import ThreadAuthenticator  # asyncio: only with a tcp endpoint
 
         assert pair.secret is not None
-        self.remote_keys = keys
+        self.gate.remote_keys = keys
         if self._auth is None:
             self._auth = ThreadAuthenticator(self._ctx)
             self._auth.start()
-            self._auth.configure_curve_callback("*", _KeyCheck(self))
+            self._auth.configure_curve_callback("*", self.gate)
         sock = self._router(self.max_message_bytes)
         sock.curve_server = True
         sock.curve_publickey = pair.public
@@ -283,10 +272,10 @@ class Server:
             return
         try:
             request = protocol.decode_request(body[0])
-            peer, refused = self._caller(kind, head, request.id)
+            peer, refused = self.gate.caller(kind, head, request.id)
             command = self._command_for(request, kind, refused)
             if command.admin:
-                self._authorize(command, request, kind, peer or Peer.from_ipc(_peer(head)))
+                self.gate.authorize(request, kind, head, audit=command.audit, peer=peer)
             run = self._runner(command, request, body[1:])
         except ProtocolError as exc:
             self._reply_error(sock, envelope, exc.request_id, exc.code, exc.message)
@@ -346,59 +335,6 @@ class Server:
             _log.error("command.failed", cmd=cmd, error=str(exc)[:200])
             message = f"'{cmd}' failed inside perfd: {str(exc)[:200]}"
             self._reply_error(sock, envelope, request_id, protocol.INTERNAL, message)
-
-    def _caller(
-        self, kind: str, head: zmq.Frame, request_id: str
-    ) -> tuple[Peer | None, str | None]:
-        """For the tcp endpoint: the client key's Peer, and why it may not run admin
-        commands (None when it may). Local peers are looked up only for admin commands."""
-        if kind != REMOTE:
-            return None, (
-                f"needs the admin socket {protocol.MAIN_SOCKET}; this is the read-only socket"
-                if kind == READONLY
-                else None
-            )
-        key = self.remote_keys.get(_property(head, "User-Id") or "")
-        address = _peer(head)
-        if key is None:  # let in at connect time, removed from authorized_keys since
-            raise ProtocolError(
-                protocol.FORBIDDEN,
-                "this client key is no longer in perfd's authorized_keys",
-                request_id,
-            )
-        peer = Peer(key_name=key.name, address=address)
-        if key.role != "admin":
-            return peer, f"needs an admin key; key '{key.name}' is read-only"
-        return peer, None
-
-    def _authorize(
-        self, command: Command, request: protocol.Request, kind: str, peer: Peer
-    ) -> None:
-        """Log who runs an admin command; refuse a local caller outside the admin policy."""
-        refusal = None
-        if kind == ADMIN and self.policy is not None:
-            refusal = self.policy.refusal(peer)
-        if refusal is None and not log.enabled(command.audit):
-            return  # infer at the default level: no event to build (a hot path)
-        target = request.args.get("model")
-        facts: dict[str, Any] = {"cmd": command.name, **peer.fields()}
-        if isinstance(target, str):
-            facts["model"] = target[:128]
-        if refusal is not None:
-            self._log_denial(peer.uid, facts, refusal)
-            raise ProtocolError(protocol.FORBIDDEN, refusal, request.id)
-        _log.log(_LEVELS.get(command.audit, 20), "command.admin", **facts)
-
-    def _log_denial(self, who: object, facts: dict[str, Any], reason: str) -> None:
-        now = self._clock()
-        last, suppressed = self._denials.get(who, (float("-inf"), 0))
-        if now - last < DENIAL_LOG_INTERVAL:
-            self._denials[who] = (last, suppressed + 1)
-            return
-        if len(self._denials) > 1024:
-            self._denials.clear()
-        self._denials[who] = (now, 0)
-        _log.warning("access.denied", **facts, reason=reason, suppressed_since_last=suppressed)
 
     def _command_for(self, request: protocol.Request, kind: str, refused: str | None) -> Command:
         command = self.commands.get(request.cmd)
@@ -540,40 +476,6 @@ class Server:
                 pass
         except OSError:
             pass
-
-
-_LEVELS: Final = {"debug": 10, "info": 20, "warning": 30}
-
-
-def _property(frame: zmq.Frame, name: str) -> str | None:
-    try:
-        value = frame.get(name)
-    except zmq.ZMQError:  # not set for this transport
-        return None
-    return value if isinstance(value, str) else None
-
-
-def _peer(frame: zmq.Frame) -> str | None:
-    return _property(frame, "Peer-Address")
-
-
-class _KeyCheck:
-    """zmq.auth's CURVE callback: a client key gets in when it is in ``remote_keys``.
-
-    Runs on the authenticator's thread; reads the dict the socket thread replaces whole.
-    """
-
-    def __init__(self, server: Server) -> None:
-        self._server = server
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        text = key.decode("ascii", "replace")
-        if text in self._server.remote_keys:
-            return True
-        # One log line a minute for every refused key together: a stranger can make up a new
-        # key for every connection, so a per-key limit would not bound the journal.
-        self._server._log_denial("remote", {"key": text}, "client key not in authorized_keys")
-        return False
 
 
 def _split(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
