@@ -7,18 +7,8 @@
         perfd.load("embedder")
         vectors = perfd.infer("embedder", ["hello", "world"])
 
-Exceptions::
-
-    PerfctlError
-    ├── DaemonNotRunning    no socket file: perfd is not running     (perfctl exit 3)
-    │   └── DaemonTimeout   the socket exists but nobody answered     (perfctl exit 3)
-    ├── AccessDenied        the socket exists but we may not use it  (perfctl exit 4)
-    │   └── KeyRefused      perfd's tcp endpoint refused our CURVE key (perfctl exit 4)
-    └── CommandFailed       perfd answered with an error; .code      (perfctl exit 1)
-        ├── Forbidden, InvalidArgs, NotFound, Busy, Timeout, ConfigInvalid
-        ├── NoCapacity      a model cannot fit in its device's budget
-        ├── LoadFailed      the model's loader raised
-        └── BadReply        the answer was not a well-formed perfd reply
+The exceptions are in perfctl.errors (re-exported here and by ``perfctl``); numpy arrays
+travel as raw frames (perfctl.frames).
 
 Imports only the standard library, pyzmq and perfd.protocol, so perfctl starts fast; numpy is
 imported only when a reply carries arrays.
@@ -34,12 +24,54 @@ from typing import Any, Final
 
 import zmq
 
+from perfctl.errors import (
+    BAD_REPLY,
+    AccessDenied,
+    BadReply,
+    Busy,
+    CommandFailed,
+    ConfigInvalid,
+    DaemonNotRunning,
+    DaemonTimeout,
+    Forbidden,
+    InferFailed,
+    InvalidArgs,
+    KeyRefused,
+    LoadFailed,
+    NoCapacity,
+    NotFound,
+    PerfctlError,
+    Timeout,
+    for_code,
+)
+from perfctl.frames import FRAME_KEY, from_frames, has_array, nbytes, to_frames
 from perfd import paths, protocol
+
+__all__ = [  # the errors and frame key stay importable from here, where they began
+    "BAD_REPLY",
+    "FRAME_KEY",
+    "AccessDenied",
+    "BadReply",
+    "Busy",
+    "Client",
+    "CommandFailed",
+    "ConfigInvalid",
+    "Curve",
+    "DaemonNotRunning",
+    "DaemonTimeout",
+    "Forbidden",
+    "InferFailed",
+    "InvalidArgs",
+    "KeyRefused",
+    "LoadFailed",
+    "NoCapacity",
+    "NotFound",
+    "PerfctlError",
+    "Timeout",
+]
 
 DEFAULT_TIMEOUT = 3.0
 LONG_TIMEOUT = 300.0  # seconds: loading a model (or inferring through a load) takes long
-BAD_REPLY = "bad_reply"  # client-side code: perfd's answer was not a well-formed reply
-FRAME_KEY = "$frame"  # an array's placeholder in the JSON frame (perfd/arrays.py)
 
 # Commands that may be sent again after a timeout: the read-only ones, and reload (re-reading
 # the same file twice ends in the same state). A load, an inference or an eviction is never
@@ -49,101 +81,7 @@ RETRYABLE_COMMANDS: Final = protocol.READ_ONLY_COMMANDS | {"reload"}
 LONG_COMMANDS: Final = frozenset({"load", "infer", "evict"})
 
 
-class PerfctlError(Exception):
-    """Base of the client's errors; ``hint`` says what to try."""
-
-    hint = ""
-
-
-class DaemonNotRunning(PerfctlError):
-    hint = "is perfd running? systemctl status perfd"
-
-
-class DaemonTimeout(DaemonNotRunning):
-    hint = "perfd is not answering; check it with systemctl status perfd and journalctl -u perfd"
-
-
-class AccessDenied(PerfctlError):
-    hint = "ask an admin to add you to the perfd group (usermod -aG perfd $USER), then log in again"
-
-
-class KeyRefused(AccessDenied):
-    """perfd's tcp endpoint refused this client's key."""
-
-    hint = (
-        "send the public half of your key (the .key file) to perfd's admin, who adds it to "
-        "[remote] authorized_keys and reloads perfd"
-    )
-
-
-class CommandFailed(PerfctlError):
-    """perfd answered with an error; ``code`` is the protocol's stable error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class Forbidden(CommandFailed):
-    hint = AccessDenied.hint
-
-
-class InvalidArgs(CommandFailed):
-    pass
-
-
-class NotFound(CommandFailed):
-    pass
-
-
-class Busy(CommandFailed):
-    hint = "perfd is busy; retry shortly"
-
-
-class Timeout(CommandFailed):
-    pass
-
-
-class ConfigInvalid(CommandFailed):
-    hint = "fix the file (perfd --check-config PATH) and reload again"
-
-
-class NoCapacity(CommandFailed):
-    """The model does not fit its device's budget even after evicting what can be evicted."""
-
-    hint = "raise [cache] budgets, unpin or evict models"
-
-
-class LoadFailed(CommandFailed):
-    """The model's loader raised; the message carries its error."""
-
-    hint = "check the model's target/path and perfd's log (journalctl -u perfd)"
-
-
-class InferFailed(CommandFailed):
-    """The model raised while running the request; the message carries its error."""
-
-    hint = "check the inputs the model expects; for a remote model, perfctl providers"
-
-
-class BadReply(CommandFailed):
-    pass
-
-
 _HANDSHAKE_EVENTS: Final = zmq.EVENT_HANDSHAKE_FAILED_AUTH
-
-_BY_CODE: dict[str, type[CommandFailed]] = {
-    protocol.FORBIDDEN: Forbidden,
-    protocol.INVALID_ARGS: InvalidArgs,
-    protocol.NOT_FOUND: NotFound,
-    protocol.BUSY: Busy,
-    protocol.TIMEOUT: Timeout,
-    protocol.CONFIG_INVALID: ConfigInvalid,
-    protocol.NO_CAPACITY: NoCapacity,
-    protocol.LOAD_FAILED: LoadFailed,
-    protocol.INFER_FAILED: InferFailed,
-}
 
 
 def _endpoint(socket: str | os.PathLike[str]) -> tuple[str, str | None]:
@@ -308,17 +246,17 @@ class Client:
         args: dict[str, Any] = {"model": name}
         if options:
             args["options"] = options
-        if not _has_array(inputs):
+        if not has_array(inputs):
             args["inputs"] = inputs
             return self.call("infer", **args)["outputs"]
         frames: list[Any] = []
         meta: list[dict[str, Any]] = []
-        args["inputs"] = _to_frames(inputs, meta, frames)
+        args["inputs"] = to_frames(inputs, meta, frames)
         args["arrays"] = meta
         result, extra = self._exchange("infer", args, frames)
         if not extra:
             return result.get("outputs")
-        return _from_frames(result, extra)
+        return from_frames(result, extra)
 
     def providers(self) -> dict[str, Any]:
         """Each configured provider (``providers``: name -> facts): its ``base_url``, where its
@@ -389,7 +327,7 @@ class Client:
         message = f"no reply from perfd on {endpoint} within {timeout:g}s"
         if attempts == 1:
             message += f"; '{cmd}' is not retried: it may still be running in perfd"
-        largest = max([len(frame), *(_nbytes(f) for f in frames or ())])
+        largest = max([len(frame), *(nbytes(f) for f in frames or ())])
         readonly = endpoint.endswith(protocol.READONLY_SOCKET)
         limit = (
             protocol.DEFAULT_MAX_MESSAGE_BYTES
@@ -467,86 +405,7 @@ class Client:
             assert reply.result is not None
             return reply.result
         code = reply.error_code or protocol.INTERNAL
-        raise _BY_CODE.get(code, CommandFailed)(code, reply.error_message or "")
-
-
-# -- arrays on the wire (perfd/arrays.py describes the form) ----------------------------------
-
-
-def _is_array(value: Any) -> bool:
-    """A numpy array (or numpy scalar), recognised without importing numpy."""
-    return hasattr(value, "__array_interface__") and hasattr(value, "dtype")
-
-
-def _has_array(value: Any) -> bool:
-    if _is_array(value):
-        return True
-    if isinstance(value, dict):
-        return any(_has_array(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_has_array(v) for v in value)
-    return False
-
-
-def _to_frames(value: Any, meta: list[dict[str, Any]], frames: list[Any]) -> Any:
-    """``value`` with each array replaced by {"$frame": i}; its dtype and shape appended to
-    ``meta``, its bytes (C order, a zero-copy memoryview when it can be) to ``frames``."""
-    if _is_array(value):
-        if value.dtype.hasobject:
-            raise TypeError(f"cannot send an array of Python objects (dtype {value.dtype})")
-        meta.append({"dtype": value.dtype.str, "shape": list(value.shape)})
-        frames.append(_buffer(value))
-        return {FRAME_KEY: len(frames) - 1}
-    if isinstance(value, dict):
-        return {k: _to_frames(v, meta, frames) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_frames(v, meta, frames) for v in value]
-    return value
-
-
-def _buffer(array: Any) -> Any:
-    flags = getattr(array, "flags", None)
-    if flags is not None and flags.c_contiguous:
-        try:
-            return memoryview(array)
-        except (TypeError, ValueError):  # dtypes the buffer protocol cannot show (datetime64)
-            pass
-    return array.tobytes()  # C order, copied
-
-
-def _nbytes(frame: Any) -> int:
-    return frame.nbytes if isinstance(frame, memoryview) else len(frame)
-
-
-def _from_frames(result: dict[str, Any], frames: list[zmq.Frame]) -> Any:
-    """The reply's outputs with each {"$frame": i} replaced by frame i as a numpy array."""
-    import numpy
-
-    meta = result.get("arrays")
-    if not isinstance(meta, list) or len(meta) != len(frames):
-        raise BadReply(BAD_REPLY, f"'arrays' does not describe the reply's {len(frames)} frames")
-    decoded = []
-    for i, (info, frame) in enumerate(zip(meta, frames, strict=True)):
-        try:
-            dtype = numpy.dtype(info["dtype"])
-            shape = tuple(int(n) for n in info["shape"])
-            decoded.append(numpy.frombuffer(frame.buffer, dtype=dtype).reshape(shape))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadReply(BAD_REPLY, f"reply array {i}: {exc}") from None
-    return _replace(result.get("outputs"), decoded)
-
-
-def _replace(value: Any, decoded: list[Any]) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {FRAME_KEY}:
-            index = value[FRAME_KEY]
-            if not isinstance(index, int) or not 0 <= index < len(decoded):
-                raise BadReply(BAD_REPLY, f"reply names frame {index!r}; it has {len(decoded)}")
-            return decoded[index]
-        return {k: _replace(v, decoded) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_replace(v, decoded) for v in value]
-    return value
+        raise for_code(code, reply.error_message or "")
 
 
 def _usable(path: str) -> bool:
