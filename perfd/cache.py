@@ -154,6 +154,9 @@ class ModelCache:
         )
         self._by_reason = dict.fromkeys(REASONS, 0)
         self._loads_running = 0
+        # Models whose load ran past load_timeout and still runs: no second load of one
+        # starts meanwhile (two copies could need twice the memory), name -> when abandoned.
+        self._overdue: dict[str, float] = {}
         self._load_starts = 0  # loads started so far: an overlap changes it under a load
         self._model_stats: dict[str, ModelStats] = {}
         self.hits = 0
@@ -223,6 +226,14 @@ class ModelCache:
                         self.hits += 1
                     entry.last_used = self._clock()
                     return Lease(self, entry)
+                if entry is None and name in self._overdue:
+                    waited = self._clock() - self._overdue[name]
+                    raise CommandError(
+                        protocol.BUSY,
+                        f"an earlier load of '{name}' ran past load_timeout and has been "
+                        f"running {waited:.0f}s more; it is unloaded when it ends, then '{name}' "
+                        "can load again: retry later",
+                    )
                 if entry is None:
                     entry = self._plan_load(name, count_miss=not missed)
                     loader_thread = True
@@ -360,7 +371,7 @@ class ModelCache:
                 )
                 self._loads_running -= 1
             finished.set()
-            self._adopt(entry, outcome)
+            self._finish(entry, outcome)
 
         started = self._clock()
         threading.Thread(target=run, name=f"perfd-load-{spec.name}", daemon=True).start()
@@ -396,6 +407,7 @@ class ModelCache:
             if entry.done.is_set():
                 return False
             entry.abandoned = True
+            self._overdue[entry.spec.name] = self._clock()
             return True
 
     def _enforce_budget(self, loaded: Entry) -> None:
@@ -422,6 +434,15 @@ class ModelCache:
                 victim.state = UNLOADING
         for victim in victims:
             self._unload(victim, "budget")
+
+    def _finish(self, entry: Entry, outcome: dict[str, Any]) -> None:
+        """On the load thread, when the loader returned: adopt the outcome, then let the
+        model load again if this load had run past load_timeout."""
+        try:
+            self._adopt(entry, outcome)
+        finally:
+            with self._lock:
+                self._overdue.pop(entry.spec.name, None)
 
     def _adopt(self, entry: Entry, outcome: dict[str, Any]) -> None:
         """On the load thread: make the entry ready, or fail it for every waiter."""

@@ -15,6 +15,7 @@ from perfd import config
 from perfd.cache import READY, ModelCache
 from perfd.errors import CommandError
 from perfd.loaders.base import Loaded, LoaderError, ModelSpec
+from tests.daemons import wait_until
 
 MiB = 1 << 20
 
@@ -304,6 +305,38 @@ def test_load_timeout_discards_the_late_model() -> None:
     assert done.wait(5)
     assert loader.unloads == ["a"]
     assert cache.ps() == []
+
+
+def test_no_second_load_while_an_overdue_one_still_runs() -> None:
+    """After a load times out, the same model is `busy` until that load ends (two copies
+    could need twice the memory); then it loads again."""
+    loader = FakeLoader()
+    loader.gate = threading.Event()
+    cache, _, _ = make_cache({"a": 1}, loader=loader, load_timeout="100ms")
+    with pytest.raises(CommandError) as caught:
+        cache.lease("a")
+    assert caught.value.code == "timeout"
+    with pytest.raises(CommandError) as caught:
+        cache.lease("a")
+    assert caught.value.code == "busy"
+    assert "an earlier load of 'a' ran past load_timeout" in caught.value.message
+    assert loader.loads == ["a"]  # no second load started
+    unloaded = threading.Event()
+    original = loader.unload
+    loader.unload = lambda model: (original(model), unloaded.set())  # type: ignore[method-assign]
+    loader.gate.set()
+    assert unloaded.wait(5)
+
+    def loads_again() -> bool:  # the load thread drops its mark just after the unload
+        try:
+            with cache.lease("a") as lease:
+                return bool(lease.model == {"name": "a"})
+        except CommandError as exc:
+            assert exc.code == "busy"
+            return False
+
+    wait_until(loads_again, timeout=5, every=0.01)
+    assert loader.loads == ["a", "a"]
 
 
 def test_unknown_model_and_unknown_loader() -> None:
