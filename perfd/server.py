@@ -255,7 +255,7 @@ class Server:
             except Exception:  # a bug in perfd must not take the socket loop down
                 _log.exception("request.crashed")
                 message = "perfd failed to handle this request; see the daemon's log"
-                self._reply_error(sock, envelope, None, protocol.INTERNAL, message)
+                self._reply_error(sock, envelope, _id_of(body), protocol.INTERNAL, message)
 
     def _handle(
         self,
@@ -476,6 +476,14 @@ class Server:
                 pass
         except OSError:
             pass
+
+
+def _id_of(body: list[bytes]) -> str | None:
+    """The request's id, when its frame reads as a request at all (for a crash's reply)."""
+    try:
+        return protocol.decode_request(body[0]).id if body else None
+    except ProtocolError:
+        return None
 
 
 def _split(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:

@@ -79,6 +79,7 @@ def _commands(gate: threading.Event) -> dict[str, Command]:
         "huge": Command("huge", lambda _: {"n": 10**5000}, slow=True),
         "huge_inline": Command("huge_inline", lambda _: {"n": 10**5000}),
         "bad_frames": Command("bad_frames", lambda _: WithFrames({}, [object()]), slow=True),
+        "crash": Command("crash", lambda _: {}, slow=True, timeout=lambda: 1 / 0),
     }
 
 
@@ -252,4 +253,21 @@ def test_a_result_that_cannot_be_sent_is_an_internal_reply(short_dir: Path) -> N
         peer.send("p", "ping")
         assert peer.receive()["ok"] is True
         assert server.counters.errors == 3
+        peer.sock.close()
+
+
+def test_a_crash_while_handling_answers_internal_with_the_id(short_dir: Path) -> None:
+    """A bug outside the handler (here its timeout raises) gets an `internal` reply carrying
+    the request's id; the loop serves on."""
+    server = Server(_commands(threading.Event()), workers=1)
+    with running(server, short_dir) as endpoint, zmq.Context() as ctx:
+        peer = Peer(ctx, endpoint)
+        peer.send("c1", "crash")
+        reply = peer.receive()
+        assert (reply["id"], reply["error"]["code"]) == ("c1", "internal")
+        assert (
+            reply["error"]["message"] == "perfd failed to handle this request; see the daemon's log"
+        )
+        peer.send("p", "ping")
+        assert peer.receive()["ok"] is True
         peer.sock.close()
