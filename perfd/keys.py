@@ -116,15 +116,20 @@ def write_pair(base: Path, pair: KeyPair) -> tuple[Path, Path]:
     return public_path, secret_path
 
 
-def read_pair(path: Path) -> KeyPair:
-    """The key(s) in a certificate file; KeyFileError naming the file when it is unusable."""
+def _read(path: Path, missing: str) -> str:
+    """The file's text; KeyFileError naming the file (``missing`` when it does not exist)."""
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such key file (perfctl keygen NAME writes one)") from None
+        raise KeyFileError(f"{path}: {missing}") from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not text"
         raise KeyFileError(f"{path}: cannot read: {reason}") from None
+
+
+def read_pair(path: Path) -> KeyPair:
+    """The key(s) in a certificate file; KeyFileError naming the file when it is unusable."""
+    text = _read(path, "no such key file (perfctl keygen NAME writes one)")
     found: dict[str, str] = {}
     for line in text.splitlines():
         match = _FIELD.match(line)
@@ -180,14 +185,7 @@ def parse_authorized(text: str, source: str) -> dict[str, AuthorizedKey]:
 
 
 def read_authorized(path: Path) -> dict[str, AuthorizedKey]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such authorized-keys file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not text"
-        raise KeyFileError(f"{path}: cannot read: {reason}") from None
-    keys = parse_authorized(text, str(path))
+    keys = parse_authorized(_read(path, "no such authorized-keys file"), str(path))
     if not keys:
         raise KeyFileError(f"{path} lists no keys: perfd serves tcp only to listed client keys")
     return keys
