@@ -1,13 +1,12 @@
 """perfctl: the command-line client of perfd, and its Python client API."""
 
-from perfctl.client import (
+from perfctl.client import Client, Curve
+from perfctl.errors import (
     AccessDenied,
     BadReply,
     Busy,
-    Client,
     CommandFailed,
     ConfigInvalid,
-    Curve,
     DaemonNotRunning,
     DaemonTimeout,
     Forbidden,

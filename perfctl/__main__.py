@@ -21,11 +21,9 @@ from perfctl import format_cache as fmt_cache
 from perfctl import format_providers as fmt_providers
 from perfctl import recommend as rec
 from perfctl import remote
-from perfctl.client import (
-    DEFAULT_TIMEOUT,
-    LONG_TIMEOUT,
+from perfctl.client import DEFAULT_TIMEOUT, LONG_TIMEOUT, Client
+from perfctl.errors import (
     AccessDenied,
-    Client,
     CommandFailed,
     DaemonNotRunning,
     Forbidden,

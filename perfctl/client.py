@@ -28,47 +28,13 @@ from perfctl.errors import (
     BAD_REPLY,
     AccessDenied,
     BadReply,
-    Busy,
-    CommandFailed,
-    ConfigInvalid,
     DaemonNotRunning,
     DaemonTimeout,
-    Forbidden,
-    InferFailed,
-    InvalidArgs,
     KeyRefused,
-    LoadFailed,
-    NoCapacity,
-    NotFound,
-    PerfctlError,
-    Timeout,
     for_code,
 )
-from perfctl.frames import FRAME_KEY, from_frames, has_array, nbytes, to_frames
+from perfctl.frames import from_frames, has_array, nbytes, to_frames
 from perfd import paths, protocol
-
-__all__ = [  # the errors and frame key stay importable from here, where they began
-    "BAD_REPLY",
-    "FRAME_KEY",
-    "AccessDenied",
-    "BadReply",
-    "Busy",
-    "Client",
-    "CommandFailed",
-    "ConfigInvalid",
-    "Curve",
-    "DaemonNotRunning",
-    "DaemonTimeout",
-    "Forbidden",
-    "InferFailed",
-    "InvalidArgs",
-    "KeyRefused",
-    "LoadFailed",
-    "NoCapacity",
-    "NotFound",
-    "PerfctlError",
-    "Timeout",
-]
 
 DEFAULT_TIMEOUT = 3.0
 LONG_TIMEOUT = 300.0  # seconds: loading a model (or inferring through a load) takes long

@@ -253,7 +253,7 @@ def compute(args: argparse.Namespace, stats: dict[str, Any] | None) -> dict[str,
     UsageError when the hardware is not described (or a --gpu index is not live) and for an
     unreadable --weights; ``client.InvalidArgs`` for the rest, as perfd would answer.
     """
-    from perfctl.client import InvalidArgs
+    from perfctl.errors import InvalidArgs
     from perfd import recommend as rec
 
     config = read_config(args.config_json) if args.config_json is not None else None

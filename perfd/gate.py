@@ -38,8 +38,6 @@ REMOTE: Final = "remote"  # tcp with CURVE: per the client key's role
 # flood the journal); the lines in between are counted.
 DENIAL_LOG_INTERVAL: Final = 60.0
 
-_LEVELS: Final = {"debug": 10, "info": 20, "warning": 30}
-
 
 class Message(Protocol):
     """What the gate reads of a received message: its properties (a zmq.Frame)."""
@@ -102,7 +100,7 @@ class Gate:
         if refusal is not None:
             self._log_denial(peer.uid, facts, refusal)
             raise ProtocolError(protocol.FORBIDDEN, refusal, request.id)
-        _log.log(_LEVELS.get(audit, 20), "command.admin", **facts)
+        _log.log(log.LEVELS[audit], "command.admin", **facts)
 
     def callback(self, domain: str, key: bytes) -> bool:
         """zmq.auth's CURVE callback, on the authenticator's thread (``remote_keys`` is only

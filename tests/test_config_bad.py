@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from perfctl.client import Client, ConfigInvalid
+from perfctl import Client, ConfigInvalid
 from perfd import config, schema
 from perfd.errors import ConfigError
 from tests.conftest import StartPerfd, clean_env, command
