@@ -520,6 +520,29 @@ class MetricsConfig:
         "Allow a listen address beyond loopback (metrics show host and GPU details).",
         kind="bool",
     )
+    max_connections: int = option(
+        64,
+        "Connections held at once; one more closes the oldest that has not sent a complete "
+        "request (or, when every one is taking its reply, is closed itself).",
+        kind="int",
+        minimum=1,
+        maximum=4096,
+    )
+    timeout: float = option(
+        5.0,
+        "A client must send its whole request within this from connecting, and take its "
+        "whole reply within it again; else it is dropped (slowloris).",
+        kind="duration",
+        minimum=0.1,
+        maximum=300,
+    )
+    max_request_bytes: int = option(
+        8192,
+        "Largest request line and headers together; a bigger request gets 431 and is closed.",
+        kind="size",
+        minimum=1024,
+        maximum=1 << 20,
+    )
 
     def problems(self) -> list[tuple[str, str]]:
         if not self.listen:
@@ -667,6 +690,9 @@ RESTART_ONLY: Final = frozenset(
         "remote.listen",
         "remote.secret_key_file",
         "metrics.allow_remote",
+        "metrics.max_connections",  # the metrics server is built once, at start
+        "metrics.timeout",
+        "metrics.max_request_bytes",
         "monitor.gpu",  # the probes are built once, at start
         "monitor.nvml_timeout",
         "monitor.top_processes",

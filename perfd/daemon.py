@@ -365,6 +365,7 @@ class Daemon:
         """Serve /metrics (prometheus_client is imported only here); a bind error is a
         StartupError. Scrapes read the parts' stats; they never build the cache or providers."""
         from perfd.metrics import MetricsServer, Sources
+        from perfd.metrics_http import Limits
 
         monitor = self.monitor
         assert monitor is not None, "the monitor starts before the metrics"
@@ -377,6 +378,11 @@ class Daemon:
                 configured_models=lambda: self.loaded.config.models,
                 providers=lambda: None if (p := self._providers) is None else p.stats(),
                 sinks=sinks.stats if sinks is not None else lambda: None,
+            ),
+            Limits(
+                self._initial.metrics.max_connections,
+                self._initial.metrics.timeout,
+                self._initial.metrics.max_request_bytes,
             ),
         )
         server.start()

@@ -22,12 +22,11 @@ resource.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -38,11 +37,10 @@ from prometheus_client.metrics_core import (
 
 from perfd import __version__, assess, log
 from perfd.errors import StartupError
+from perfd.metrics_http import BoundedHTTPServer, Limits, prometheus_reply
 from perfd.samples import GPU_STATES
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from perfd.monitor import Monitor
 
 _log = log.get("perfd.metrics")
@@ -361,10 +359,12 @@ class PerfdCollector:
 
 
 class MetricsServer:
-    """perfd's registry and the HTTP thread serving it at http://LISTEN/metrics."""
+    """perfd's registry and the bounded HTTP thread serving it at http://LISTEN/metrics
+    (perfd.metrics_http: one thread, ``limits`` on connections, time and request size)."""
 
-    def __init__(self, listen: str, sources: Sources) -> None:
+    def __init__(self, listen: str, sources: Sources, limits: Limits | None = None) -> None:
         self.listen = listen
+        self.limits = limits or Limits()
         self.registry = CollectorRegistry()
         self.registry.register(PerfdCollector(sources))
         ProcessCollector(registry=self.registry)
@@ -375,8 +375,7 @@ class MetricsServer:
             buckets=LOAD_BUCKETS,
             registry=self.registry,
         )
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: BoundedHTTPServer | None = None
 
     def observe_load(self, model: str, seconds: float) -> None:
         """The cache's on_load hook."""
@@ -389,27 +388,39 @@ class MetricsServer:
     @property
     def port(self) -> int:
         assert self._server is not None, "start() first"
-        return int(self._server.server_port)
+        return self._server.port
+
+    @property
+    def http(self) -> BoundedHTTPServer | None:
+        """The HTTP server while started (its counters, its open connections)."""
+        return self._server
 
     def start(self) -> None:
         host, port = split_listen(self.listen)
+        registry = self.registry
         try:
-            self._server, self._thread = start_http_server(port, host, registry=self.registry)
+            server = BoundedHTTPServer(
+                host, port, lambda request: prometheus_reply(registry, request), self.limits
+            )
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise StartupError(
                 f"cannot serve metrics on {self.listen}: {reason}; "
                 "free that port or change [metrics] listen"
             ) from None
-        _log.info("component.started", component="metrics", url=f"http://{self.listen}/metrics")
+        server.start()
+        self._server = server
+        _log.info(
+            "component.started",
+            component="metrics",
+            url=f"http://{self.listen}/metrics",
+            max_connections=self.limits.max_connections,
+            timeout_s=self.limits.timeout,
+            max_request_bytes=self.limits.max_request_bytes,
+        )
 
     def stop(self, timeout: float = 5.0) -> None:
         if self._server is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                _log.warning("thread.still_alive", thread="perfd-metrics", action="exiting anyway")
-        self._server = self._thread = None
+        self._server.stop(timeout)
+        self._server = None

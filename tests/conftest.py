@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -128,6 +129,15 @@ class Perfd:
 StartPerfd = Callable[..., Perfd]
 
 
+def _file_limit(nofile: int) -> Callable[[], None]:
+    """A preexec_fn: the child's RLIMIT_NOFILE, soft and hard, so perfd cannot raise it."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    return limit
+
+
 @pytest.fixture
 def start_perfd(short_dir: Path, tmp_path: Path) -> Iterator[StartPerfd]:
     """Start real perfd processes; each is READY (its sockets bound) when returned."""
@@ -139,7 +149,9 @@ def start_perfd(short_dir: Path, tmp_path: Path) -> Iterator[StartPerfd]:
         env: dict[str, str] | None = None,
         wait_ready: bool = True,
         runtime_dir: Path | None = None,
+        nofile: int | None = None,
     ) -> Perfd:
+        """``nofile``: run perfd with RLIMIT_NOFILE soft = hard = nofile (the unit's limit)."""
         index = len(started)
         rundir = runtime_dir or short_dir / f"run{index}"
         config_path = tmp_path / f"perfd{index}.toml"
@@ -160,6 +172,8 @@ def start_perfd(short_dir: Path, tmp_path: Path) -> Iterator[StartPerfd]:
                 env=full_env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                # setrlimit only, between fork and exec: nothing that takes a lock
+                preexec_fn=None if nofile is None else _file_limit(nofile),  # noqa: PLW1509
             )
         perfd = Perfd(proc, rundir, config_path, log_path, notify, full_env)
         started.append(perfd)
