@@ -24,7 +24,7 @@ from perfd.access import AdminPolicy
 from perfd.errors import CommandError, ConfigError, StartupError
 from perfd.monitor import Monitor
 from perfd.server import Server
-from perfd.systemd import Liveness, Notifier, Watchdog
+from perfd.systemd import Liveness, Notifier, Watchdog, raise_fd_limit
 
 if TYPE_CHECKING:  # built on first use, after READY: kept off the start-up path
     from perfd.cache import ModelCache
@@ -515,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     cfg = loaded.config
     log.configure(cfg.log.level, args.log_format or cfg.log.format, cfg.log.file)
+    before, now = raise_fd_limit()  # the unit's LimitNOFILE=, before any socket is opened
+    if now != before:
+        _log.info("daemon.fd_limit_raised", soft_before=before, soft=now)
     runtime_dir = Path(paths.runtime_dir(args.runtime_dir, cfg.runtime_dir))
     daemon = Daemon(
         loaded, config_arg=args.config, runtime_dir=runtime_dir, log_format=args.log_format

@@ -1,6 +1,10 @@
 """The sd_notify protocol: READY, RELOADING, STOPPING, STATUS and the watchdog.
 
-Everything here is a silent no-op without $NOTIFY_SOCKET (perfd started by hand).
+Everything here is a silent no-op without $NOTIFY_SOCKET (perfd started by hand). The
+datagrams are written here with the standard library (no ``sdnotify`` package).
+
+``raise_fd_limit()`` lifts perfd's soft RLIMIT_NOFILE to its hard limit at start-up
+(the unit's ``LimitNOFILE=``), so the sockets and connections perfd caps fit in it.
 
 The watchdog is only fed while every registered loop shows progress: the main loop and each
 perfd thread call ``Heartbeat.beat()`` once per turn, and a heartbeat older than the watchdog
@@ -10,23 +14,40 @@ timeout withholds WATCHDOG=1, so systemd restarts a perfd with a hung thread.
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 
 
+def notify_address(value: str) -> str | bytes | None:
+    """$NOTIFY_SOCKET as an AF_UNIX address: a path ("/run/systemd/notify"), or an abstract
+    name ("@name" -> b"\\0name"); None for anything else (perfd then does not notify)."""
+    if value.startswith("/"):
+        return value
+    if value.startswith("@") and len(value) > 1:
+        return b"\0" + value[1:].encode()
+    return None
+
+
 class Notifier:
-    """Sends sd_notify messages; does nothing when perfd was not started by systemd."""
+    """Sends sd_notify messages; does nothing when perfd was not started by systemd.
+
+    The protocol is one AF_UNIX datagram per message, sent to $NOTIFY_SOCKET (sd_notify(3)).
+    perfd writes it itself rather than through the ``sdnotify`` package: that package ships
+    only an sdist whose setup.py runs (as root, on a system install) at install time, and it
+    encodes with latin-1 where systemd expects UTF-8 (docs/systemd.md).
+    """
 
     def __init__(self, *, enabled: bool = True) -> None:
         """``enabled=False``: never notify (perfd embedded in another service's process)."""
-        self._enabled = enabled and bool(os.environ.get("NOTIFY_SOCKET"))
-        self._sender = None
-        if self._enabled:
-            import sdnotify  # connects to $NOTIFY_SOCKET, abstract "@" addresses included
-
-            self._sender = sdnotify.SystemdNotifier()
+        address = notify_address(os.environ.get("NOTIFY_SOCKET", "")) if enabled else None
+        self._address = address
+        self._enabled = address is not None
+        self._sock: socket.socket | None = None
+        if address is not None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._last_status = ""
         self.dropped = 0  # messages the notify socket had no room for
         self.watchdog_interval = watchdog_interval(os.environ) if self._enabled else None
@@ -36,18 +57,15 @@ class Notifier:
         return self._enabled
 
     def _send(self, message: str) -> None:
-        # sdnotify connects (abstract "@" addresses included) but encodes with latin-1, which
-        # mangles "·" and drops "↑" silently; systemd expects UTF-8, so send the bytes here.
         # Never block: a notify socket nobody reads (its queue holds a few datagrams) must not
         # stall the main loop; such a message is counted and dropped.
-        sock = getattr(self._sender, "socket", None)
-        if sock is None:
+        if self._sock is None or self._address is None:
             return
         try:
-            sock.send(message.encode(), socket.MSG_DONTWAIT)
+            self._sock.sendto(message.encode(), socket.MSG_DONTWAIT, self._address)
         except BlockingIOError:
             self.dropped += 1
-        except OSError:  # systemd gone: nothing to tell
+        except OSError:  # systemd gone (no such socket, refused): nothing to tell
             pass
 
     def ready(self, status: str | None = None) -> None:
@@ -72,10 +90,9 @@ class Notifier:
         self._send("WATCHDOG=1")
 
     def close(self) -> None:
-        sock = getattr(self._sender, "socket", None)
-        if sock is not None:
-            sock.close()
-        self._sender = None
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
 
 
 def watchdog_interval(env: Mapping[str, str]) -> float | None:
@@ -163,3 +180,30 @@ class Watchdog:
         if self.interval is None:
             return None
         return max(0.0, self._next - self._clock())
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; (soft before, soft now).
+
+    systemd gives services a soft limit of 1024 unless ``LimitNOFILE=`` says otherwise; perfd's
+    caps (metrics connections, ZeroMQ peers, model files) are sized against the hard limit the
+    unit sets. An unlimited hard limit is taken as the kernel's ``nr_open``. Failure leaves the
+    soft limit as it was: perfd still runs, with less room.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else _nr_open()
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        return soft, soft
+    return soft, target
+
+
+def _nr_open(path: str = "/proc/sys/fs/nr_open") -> int:
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 20  # the kernel's default nr_open

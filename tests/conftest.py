@@ -129,11 +129,12 @@ class Perfd:
 StartPerfd = Callable[..., Perfd]
 
 
-def _file_limit(nofile: int) -> Callable[[], None]:
-    """A preexec_fn: the child's RLIMIT_NOFILE, soft and hard, so perfd cannot raise it."""
+def _file_limit(nofile: int | tuple[int, int]) -> Callable[[], None]:
+    """A preexec_fn setting the child's RLIMIT_NOFILE (soft, hard); an int is both."""
+    limits = nofile if isinstance(nofile, tuple) else (nofile, nofile)
 
     def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
 
     return limit
 
@@ -149,9 +150,10 @@ def start_perfd(short_dir: Path, tmp_path: Path) -> Iterator[StartPerfd]:
         env: dict[str, str] | None = None,
         wait_ready: bool = True,
         runtime_dir: Path | None = None,
-        nofile: int | None = None,
+        nofile: int | tuple[int, int] | None = None,
     ) -> Perfd:
-        """``nofile``: run perfd with RLIMIT_NOFILE soft = hard = nofile (the unit's limit)."""
+        """``nofile``: run perfd with this RLIMIT_NOFILE: soft = hard = N (the unit's limit,
+        which perfd cannot raise), or (soft, hard)."""
         index = len(started)
         rundir = runtime_dir or short_dir / f"run{index}"
         config_path = tmp_path / f"perfd{index}.toml"

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = {"structlog", "psutil", "requests", "pynvml", "numpy", "onnxruntime", "sdnotify"}
+HEAVY = {"structlog", "psutil", "requests", "pynvml", "numpy", "onnxruntime"}
 
 
 def _modules(code: str) -> set[str]:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import subprocess
+import sys
+import tomllib
+import warnings
 from pathlib import Path
 
 import pytest
 
-from perfd.systemd import Liveness, Notifier, Watchdog, watchdog_interval
+from perfd.systemd import Liveness, Notifier, Watchdog, notify_address, watchdog_interval
+from tests.conftest import StartPerfd
 
 
 class FakeClock:
@@ -106,15 +111,75 @@ def test_without_notify_socket_everything_is_a_no_op(monkeypatch: pytest.MonkeyP
 
 
 def test_socket_gone_is_not_fatal(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A NOTIFY_SOCKET nobody listens on is silently ignored."""
-    # sdnotify drops (without closing) its socket when connect fails; collect it here so its
-    # ResourceWarning is attributed to this test rather than to whichever test runs next.
-    with pytest.warns(ResourceWarning):
+    """A NOTIFY_SOCKET nobody listens on is silently ignored, and no socket is leaked."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         notifier = _notifier(monkeypatch, str(short_dir / "nobody"))
+        assert notifier.enabled
         notifier.ready("x")
         notifier.stopping()
         notifier.close()
+        del notifier
         gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_notify_address_forms() -> None:
+    """A path is used as it is, "@name" is the abstract b"\\0name"; anything else is off."""
+    assert notify_address("/run/systemd/notify") == "/run/systemd/notify"
+    assert notify_address("@perfd/notify") == b"\0perfd/notify"
+    for unusable in ("", "@", "relative/path", "vsock:2:1234"):
+        assert notify_address(unusable) is None
+
+
+def test_an_unusable_notify_socket_turns_notify_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NOTIFY_SOCKET that is neither a path nor "@name" makes the notifier a no-op."""
+    notifier = _notifier(monkeypatch, "relative/notify")
+    assert not notifier.enabled
+    notifier.ready("x")
+    notifier.close()
+
+
+def test_notify_needs_no_sdnotify_package() -> None:
+    """The notifier is the standard library's: perfd imports no sdnotify, and does not
+    depend on it (pyproject.toml)."""
+    code = (
+        "import os, sys\n"
+        "os.environ['NOTIFY_SOCKET'] = '@perfd-nobody'\n"
+        "from perfd.systemd import Notifier\n"
+        "n = Notifier(); n.ready('x'); n.close()\n"
+        "print('sdnotify' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert not [d for d in pyproject["project"]["dependencies"] if "sdnotify" in d.lower()]
+
+
+def test_raise_fd_limit_lifts_soft_to_hard() -> None:
+    """raise_fd_limit() sets the soft RLIMIT_NOFILE to the hard one, and says so."""
+    code = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 2048))\n"
+        "from perfd.systemd import raise_fd_limit\n"
+        "print(raise_fd_limit(), resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+        "print(raise_fd_limit())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["(256, 2048) (2048, 2048)", "(2048, 2048)"]
+
+
+def test_perfd_raises_its_file_limit_at_start(start_perfd: StartPerfd) -> None:
+    """perfd started with soft 512 / hard 4096 files runs with 4096 and logs the change."""
+    perfd_ = start_perfd("", nofile=(512, 4096))
+    limits = Path(f"/proc/{perfd_.proc.pid}/limits").read_text()
+    (line,) = [x for x in limits.splitlines() if x.startswith("Max open files")]
+    assert line.split()[3:5] == ["4096", "4096"]
+    entry = perfd_.log_entry("daemon.fd_limit_raised")
+    assert (entry["soft_before"], entry["soft"]) == (512, 4096)
+    assert perfd_.stop() == 0
 
 
 def test_watchdog_interval_from_env() -> None:
