@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import os
 import re
 import shlex
@@ -10,6 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from perfd.config import MetricsConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 UNIT_PATH = REPO_ROOT / "systemd" / "perfd.service"
@@ -140,12 +144,77 @@ def test_unit_runs_as_perfd_with_its_directories() -> None:
     assert service["ConfigurationDirectory"] == ["perfd"]
 
 
-def test_unit_shields_perfd_from_memory_pressure() -> None:
-    """perfd is nearly exempt from the OOM killer and has a MemoryMin= reservation."""
+def test_unit_bounds_memory_with_a_modest_oom_preference() -> None:
+    """perfd has MemoryMax=1G, keeps a MemoryMin= reservation below it, and only a modest
+    OOMScoreAdjust: clients can make it grow, so it is no longer nearly exempt (-900)."""
     service = service_directives(UNIT_PATH.read_text())
-    assert service["OOMScoreAdjust"] == ["-900"]
-    assert len(service["MemoryMin"]) == 1
-    assert service["MemoryMin"][0] not in ("", "0")
+    assert service["MemoryMax"] == ["1G"]
+    (adjust,) = service["OOMScoreAdjust"]
+    assert -200 <= int(adjust) <= 0
+    (minimum,) = service["MemoryMin"]
+    assert minimum.endswith("M")
+    assert 0 < int(minimum[:-1]) < 1024
+
+
+def test_unit_limits_files_and_core_dumps() -> None:
+    """LimitNOFILE= holds perfd's largest metrics connection cap with room to spare (sockets,
+    ZeroMQ peers, model files); no core dumps (they would hold keys and tokens)."""
+    service = service_directives(UNIT_PATH.read_text())
+    (nofile,) = service["LimitNOFILE"]
+    assert ":" not in nofile  # soft = hard: perfd's raise_fd_limit() has nothing to guess
+    cap = next(f for f in dataclasses.fields(MetricsConfig) if f.name == "max_connections")
+    assert int(nofile) >= int(cap.metadata["max"]) + 4096
+    assert service["LimitCORE"] == ["0"]
+
+
+# What IPAddressAllow='s keywords stand for (systemd.resource-control(5)).
+_KEYWORDS = {
+    "localhost": ["127.0.0.0/8", "::1/128"],
+    "link-local": ["169.254.0.0/16", "fe80::/64"],
+    "multicast": ["224.0.0.0/4", "ff00::/8"],
+    "any": ["0.0.0.0/0", "::/0"],
+}
+
+
+def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    service = service_directives(UNIT_PATH.read_text())
+    assert service["IPAddressDeny"] == ["any"]
+    networks = []
+    for value in service["IPAddressAllow"]:
+        for token in value.split():
+            for spelled in _KEYWORDS.get(token, [token]):
+                networks.append(ipaddress.ip_network(spelled))
+    return networks
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        ("169.254.169.254", False),  # cloud metadata services
+        ("169.254.0.1", False),
+        ("fe80::1", False),
+        ("224.0.0.251", False),  # multicast
+        ("255.255.255.255", False),
+        ("ff02::1", False),
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("10.20.0.5", True),
+        ("172.16.0.1", True),
+        ("192.168.1.10", True),
+        ("128.0.0.1", True),
+        ("169.253.255.255", True),  # the neighbours of 169.254.0.0/16 stay allowed
+        ("169.255.0.1", True),
+        ("1.1.1.1", True),
+        ("104.18.2.161", True),
+        ("2606:4700::1111", True),
+        ("fd00::5", True),
+    ],
+)
+def test_unit_allows_unicast_but_not_link_local(address: str, allowed: bool) -> None:
+    """IPAddressAllow= lets perfd reach loopback, private and public unicast addresses, but
+    no link-local (169.254.0.0/16, fe80::/10), multicast or broadcast address."""
+    ip = ipaddress.ip_address(address)
+    assert any(ip in net for net in _allowed_networks() if net.version == ip.version) is allowed
 
 
 def test_unit_keeps_nvidia_devices_and_proc_visible() -> None:
