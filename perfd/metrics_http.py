@@ -55,6 +55,7 @@ REASONS: Final = {
 _CHUNK: Final = 65536
 _ACCEPT_PAUSE: Final = 0.25  # seconds without accepting after EMFILE with nothing to close
 _LOG_EVERY: Final = 60.0  # seconds between two warnings of one kind
+_OUT_OF_FILES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(frozen=True)
@@ -277,42 +278,47 @@ class BoundedHTTPServer:
             except BlockingIOError:
                 return
             except OSError as exc:
-                self._accept_failed(exc)
+                if exc.errno not in _OUT_OF_FILES:  # ECONNABORTED and the like: that one
+                    continue  # client gave up before perfd took it; take the next
+                self._out_of_files(exc)
                 return
             self.counters.accepted += 1
-            if len(self._conns) >= self.limits.max_connections and not self._evict_oldest_idle():
-                self.counters.refused += 1
-                self._warn("metrics.connection_refused", "every connection is taking its reply")
-                sock.close()
-                continue
-            sock.setblocking(False)
-            conn = _Conn(sock, self._clock() + self.limits.timeout)
-            self._conns[sock.fileno()] = conn
-            self._selector.register(sock, selectors.EVENT_READ)
-
-    def _accept_failed(self, exc: OSError) -> None:
-        self.counters.accept_failed += 1
-        out_of_fds = exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-        self._warn(
-            "metrics.accept_failed",
-            "closing the oldest idle connection" if self._conns else "pausing accepts",
-            error=exc.strerror or str(exc),
-            errno=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
-        )
-        if out_of_fds and self._evict_oldest_idle():
-            return
-        self._paused_until = self._clock() + _ACCEPT_PAUSE
-        self._selector.unregister(self._listener)
-
-    def _evict_oldest_idle(self) -> bool:
-        for fd, conn in self._conns.items():
-            if conn.out is None:
-                self.counters.evicted += 1
+            if len(self._conns) >= self.limits.max_connections:
+                if not self._evict_oldest_idle():
+                    self.counters.refused += 1
+                    self._warn("metrics.connection_refused", "every connection is replying")
+                    sock.close()
+                    continue
                 self._warn(
                     "metrics.connection_limit",
                     "closed the oldest idle connection",
                     max_connections=self.limits.max_connections,
                 )
+            sock.setblocking(False)
+            conn = _Conn(sock, self._clock() + self.limits.timeout)
+            self._conns[sock.fileno()] = conn
+            self._selector.register(sock, selectors.EVENT_READ)
+
+    def _out_of_files(self, exc: OSError) -> None:
+        """accept() found perfd at its file limit: free an fd, or stop accepting a moment
+        (the connection waits in the kernel's backlog; the listener is level-triggered)."""
+        self.counters.accept_failed += 1
+        evicted = self._evict_oldest_idle()
+        self._warn(
+            "metrics.accept_failed",
+            "closed the oldest idle connection" if evicted else "pausing accepts",
+            error=exc.strerror or str(exc),
+            errno=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+        )
+        if not evicted:
+            self._paused_until = self._clock() + _ACCEPT_PAUSE
+            self._selector.unregister(self._listener)
+
+    def _evict_oldest_idle(self) -> bool:
+        """Close the oldest connection still without a complete request; False if none."""
+        for fd, conn in self._conns.items():
+            if conn.out is None:
+                self.counters.evicted += 1
                 self._close(fd)
                 return True
         return False

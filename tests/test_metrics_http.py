@@ -8,6 +8,8 @@ import re
 import resource
 import selectors
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -236,6 +238,48 @@ def test_stop_frees_the_port(serve: Serve) -> None:
     held.close()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2)
+
+
+AT_THE_FILE_LIMIT = """
+import resource, sys
+from perfd.metrics_http import BoundedHTTPServer, Limits
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+ok = lambda request: (200, [], b"ok\\n")
+server = BoundedHTTPServer("127.0.0.1", 0, ok, Limits(max_connections=1000, timeout=60))
+server.start()
+print(server.port, flush=True)
+sys.stdin.read()
+c = server.counters
+print("counters", c.accept_failed, c.evicted, c.served, flush=True)
+server.stop()
+"""
+
+
+def test_out_of_files_closes_the_oldest_idle_and_goes_on() -> None:
+    """A server at its file limit (64, below max_connections) answers EMFILE from accept()
+    by closing the oldest idle connection: a fresh request is still served, nothing aborts."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", AT_THE_FILE_LIMIT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdin is not None
+    port = int(child.stdout.readline())
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(150)]
+    try:
+        assert _get(port).endswith(b"ok\n")
+    finally:
+        for sock in held:
+            sock.close()
+    out, _ = child.communicate("", timeout=30)
+    assert child.returncode == 0
+    failed, evicted, served = map(int, out.splitlines()[-1].split()[1:])
+    assert failed > 0
+    assert evicted >= failed
+    assert served == 1
 
 
 # -- a real perfd, at the service's file limit ----------------------------------------------
