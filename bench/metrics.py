@@ -3,13 +3,13 @@
 In-process, no perfd: a real ``perfd.monitor.Monitor`` over the tests' fake probes
 (``tests.fakeprobes``: values, no NVML), a real ``perfd.cache.ModelCache`` with a trivial loader
 (benchmark 9's) holding N loaded models, and the real ``perfd.metrics.MetricsServer`` (perfd's
-registry, prometheus_client's HTTP server) on 127.0.0.1, a free port. Two scenarios:
+registry, perfd's bounded HTTP server) on 127.0.0.1, a free port. Two scenarios:
 
     A  8 fake GPUs, 200 cached models (each loaded once: 200 load-time histograms)
     B  1 fake GPU,    1 cached model
 
 Each round scrapes both servers, lines in a shuffled order, with ``http.client`` (one
-HTTPConnection per server, kept: prometheus_client's server answers HTTP/1.0 and closes, so the
+HTTPConnection per server, kept: perfd's server answers one request and closes, so the
 client reconnects for each scrape, as Prometheus does with such a target). Lines per scenario:
 
     prometheus  the request Prometheus 2.x sends: OpenMetrics preferred, gzip accepted
