@@ -6,7 +6,9 @@ of its own, however often it is scraped), the firing alerts, the cache's and the
 stats when those are started (a scrape never builds them), the alert sinks' counters. The
 collector turns them into metric families with pure functions (``host_families`` ...); one
 ``CollectorRegistry`` of perfd's own holds it, the cache's load-time histogram (fed by the
-cache's ``on_load`` hook) and prometheus_client's ProcessCollector (``process_*``).
+cache's ``on_load`` hook) and prometheus_client's ProcessCollector (``process_*``). One
+thread serves it over HTTP within fixed bounds (perfd.metrics_http), not prometheus_client's
+thread-per-connection server.
 
     perfd_host_memory_total_bytes 6.7e+10
     perfd_host_memory_verdict{verdict="healthy"} 1.0
