@@ -165,10 +165,12 @@ def _fraction(text: str) -> float:
 
 def _size_text(text: str) -> str:
     """A size, checked here and sent as written: perfd parses "24GiB", "80GB", bytes."""
-    from perfd.units import parse_size  # only here: pure and stdlib-only, but needs re
+    from perfd.units import TextTooLong, parse_size  # only here: pure and stdlib-only
 
     try:
         value = parse_size(text)
+    except TextTooLong as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 24GiB, 512MiB)") from None
     if value <= 0:
