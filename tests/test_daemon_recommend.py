@@ -271,3 +271,12 @@ def test_requests_that_made_huge_replies_get_short_errors(
     for body in (reply, many):
         assert json.loads(body)["error"]["code"] == "invalid_args", body[:300]
         assert len(body) < 1024
+
+
+def test_config_contents_alone_name_the_model(start_perfd: StartPerfd) -> None:
+    """`config` without `model`: named by its _name_or_path (it was refused as "no model")."""
+    perfd = start_perfd()
+    config = {**MOE_CONFIG, "_name_or_path": "org/tiny-moe"}
+    result = call(perfd, str(perfd.readonly_socket), config=config, gpu="H100")
+    assert result["model"]["name"] == "tiny-moe"
+    assert result["model"]["moe"] == {"experts": 8, "experts_per_token": 2}
