@@ -308,3 +308,14 @@ def test_the_worst_allowed_request_has_a_small_reply() -> None:
     result = recommend(request, plan_hardware(request, None))
     assert len(result["hardware"]["gpus"]) == MAX_GPUS
     assert len(json.dumps(result)) < MAX_REPLY_BYTES
+
+
+def test_spellings_of_a_catalog_name_share_one_cache_entry() -> None:
+    """Any number of spellings of a catalog name ("l.l.a.m.a-3.1-8b") keep one parsed spec
+    each model, not one per spelling a request sends."""
+    from perfd.recommend import catalog
+
+    before = catalog._catalog_spec.cache_info().currsize
+    specs = {id(catalog.model_spec("-" * i + "llama-3.1-8b")) for i in range(200)}
+    assert len(specs) == 1
+    assert catalog._catalog_spec.cache_info().currsize <= before + 1
