@@ -10,7 +10,8 @@ offline plans for ``--gpu NAME`` / ``--gpus N`` / ``--memory SIZE`` (``plan_hard
     result["recommended"]  # {'context': 32768, 'max_sequences': 13, 'rule': ...}
     result["flags"]["vllm"]  # '--max-model-len 32768 --max-num-seqs 13 ...'
 
-Modules: ``request`` (Request, RecommendError), ``catalog`` (built-in models and GPUs),
+Modules: ``request`` (Request, RecommendError, check_limits: every field bounded),
+``bounds`` (the range of every config.json number), ``catalog`` (built-in models and GPUs),
 ``arch`` (config.json -> shape, parameter counts, KV elements), ``precision`` (bits per weight
 and per KV element), ``weights`` (safetensors and GGUF headers), ``resolve`` (request ->
 model), ``hardware`` (live and planned machines), ``plan`` (the memory math and its
