@@ -165,10 +165,12 @@ def _fraction(text: str) -> float:
 
 def _size_text(text: str) -> str:
     """A size, checked here and sent as written: perfd parses "24GiB", "80GB", bytes."""
-    from perfd.units import parse_size  # only here: pure and stdlib-only, but needs re
+    from perfd.units import TextTooLong, parse_size  # only here: pure and stdlib-only
 
     try:
         value = parse_size(text)
+    except TextTooLong as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 24GiB, 512MiB)") from None
     if value <= 0:
@@ -272,6 +274,7 @@ def compute(args: argparse.Namespace, stats: dict[str, Any] | None) -> dict[str,
             engine=args.engine or "vllm",
             utilization=0.9 if args.utilization is None else args.utilization,
         )
+        rec.check_limits(request)  # the bounds perfd applies (docs/recommend.md)
         live = None if stats is None else rec.hardware_from_snapshot(stats)
         try:
             hardware = rec.plan_hardware(request, live)

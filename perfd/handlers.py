@@ -184,11 +184,12 @@ def recommend_command(daemon: DaemonView) -> Command:
                 context=args.get("context"),
                 gpu=None if args.get("gpu") is None else str(args["gpu"]),
                 gpus=args.get("gpus"),
-                memory=_size_arg(rec, args.get("memory")),
-                kv_budget=_size_arg(rec, args.get("kv_budget")),
+                memory=_size_arg(rec, "memory", args.get("memory")),
+                kv_budget=_size_arg(rec, "kv_budget", args.get("kv_budget")),
                 engine=args.get("engine", "vllm"),
-                utilization=float(args.get("utilization", 0.9)),
+                utilization=args.get("utilization", 0.9),
             )
+            rec.check_limits(request)  # every field bounded before anything reads it
             if request.model is None and request.config is None:
                 raise rec.RecommendError("name a model (perfctl recommend --list-models)")
             monitor = daemon.monitor
@@ -225,15 +226,18 @@ def recommend_command(daemon: DaemonView) -> Command:
     )
 
 
-def _size_arg(rec: Any, value: int | str | None) -> int | None:
-    """Bytes from an int or a size string ("24GiB"); RecommendError for anything else."""
+def _size_arg(rec: Any, option: str, value: int | str | None) -> int | None:
+    """Bytes from an int or a size string ("24GiB"); RecommendError for anything else, with
+    no more of the text than the limit allows (perfd.units.MAX_TEXT)."""
     if value is None or isinstance(value, int):
         return value
     try:
         return int(rec.parse_size(value))
-    except ValueError:
+    except ValueError as exc:
+        if len(value) > rec.MAX_SIZE_TEXT:
+            raise rec.RecommendError(f"{option}: {exc}", option=option) from None
         raise rec.RecommendError(
-            f"not a size: {value!r} (use bytes or 24GiB, 512MiB, 80GB)"
+            f"{option}: not a size: {value!r} (use bytes or 24GiB, 512MiB, 80GB)", option=option
         ) from None
 
 

@@ -220,3 +220,38 @@ def test_the_daemon_path_stays_thin(start_perfd: StartPerfd) -> None:
         timeout=20,
     )
     assert out.stderr.strip() == "[0, 0] []"
+
+
+# -- bounded input (issue 12, findings 1 and 5) -----------------------------------------------
+
+MOE_1E12 = {**LLAMA_2_7B, "model_type": "qwen2_moe", "num_experts": 8, "num_hidden_layers": 1e12}
+
+
+def test_offline_refuses_the_moe_config_that_looped_forever(tmp_path: Path) -> None:
+    """--offline with a config of 1e12 MoE layers: exit 2 at once, naming key, value, range."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(MOE_1E12))
+    out = ctl(tmp_path, "recommend", "--offline", "--gpu", "H100", "--config-json", str(path))
+    assert out.returncode == 2, out
+    assert "num_hidden_layers must be a whole number from 1 to 4096, not 1000000000000.0" in (
+        out.stderr
+    )
+
+
+def test_daemon_and_offline_give_the_same_range_errors(
+    start_perfd: StartPerfd, tmp_path: Path
+) -> None:
+    """A context or --gpus past its bound, and a --memory text past 64 characters: the same
+    message from perfd (exit 1) and from --offline, never echoing the long text."""
+    perfd = start_perfd()
+    cases = [
+        (["--context", str(10**12)], 1, "context must be a whole number from 1 to 134217728"),
+        (["--gpus", "65"], 1, "gpus must be an integer from 0 to 64"),
+        (["--memory", "1" + " " * 1000 + "G"], 2, "a size is at most 64 characters long"),
+    ]
+    for flags, code, words in cases:
+        for where in ([], ["--offline"]):
+            out = perfd.ctl("recommend", "llama-3.1-8b", "--gpu", "H100", *flags, *where)
+            assert out.returncode == code, (flags, where, out)
+            assert words in out.stderr
+            assert len(out.stderr) < 1000

@@ -10,7 +10,8 @@ offline plans for ``--gpu NAME`` / ``--gpus N`` / ``--memory SIZE`` (``plan_hard
     result["recommended"]  # {'context': 32768, 'max_sequences': 13, 'rule': ...}
     result["flags"]["vllm"]  # '--max-model-len 32768 --max-num-seqs 13 ...'
 
-Modules: ``request`` (Request, RecommendError), ``catalog`` (built-in models and GPUs),
+Modules: ``request`` (Request, RecommendError, check_limits: every field bounded),
+``bounds`` (the range of every config.json number), ``catalog`` (built-in models and GPUs),
 ``arch`` (config.json -> shape, parameter counts, KV elements), ``precision`` (bits per weight
 and per KV element), ``weights`` (safetensors and GGUF headers), ``resolve`` (request ->
 model), ``hardware`` (live and planned machines), ``plan`` (the memory math and its
@@ -58,8 +59,9 @@ if TYPE_CHECKING:
         plan_hardware,
     )
     from perfd.recommend.report import recommend
-    from perfd.recommend.request import RecommendError, Request
+    from perfd.recommend.request import RecommendError, Request, check_limits
     from perfd.recommend.resolve import list_models
+    from perfd.units import MAX_TEXT as MAX_SIZE_TEXT
     from perfd.units import parse_size
 
 _HOMES = {
@@ -71,14 +73,17 @@ _HOMES = {
     "recommend": "report",
     "RecommendError": "request",
     "Request": "request",
+    "check_limits": "request",
     "list_models": "resolve",
 }
 
 __all__ = [
+    "MAX_SIZE_TEXT",
     "Gpu",
     "Hardware",
     "RecommendError",
     "Request",
+    "check_limits",
     "hardware_from_snapshot",
     "list_gpus",
     "list_models",
@@ -92,10 +97,10 @@ def __getattr__(name: str) -> Any:
     """The public names, each imported on first use: ``import perfd.recommend`` is free."""
     import importlib
 
-    if name == "parse_size":
-        from perfd.units import parse_size
+    if name in ("parse_size", "MAX_SIZE_TEXT"):
+        from perfd import units
 
-        return parse_size
+        return units.parse_size if name == "parse_size" else units.MAX_TEXT
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'perfd.recommend' has no attribute {name!r}")

@@ -20,8 +20,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from perfd.recommend.bounds import (
+    config_int,
+    config_list,
+    config_text,
+    layer_indexes,
+    multiples_below,
+)
 from perfd.recommend.precision import ParamGroups
-from perfd.recommend.request import RecommendError
+from perfd.recommend.request import MAX_NAME, RecommendError, shown
 
 _LAYERNORM_TYPES = frozenset({"gpt2", "opt", "phi", "falcon", "gpt_neox", "gptj", "bloom"})
 _LINEAR_BIAS_TYPES = frozenset({"gpt2", "opt"})
@@ -103,66 +110,57 @@ class ModelSpec:
         return "mqa" if self.kv_heads == 1 else "gqa"
 
 
-def _first(cfg: Mapping[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if cfg.get(key) is not None:
-            return cfg[key]
-    return None
-
-
-def _int(cfg: Mapping[str, Any], where: str, *keys: str, default: int | None = None) -> int:
-    value = _first(cfg, *keys)
-    if value is None:
-        if default is not None:
-            return default
-        raise RecommendError(
-            f"{where}: no {' / '.join(keys)} in the config; a Hugging Face config.json "
-            "of a decoder-only transformer is expected",
-            option="config_json",
-            value=keys[0],
-        )
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise RecommendError(
-            f"{where}: {keys[0]} must be a non-negative integer, not {value!r}",
-            option="config_json",
-            value=keys[0],
-        )
-    return int(value)
-
-
 def _dtype(cfg: Mapping[str, Any]) -> str:
     """The 16-bit dtype vLLM's dtype="auto" would load: fp32 checkpoints run in fp16."""
-    raw = str(_first(cfg, "torch_dtype", "dtype") or "bfloat16").lower()
+    given = cfg.get("torch_dtype") if cfg.get("torch_dtype") is not None else cfg.get("dtype")
+    raw = given.lower() if isinstance(given, str) and given else "bfloat16"
     return "fp16" if raw in ("float16", "fp16", "half", "float32", "fp32") else "bf16"
 
 
 def spec_from_config(config: Mapping[str, Any], *, name: str, source: str) -> ModelSpec:
     """A ModelSpec from a Hugging Face config.json's dict; RecommendError names a missing key."""
+    if len(name) > MAX_NAME:
+        raise RecommendError(
+            f"a model name is at most {MAX_NAME} characters long, not {len(name)}",
+            option="model",
+        )
     cfg: Mapping[str, Any] = config
     if "text_config" in config and "num_hidden_layers" not in config:
-        cfg = {**config["text_config"], "torch_dtype": config.get("torch_dtype")}
-    model_type = str(cfg.get("model_type") or "").lower()
-    layers = _int(cfg, name, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
-    hidden = _int(cfg, name, "hidden_size", "n_embd", "d_model", "dim")
-    heads = _int(cfg, name, "num_attention_heads", "n_head", "n_heads")
-    if heads == 0 or layers == 0 or hidden == 0:
-        raise RecommendError(f"{name}: layers, hidden size and heads must be > 0", option="model")
+        text_config = config["text_config"]
+        if not isinstance(text_config, Mapping):
+            raise RecommendError(
+                f"{name}: text_config must be a JSON object, not {shown(text_config)}",
+                option="config_json",
+                value="text_config",
+            )
+        cfg = {**text_config, "torch_dtype": config.get("torch_dtype")}
+    model_type = config_text(cfg, name, "model_type").lower()
+    layers = config_int(cfg, name, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
+    hidden = config_int(cfg, name, "hidden_size", "n_embd", "d_model", "dim")
+    heads = config_int(cfg, name, "num_attention_heads", "n_head", "n_heads")
+    if hidden < heads and cfg.get("head_dim") is None:
+        raise RecommendError(
+            f"{name}: hidden_size {hidden} / {heads} attention heads leaves no head_dim; "
+            "give head_dim",
+            option="config_json",
+            value="head_dim",
+        )
     kv_default = 1 if cfg.get("multi_query") else heads
-    kv_heads = _int(
+    kv_heads = config_int(
         cfg, name, "num_key_value_heads", "num_kv_heads", "n_head_kv", default=kv_default
     )
-    head_dim = _int(cfg, name, "head_dim", default=hidden // heads)
+    head_dim = config_int(cfg, name, "head_dim", default=hidden // heads)
     gated = model_type not in _LINEAR_BIAS_TYPES
-    intermediate = _int(
+    intermediate = config_int(
         cfg, name, "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size", default=4 * hidden
     )
-    max_position = _int(
+    max_position = config_int(
         cfg, name, "max_position_embeddings", "n_positions", "max_seq_len", "seq_length"
     )
     tied = bool(cfg.get("tie_word_embeddings", model_type in _TIED_BY_DEFAULT))
     learned = {"gpt2": max_position, "opt": max_position + 2}.get(model_type, 0)
-    embed_dim = _int(cfg, name, "word_embed_proj_dim", default=hidden)
-    window, windowed = _sliding(cfg, model_type, layers, max_position)
+    embed_dim = config_int(cfg, name, "word_embed_proj_dim", default=hidden)
+    window, windowed = _sliding(cfg, name, model_type, layers, max_position)
     mla = _mla(cfg, name) if model_type in _MLA_TYPES or "kv_lora_rank" in cfg else None
     if mla is not None:  # the q/k head size; some configs say head_dim = qk_rope_head_dim
         head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
@@ -175,7 +173,7 @@ def spec_from_config(config: Mapping[str, Any], *, name: str, source: str) -> Mo
         heads=heads,
         kv_heads=kv_heads,
         head_dim=head_dim,
-        vocab=_int(cfg, name, "vocab_size", "padded_vocab_size"),
+        vocab=config_int(cfg, name, "vocab_size", "padded_vocab_size"),
         max_position=max_position,
         tied=tied,
         dtype=_dtype(config),
@@ -196,7 +194,7 @@ def spec_from_config(config: Mapping[str, Any], *, name: str, source: str) -> Mo
 
 
 def _sliding(
-    cfg: Mapping[str, Any], model_type: str, layers: int, max_position: int
+    cfg: Mapping[str, Any], name: str, model_type: str, layers: int, max_position: int
 ) -> tuple[int | None, int]:
     """(window, number of windowed layers). Phi-3's sliding_window is not applied (vLLM's
     Llama-family models honour a window only where ``layer_types`` says so)."""
@@ -205,16 +203,17 @@ def _sliding(
         return None, 0
     if window >= max_position or cfg.get("use_sliding_window") is False:
         return None, 0
-    layer_types = cfg.get("layer_types")
-    if isinstance(layer_types, list) and layer_types:
-        return window, sum(1 for kind in layer_types if kind == "sliding_attention")
+    layer_types = config_list(cfg, name, "layer_types")
+    if layer_types:
+        windowed = sum(1 for kind in layer_types if kind == "sliding_attention")
+        return window, min(layers, windowed)
     if model_type == "gemma2":
         return window, (layers + 1) // 2  # even layers are local
     if model_type in ("gemma3", "gemma3_text"):
-        pattern = int(cfg.get("sliding_window_pattern") or 6)
+        pattern = config_int(cfg, name, "sliding_window_pattern", default=6) or 6
         return window, layers - layers // pattern
     if model_type in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe") and cfg.get("use_sliding_window"):
-        return window, max(0, layers - int(cfg.get("max_window_layers") or 0))
+        return window, max(0, layers - config_int(cfg, name, "max_window_layers", default=0))
     if model_type in _SLIDING_ALL_LAYERS:
         return window, layers
     return None, 0
@@ -223,33 +222,44 @@ def _sliding(
 def _moe(
     cfg: Mapping[str, Any], name: str, model_type: str, layers: int, intermediate: int
 ) -> Moe | None:
-    experts = _int(cfg, name, "num_local_experts", "num_experts", "n_routed_experts", default=0)
+    experts = config_int(
+        cfg, name, "num_local_experts", "num_experts", "n_routed_experts", default=0
+    )
     if experts <= 1:
         return None
-    top_k = _int(cfg, name, "num_experts_per_tok", "moe_topk", default=2)
-    width = _int(cfg, name, "moe_intermediate_size", default=intermediate)
+    top_k = config_int(cfg, name, "num_experts_per_tok", "moe_topk", default=2)
+    if top_k > experts:
+        raise RecommendError(
+            f"{name}: {top_k} experts per token, but only {experts} experts",
+            option="config_json",
+            value="num_experts_per_tok",
+        )
+    width = config_int(cfg, name, "moe_intermediate_size", default=intermediate)
+    # Layer counts in closed form: a loop over the layers would run as long as a config says.
     if model_type in _MLA_TYPES or "first_k_dense_replace" in cfg:
-        first = _int(cfg, name, "first_k_dense_replace", default=0)
-        freq = _int(cfg, name, "moe_layer_freq", default=1) or 1
-        moe_layers = sum(1 for i in range(layers) if i >= first and i % freq == 0)
-        shared = _int(cfg, name, "n_shared_experts", default=0) * width
+        first = config_int(cfg, name, "first_k_dense_replace", default=0)
+        freq = config_int(cfg, name, "moe_layer_freq", default=1) or 1
+        # layers i with first <= i < layers and i % freq == 0
+        moe_layers = multiples_below(layers, freq) - multiples_below(min(first, layers), freq)
+        shared = config_int(cfg, name, "n_shared_experts", default=0) * width
         score_bias = str(cfg.get("topk_method", "")) == "noaux_tc"
         return Moe(experts, top_k, width, moe_layers, shared, score_bias=score_bias)
-    step = _int(cfg, name, "decoder_sparse_step", default=1) or 1
-    dense_only = set(cfg.get("mlp_only_layers") or ())
-    moe_layers = sum(1 for i in range(layers) if i not in dense_only and (i + 1) % step == 0)
-    shared = _int(cfg, name, "shared_expert_intermediate_size", default=0)
+    step = config_int(cfg, name, "decoder_sparse_step", default=1) or 1
+    dense_only = layer_indexes(cfg, name, "mlp_only_layers")
+    # layers i < layers with (i + 1) % step == 0, less those listed as dense
+    moe_layers = layers // step - sum(1 for i in dense_only if i < layers and (i + 1) % step == 0)
+    shared = config_int(cfg, name, "shared_expert_intermediate_size", default=0)
     return Moe(experts, top_k, width, moe_layers, shared, shared_gate=shared > 0)
 
 
 def _mla(cfg: Mapping[str, Any], name: str) -> Mla:
-    q_lora = cfg.get("q_lora_rank")
+    q_lora = config_int(cfg, name, "q_lora_rank", default=0)
     return Mla(
-        kv_lora_rank=_int(cfg, name, "kv_lora_rank"),
-        q_lora_rank=int(q_lora) if isinstance(q_lora, int) and q_lora > 0 else None,
-        qk_rope_head_dim=_int(cfg, name, "qk_rope_head_dim"),
-        qk_nope_head_dim=_int(cfg, name, "qk_nope_head_dim"),
-        v_head_dim=_int(cfg, name, "v_head_dim"),
+        kv_lora_rank=config_int(cfg, name, "kv_lora_rank"),
+        q_lora_rank=q_lora or None,
+        qk_rope_head_dim=config_int(cfg, name, "qk_rope_head_dim"),
+        qk_nope_head_dim=config_int(cfg, name, "qk_nope_head_dim"),
+        v_head_dim=config_int(cfg, name, "v_head_dim"),
     )
 
 

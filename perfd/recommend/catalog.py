@@ -231,10 +231,14 @@ def _model_index() -> dict[str, str]:
     return index
 
 
-@functools.cache
 def model_spec(name: str) -> ModelSpec:
     """The catalog model ``name`` (any alias); RecommendError with close matches if unknown."""
     canon = _match("model", "model", name, _model_index(), [m[0] for m in MODELS])
+    return _catalog_spec(canon)
+
+
+@functools.cache  # by canonical name: one entry per catalog model, whatever names requests use
+def _catalog_spec(canon: str) -> ModelSpec:
     for entry_name, hf_id, _, config in MODELS:
         if entry_name == canon:
             spec = spec_from_config(config, name=entry_name, source="catalog")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from perfd.recommend.catalog import GPUS, gpu_model
-from perfd.recommend.request import RecommendError, Request, check_gpus
+from perfd.recommend.request import MAX_BYTES, RecommendError, Request, check_limits
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,24 @@ def _planned_gpu(text: str) -> Gpu:
     except ValueError:
         model = gpu_model(text)
         return Gpu(0, model.name, model.total_bytes, model.total_bytes, model.compute_capability)
-    if size <= 0:
-        raise RecommendError(f"GPU size must be > 0, not {text!r}", option="gpu", value=text)
+    if not 1 <= size <= MAX_BYTES:
+        raise RecommendError(
+            f"a GPU size must be from 1 byte to 1024TiB ({MAX_BYTES} bytes), not {text!r}",
+            option="gpu",
+            value=text,
+        )
     return Gpu(0, f"GPU ({text.strip()})", size, size)
 
 
 def _live_gpus(text: str, live: Hardware | None) -> tuple[Gpu, ...]:
-    wanted = [int(part) for part in text.split(",")]
+    parts = text.split(",")
+    if not all(parts):
+        raise RecommendError(
+            f"--gpu {text!r}: live GPU indexes are numbers separated by commas (0,1)",
+            option="gpu",
+            value=text,
+        )
+    wanted = [int(part) for part in parts]
     have = () if live is None else live.gpus
     picked = tuple(g for g in have if g.index in wanted)
     missing = sorted(set(wanted) - {g.index for g in picked})
@@ -142,7 +153,7 @@ def _live_gpus(text: str, live: Hardware | None) -> tuple[Gpu, ...]:
 
 def plan_hardware(request: Request, live: Hardware | None) -> Hardware:
     """The hardware to plan for: ``live`` changed by the request's --gpu/--gpus/--memory."""
-    check_gpus(request.gpus)  # before the GPU is repeated that many times
+    check_limits(request)  # before a text is matched or the GPU repeated that many times
     if request.kv_budget is not None and live is None and request.gpu is None:
         return Hardware((), 0, 0, None, 1, "kv_budget")
     if live is None and request.gpu is None and request.memory is None:

@@ -4,13 +4,17 @@
 arguments) unchanged; ``check()`` validates the ones that need no catalog lookup and returns
 the normalised engine name. Sizes are bytes; a ``RecommendError`` names the option, the value
 and what is allowed, so the CLI can print it as one line.
+
+``check_limits()`` bounds every field before anything else reads it (any local user can send
+a request): texts by length, numbers by range (docs/recommend.md, "Limits on the input").
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 ENGINES = ("vllm", "llama.cpp", "ollama")
 _ENGINE_ALIASES = {
@@ -22,9 +26,33 @@ _ENGINE_ALIASES = {
     "ollama": "ollama",
 }
 
-# Planning repeats the GPU once per ``gpus``: a bound keeps one request from taking minutes and
-# gigabytes of perfd's time (a million took 12 s); no model is split over more GPUs than this.
-MAX_GPUS = 1024
+# Planning repeats the GPU once per ``gpus`` and the reply lists each one (about 200 bytes):
+# 1024 of them made a 210 KB reply, a million took 12 s. No engine splits one model copy over
+# more GPUs than this (vLLM's tensor parallel size divides the attention heads).
+MAX_GPUS: Final = 64
+MAX_NAME: Final = 256  # a model's name (``model``, a config's _name_or_path)
+MAX_WORD: Final = 64  # quant, kv_dtype, engine, a config's model_type
+MAX_GPU_TEXT: Final = 256  # gpu: a catalog name, a size, or live indexes ("0,1,2,3")
+MAX_BYTES: Final = 1 << 50  # memory, kv_budget and a GPU's size: 1 PiB
+MAX_CONTEXT: Final = 1 << 27  # tokens: context and max_position_embeddings (134,217,728)
+_TEXTS: Final = {
+    "model": MAX_NAME,
+    "quant": MAX_WORD,
+    "kv_dtype": MAX_WORD,
+    "engine": MAX_WORD,
+    "gpu": MAX_GPU_TEXT,
+}
+_COUNTS: Final = {
+    "context": (1, MAX_CONTEXT),
+    "memory": (1, MAX_BYTES),
+    "kv_budget": (1, MAX_BYTES),
+}
+
+
+def shown(value: object) -> str:
+    """``repr(value)``, cut to 40 characters: errors say what was given, never at length."""
+    text = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    return text if len(text) <= 40 else f"{text[:30]}... ({len(text)} characters)"
 
 
 class RecommendError(ValueError):
@@ -91,35 +119,72 @@ def engine_name(engine: str) -> str:
 
 def check_gpus(gpus: int | None) -> None:
     """RecommendError unless ``gpus`` is None or a whole number from 0 to MAX_GPUS."""
-    if gpus is not None and (isinstance(gpus, bool) or not 0 <= gpus <= MAX_GPUS):
+    if gpus is not None and (
+        isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= MAX_GPUS
+    ):
         raise RecommendError(
-            f"gpus must be an integer from 0 to {MAX_GPUS}, not {gpus!r}",
+            f"gpus must be an integer from 0 to {MAX_GPUS}, not {shown(gpus)}",
             option="gpus",
             value=gpus,
         )
 
 
+def check_limits(request: Request) -> None:
+    """RecommendError unless every field of ``request`` has its type and is within its
+    bound: texts by length, counts and sizes by range, utilization in (0, 1]."""
+    for option, limit in _TEXTS.items():
+        value = getattr(request, option)
+        if value is not None and (not isinstance(value, str) or len(value) > limit):
+            given = f"{len(value)} characters" if isinstance(value, str) else shown(value)
+            raise RecommendError(
+                f"{option} must be a string of at most {limit} characters, not {given}",
+                option=option,
+            )
+    for option, (low, high) in _COUNTS.items():
+        value = getattr(request, option)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+        ):
+            raise RecommendError(
+                f"{option} must be a whole number from {low} to {high}, not {shown(value)}",
+                option=option,
+                value=value,
+            )
+    check_gpus(request.gpus)
+    if not _fraction(request.utilization):
+        raise RecommendError(
+            f"utilization must be a number in (0, 1], not {shown(request.utilization)}",
+            option="utilization",
+            value=request.utilization,
+        )
+    if request.config is not None and not isinstance(request.config, Mapping):
+        raise RecommendError(
+            f"config must be a JSON object, not {shown(request.config)}", option="config"
+        )
+
+
+def _fraction(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+    return math.isfinite(number) and 0.0 < number <= 1.0
+
+
 def check(request: Request) -> str:
     """Validate the plain-number options of ``request``; its canonical engine name."""
-    if request.model is None and request.config_json is None and request.weights_path is None:
+    check_limits(request)
+    if (
+        request.model is None
+        and request.config is None
+        and request.config_json is None
+        and request.weights_path is None
+    ):
         raise RecommendError(
             "no model: give a catalog name (perfctl recommend --list-models), "
             "a config.json, a safetensors file or directory, or a GGUF file",
             option="model",
         )
-    if not 0.0 < request.utilization <= 1.0:
-        raise RecommendError(
-            f"utilization must be in (0, 1], not {request.utilization!r}",
-            option="utilization",
-            value=request.utilization,
-        )
-    check_gpus(request.gpus)
-    for option in ("context", "memory", "kv_budget"):
-        value = getattr(request, option)
-        if value is not None and (isinstance(value, bool) or value < 1):
-            raise RecommendError(
-                f"{option} must be an integer >= 1, not {value!r}",
-                option=option,
-                value=value,
-            )
     return engine_name(request.engine)
