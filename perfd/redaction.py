@@ -22,16 +22,15 @@ So ``https://u:p@hooks.slack.com/services/T0123ABCD/B0123ABCD/AbCd...`` is shown
 is idempotent: a redacted URL redacts to itself, and is still a valid setting.
 
 **Text.** ``Scrubber`` replaces given secrets (an API key, a URL's password and tokens) in
-any text or JSON-like value, also in their HTML-escaped, percent-encoded and JSON-escaped
-forms, and redacts every URL found in the text. Exception messages from requests and urllib3
+any text or JSON-like value, also when any of their characters is HTML-escaped (named or
+numeric entity), percent-encoded (either case) or JSON-escaped, and redacts every URL found
+in the text. Exception messages from requests and urllib3
 embed the URL, or only its path (``Max retries exceeded with url: /services/...``): scrub
 them with the URL's own secrets before logging or replying.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -194,35 +193,37 @@ def redact_text(text: str) -> str:
     return _URL_IN_TEXT.sub(one, text)
 
 
-def _forms(secret: str) -> set[str]:
-    """The ways a secret may come back in a body: as is, HTML-escaped, percent-encoded (either
-    case of hex digits), JSON-escaped (with ``\\/``)."""
-    forms = {
-        secret,
-        html.escape(secret),
-        html.escape(secret, quote=False),
-        urllib.parse.quote(secret, safe=""),
-        urllib.parse.quote(secret),
-        urllib.parse.quote_plus(secret),
-        json.dumps(secret)[1:-1],
-        json.dumps(secret)[1:-1].replace("/", "\\/"),
-        "".join(f"&#{ord(c)};" for c in secret),
-        "".join(f"&#x{ord(c):x};" for c in secret),
-    }
-    lower = {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), f) for f in forms}
-    return forms | lower
+_ENTITIES: Final = {"&": "amp", "<": "lt", ">": "gt", '"': "quot", "'": "apos"}
+
+
+def _char(c: str) -> str:
+    """A pattern for one character of a secret in any of the forms a body may carry it:
+    as is, percent-encoded, an HTML entity (named, decimal, hex), a JSON escape."""
+    n = ord(c)
+    forms = [re.escape(c), f"%(?i:{n:02x})", f"&#0*{n};", f"&#(?i:x0*{n:x});"]
+    forms.append(f"\\\\(?i:u{n:04x})")
+    if c in _ENTITIES:
+        forms.append(f"&{_ENTITIES[c]};")
+    if c in '/"\\':
+        forms.append(re.escape("\\" + c))
+    if c == " ":
+        forms.append(re.escape("+"))
+    return "(?:" + "|".join(forms) + ")"
+
+
+def _pattern(secret: str) -> str:
+    """A pattern matching ``secret`` however each character of it is escaped (a body may
+    HTML-escape, percent-encode or JSON-escape some characters and not others)."""
+    return "".join(_char(c) for c in secret)
 
 
 class Scrubber:
     """Replaces known secrets (and their encoded forms) and redacts URLs in text and values."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        forms: set[str] = set()
-        for secret in secrets:
-            if secret and len(secret) >= MIN_SCRUBBED:
-                forms |= _forms(secret)
-        ordered = sorted(forms, key=len, reverse=True)  # the longest form first
-        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        kept = {secret for secret in secrets if len(secret) >= MIN_SCRUBBED}
+        ordered = sorted(kept, key=len, reverse=True)  # the longest secret first
+        self._pattern = re.compile("|".join(map(_pattern, ordered))) if ordered else None
 
     def text(self, text: str) -> str:
         if self._pattern is not None:
