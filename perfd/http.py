@@ -156,8 +156,20 @@ def make_session(
     if ca_bundle:
         session.verify = ca_bundle
     session.headers.update(headers or {})
-    session.auth = lambda request: request  # any auth set stops requests reading ~/.netrc
+    session.auth = _url_auth  # any auth set stops requests reading ~/.netrc
     return session
+
+
+def _url_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """HTTP Basic auth from the URL's ``user:password@``, unless an Authorization header is
+    set already (a sink's bearer token); requests ignores the URL's once a session has auth."""
+    from requests.auth import HTTPBasicAuth
+    from requests.utils import get_auth_from_url
+
+    user, password = get_auth_from_url(request.url or "")
+    if (user or password) and "Authorization" not in request.headers:
+        HTTPBasicAuth(user, password)(request)
+    return request
 
 
 @functools.cache

@@ -8,6 +8,7 @@ percent-encoded, JSON), the marker survives, so its absence proves the secret's.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import time
@@ -170,6 +171,8 @@ def test_a_failing_webhook_logs_no_secret(start_perfd: StartPerfd, server: Scrip
     (request,) = server.wait_for_requests(1, timeout=30)
     assert "PathTokS3CRETb" in request.path
     assert "QueryS3CRETc" in request.path
+    basic = base64.b64encode(b"hookuser:HookPassS3CRETa").decode()
+    assert request.headers["authorization"] == f"Basic {basic}"  # userinfo sent as Basic auth
     wait_until(lambda: bool(events(perfd, "alert_sink.failed")))
     (failed,) = events(perfd, "alert_sink.failed")
     assert failed["url"].startswith(f"http://<redacted>@127.0.0.1:{server.port}/services/")
