@@ -278,13 +278,16 @@ def _plain(value: Any, depth: int) -> Any:
 
 def redact_setting(mark: object, value: Any) -> Any:
     """A setting's value as shown, per its schema mark: True (the whole value), "url" (the
-    secret parts of a URL), "table" (secret-named entries)."""
+    secret parts of a URL), "table" (secret-named entries). A value of the wrong type (as a
+    config error shows it) has the URLs in its strings redacted."""
     if not value:
         return value
-    if mark == "url":
-        return redact_url(value) if isinstance(value, str) else REDACTED
-    if mark == "table":
-        return redact_table(value) if isinstance(value, Mapping) else REDACTED
+    if mark == "url" and isinstance(value, str):
+        return redact_url(value)
+    if mark == "table" and isinstance(value, str) and is_secret_name(value):
+        return REDACTED  # options = "api_key=..." (a string where a table belongs)
+    if mark in ("url", "table"):  # a table, or a wrong type a config error shows
+        return _plain(value, 0)
     return REDACTED
 
 
