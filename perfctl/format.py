@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
+
+from perfctl import format_toml
 
 _CODES = {"green": "32", "yellow": "33", "red": "31", "bold": "1", "dim": "2"}
 
@@ -78,20 +79,8 @@ def format_config(result: dict[str, Any], style: Style = PLAIN) -> str:
     """The effective config as TOML, ready to paste into a config file."""
     note = "" if result["file_present"] else " (no file: defaults)"
     lines = [style.paint(f"# {result['path']}{note}", "dim")]
-    _toml(result["config"], [], lines)
+    format_toml.document(result["config"], lines)
     return "\n".join(lines)
-
-
-def _toml(section: dict[str, Any], name: list[str], lines: list[str]) -> None:
-    tables = []
-    for key, value in section.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    for key, value in tables:
-        lines.extend(["", f"[{'.'.join([*name, key])}]"])
-        _toml(value, [*name, key], lines)
 
 
 def format_reload(result: dict[str, Any], style: Style = PLAIN) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from perfd import paths, protocol, schema
 from perfd.errors import ConfigError
+from perfd.redaction import redact_url
 from perfd.schema import option, section, section_map
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
@@ -322,7 +323,13 @@ class ExhaustionRule:
 class SinkConfig:
     """Where alert transitions are also sent over HTTP (empty url: off)."""
 
-    url: str = option("", "The endpoint; empty turns this sink off.", kind="str")
+    url: str = option(
+        "",
+        "The endpoint; empty turns this sink off. Its secret parts (user:password@, token "
+        "query values and path segments) are redacted wherever perfd shows it.",
+        kind="str",
+        secret="url",
+    )
     queue: int = option(
         1000,
         "Transitions waiting to be sent; when full, the oldest is dropped and counted.",
@@ -355,7 +362,8 @@ class SinkConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         if self.url and not self.url.startswith(("http://", "https://")):
-            return [("url", f"must start with http:// or https://, not {self.url!r}")]
+            shown = redact_url(self.url)
+            return [("url", f"must start with http:// or https://, not {shown!r}")]
         return []
 
 
@@ -487,7 +495,11 @@ class ModelConfig:
         maximum=1 << 50,
     )
     options: dict[str, Any] = option(
-        None, "Passed to the loader (python: the factory's keyword arguments).", kind="table"
+        None,
+        "Passed to the loader (python: the factory's keyword arguments). Entries named like "
+        "a secret (`api_key`, `password`, `token`...) are redacted wherever perfd shows them.",
+        kind="table",
+        secret="table",
     )
     provider: str = option("", "openai loader: the `[providers.NAME]` to call.", kind="str")
     model: str = option(
@@ -564,8 +576,10 @@ class ProviderConfig:
     base_url: str = option(
         OPENROUTER_URL,
         "The OpenAI-compatible API: OpenRouter's by default; OpenAI, vLLM, llama.cpp's server "
-        "and Ollama's /v1 work the same.",
+        "and Ollama's /v1 work the same. Its secret parts (user:password@...) are redacted "
+        "wherever perfd shows it.",
         kind="str",
+        secret="url",
     )
     api_key_env: str = option(
         "",
@@ -627,7 +641,10 @@ class ProviderConfig:
         "", "CA bundle for https (default: certifi's, or $REQUESTS_CA_BUNDLE).", kind="path"
     )
     referer: str = option(
-        "", "OpenRouter attribution: sent as HTTP-Referer (your site's URL).", kind="str"
+        "",
+        "OpenRouter attribution: sent as HTTP-Referer (your site's URL).",
+        kind="str",
+        secret="url",
     )
     title: str = option(
         "", "OpenRouter attribution: sent as X-Title (your app's name).", kind="str"
@@ -635,7 +652,8 @@ class ProviderConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         if not self.base_url.startswith(("http://", "https://")):
-            return [("base_url", f"must start with http:// or https://, not {self.base_url!r}")]
+            shown = redact_url(self.base_url)
+            return [("base_url", f"must start with http:// or https://, not {shown!r}")]
         if self.api_key_env and self.api_key_file:
             return [("api_key_file", "give api_key_env or api_key_file, not both")]
         return []

@@ -7,6 +7,8 @@ The server (perfd.server) asks the gate two questions about each request:
 - ``authorize``, for an admin command: on the admin socket, may this sender (uid, gid, pid
   from ``Peer-Address``) run it, per perfd.access.AdminPolicy? Either way the command and its
   caller are logged (``command.admin``), and a refusal too (``access.denied``, rate-limited).
+- ``refuse``: an admin command from a caller ``caller`` said may not run one (a read key,
+  perfd-ro.sock) is logged as ``access.denied`` too (rate-limited per key or uid).
 
 It also answers zmq.auth's CURVE callback (``callback``): a client key gets through the
 handshake only when it is in ``remote_keys``.
@@ -101,6 +103,18 @@ class Gate:
             self._log_denial(peer.uid, facts, refusal)
             raise ProtocolError(protocol.FORBIDDEN, refusal, request.id)
         _log.log(log.LEVELS[audit], "command.admin", **facts)
+
+    def refuse(
+        self, request: protocol.Request, kind: str, head: Message, peer: Peer | None, reason: str
+    ) -> ProtocolError:
+        """Log (rate-limited) an admin command refused to a read-only caller, a read key on
+        tcp or anyone on perfd-ro.sock; the ProtocolError (forbidden) to reply with."""
+        if peer is None:
+            peer = Peer.from_ipc(_property(head, "Peer-Address"))
+        facts: dict[str, Any] = {"cmd": request.cmd, **peer.fields(), "socket": kind}
+        who = ("key", peer.key_name) if peer.key_name is not None else peer.uid
+        self._log_denial(who, facts, reason)
+        return ProtocolError(protocol.FORBIDDEN, reason, request.id)
 
     def callback(self, domain: str, key: bytes) -> bool:
         """zmq.auth's CURVE callback, on the authenticator's thread (``remote_keys`` is only

@@ -19,12 +19,15 @@ was not processed. Retry-After is honoured, capped by ``backoff_max``. Other err
 failures above all) are not retried, and when status retries run out the last response is
 returned (``raise_on_status=False``) so callers can read its status and body.
 
-Its sessions honour ``ca_bundle`` even when $REQUESTS_CA_BUNDLE is set (requests would let the
-variable win) and the proxy variables, and never read ~/.netrc (it would replace an
+Callers pass ``allow_redirects=False``: a 3xx answer is an error naming its target
+(``redirect_message``), never followed, so a prompt or an alert is never re-sent to another
+host. Its sessions honour ``ca_bundle`` even when $REQUESTS_CA_BUNDLE is set (requests would
+let the variable win) and the proxy variables, and never read ~/.netrc (it would replace an
 Authorization header). Also shared: ``read_secret`` (a key from an environment variable or a
-file, never echoed), ``BearerAuth`` (a repr without the key), ``safe_url`` and ``causes`` (for
-messages), ``error_message`` (of an error body), ``parse_stream`` (Server-Sent Events).
-Importing this module is cheap: requests and urllib3 come when a session or Retry is built.
+file, never echoed), ``BearerAuth`` (a repr without the key), ``safe_url``,
+``redirect_message`` and ``causes`` (for messages), ``error_message`` (of an error body),
+``parse_stream`` (Server-Sent Events). Importing this module is cheap: requests and urllib3
+come when a session or Retry is built.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Self
+
+from perfd import redaction
 
 if TYPE_CHECKING:
     import socket
@@ -151,8 +156,20 @@ def make_session(
     if ca_bundle:
         session.verify = ca_bundle
     session.headers.update(headers or {})
-    session.auth = lambda request: request  # any auth set stops requests reading ~/.netrc
+    session.auth = _url_auth  # any auth set stops requests reading ~/.netrc
     return session
+
+
+def _url_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """HTTP Basic auth from the URL's ``user:password@``, unless an Authorization header is
+    set already (a sink's bearer token); requests ignores the URL's once a session has auth."""
+    from requests.auth import HTTPBasicAuth
+    from requests.utils import get_auth_from_url
+
+    user, password = get_auth_from_url(request.url or "")
+    if (user or password) and "Authorization" not in request.headers:
+        HTTPBasicAuth(user, password)(request)
+    return request
 
 
 @functools.cache
@@ -257,11 +274,19 @@ class BearerAuth:
 
 
 def safe_url(url: str) -> str:
-    """``url`` without a user:password@ part, fit for logs."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    """``url`` with its secret parts redacted, fit for logs and replies (perfd.redaction)."""
+    return redaction.redact_url(url)
+
+
+def redirect_message(response: requests.Response, setting: str) -> str:
+    """Why a 3xx answer is refused, naming where it pointed (redacted) and what to do."""
+    location = response.headers.get("Location") or ""
+    target = urllib.parse.urljoin(response.url, location) if location else "nowhere given"
+    return (
+        f"redirected (HTTP {response.status_code}) to {redaction.redact_url(target)}: perfd "
+        "follows no redirects (the request and its key would go to another server); "
+        f"set {setting} to the address that answers"
+    )
 
 
 def causes(exc: BaseException) -> list[BaseException]:

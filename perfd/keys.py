@@ -15,12 +15,17 @@ perfd's ``[remote] authorized_keys`` file lists the clients allowed in, one per 
     Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID    read   grafana-host
 
 ``read`` keys may run the read-only commands; ``admin`` keys may run every command.
+
+Like sshd's StrictModes, perfd refuses an authorized-keys file that someone else could change:
+one writable by its group or by others, or owned by a user other than root and perfd's own.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,8 +189,57 @@ def parse_authorized(text: str, source: str) -> dict[str, AuthorizedKey]:
     return keys
 
 
+def _owner(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def authorized_file_problem(st: os.stat_result, path: Path, euid: int) -> str | None:
+    """Why an authorized-keys file with this stat must not be trusted (None: it may)."""
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file"
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        return (
+            f"{path} is mode {mode:04o}: writable by its group or others, anyone of whom "
+            f"could let a key in; chmod go-w {path}"
+        )
+    if st.st_uid not in (0, euid):
+        return (
+            f"{path} is owned by {_owner(st.st_uid)}, not by root or perfd's user "
+            f"({_owner(euid)}), who could let a key in; chown {_owner_name(euid)} {path}"
+        )
+    return None
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def read_authorized(path: Path) -> dict[str, AuthorizedKey]:
-    keys = parse_authorized(_read(path, "no such authorized-keys file"), str(path))
+    """The authorized-keys list in ``path``; KeyFileError when the file is unusable, lists
+    no key, or could be changed by someone other than root and perfd's user."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: no such authorized-keys file") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        problem = authorized_file_problem(os.fstat(fd), path, os.geteuid())
+        if problem is not None:
+            raise KeyFileError(problem)
+        try:
+            text = handle.read().decode()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise KeyFileError(f"{path}: cannot read: {reason}") from None
+    keys = parse_authorized(text, str(path))
     if not keys:
         raise KeyFileError(f"{path} lists no keys: perfd serves tcp only to listed client keys")
     return keys

@@ -3,7 +3,8 @@
 Every line has ``ts`` (RFC 3339, UTC), ``level``, ``event`` (a dotted name such as
 ``config.reloaded``), ``logger`` and the event's fields. When stdout is the journal
 (``$JOURNAL_STREAM`` names it), each line starts with the sd-daemon ``<N>`` priority so that
-``journalctl -p warning`` filters by level. Values of secret-looking keys are redacted.
+``journalctl -p warning`` filters by level. Values of secret-looking keys are redacted, and so
+are the secret parts of URLs in values and in a logged exception (perfd.redaction).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import IO, Any, Final
 
 import structlog
 
+from perfd import redaction
+
 LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _SYSLOG_PRIORITY: Final = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
-_SECRET_WORDS: Final = ("api_key", "apikey", "token", "password", "secret", "authorization")
-REDACTED: Final = "<redacted>"
+REDACTED: Final = redaction.REDACTED
 
 
 class _State:
@@ -177,15 +179,16 @@ def _filter(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapp
 
 
 def is_secret_key(key: str) -> bool:
-    lowered = key.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
+    return redaction.is_secret_name(key)
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in event:
-        if is_secret_key(key):
-            event[key] = REDACTED
-    return event
+    if event.get("exc_info") and sys.exc_info()[0] is not None:
+        import traceback  # here, not in render: the traceback's URLs are redacted too
+
+        event.pop("exc_info")
+        event["exception"] = traceback.format_exc(limit=20)
+    return redaction.redact_event(dict(event))
 
 
 def _timestamp() -> str:

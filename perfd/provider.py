@@ -7,8 +7,12 @@
 Each Provider owns a requests.Session built by perfd.http (a connection pool, the POST-safe
 Retry, the CA bundle) and sends ``Authorization: Bearer <key>`` when a key is configured. The
 key comes from the environment variable named by ``api_key_env`` or from ``api_key_file``
-(stripped), read once when the Provider is built; it never appears in logs, stats, reprs or
-error messages. requests is imported when the first Provider is built, not with this module.
+(stripped), read once when the Provider is built; it never appears in logs, stats, reprs, error
+messages or answers: the provider's answers (errors, completions, stream chunks) have it
+replaced by ``<redacted>``, also HTML-escaped, percent-encoded or JSON-escaped, and so have the
+secret parts of ``base_url`` (user:password@...), which error messages of requests and urllib3
+embed. Redirects are never followed: a 3xx answer is a ProviderHTTPError naming its target.
+requests is imported when the first Provider is built, not with this module.
 
 Every failure is a ProviderError with ``provider``, ``kind``, ``status``, ``message`` (the
 provider's own, truncated) and ``retries`` (how many times urllib3 retried this call)::
@@ -30,12 +34,20 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from perfd import __version__, log
+from perfd import __version__, log, redaction
 from perfd.errors import PerfdError
-from perfd.http import Malformed, causes, error_message, parse_stream, read_secret, safe_url
+from perfd.http import (
+    Malformed,
+    causes,
+    error_message,
+    parse_stream,
+    read_secret,
+    redirect_message,
+    safe_url,
+)
+from perfd.redaction import Scrubber, url_secrets
 
 if TYPE_CHECKING:
     import requests
@@ -58,7 +70,6 @@ __all__ = [
 
 T = TypeVar("T")
 _log = log.get("perfd.provider")
-REDACTED: Final = "<redacted>"
 
 
 class ProviderError(PerfdError):
@@ -134,6 +145,7 @@ class Provider:
         if cfg.ca_bundle and not os.path.exists(cfg.ca_bundle):
             raise ProviderConfigError(name, f"ca_bundle {cfg.ca_bundle} does not exist")
         self._key = read_api_key(name, cfg, os.environ if environ is None else environ)
+        self._scrubber = Scrubber([self._key, *url_secrets(self._base)])
         self._stats = http.HttpStats()
         headers = {"Accept": "application/json", "User-Agent": f"perfd/{__version__}"}
         if cfg.referer:
@@ -175,11 +187,11 @@ class Provider:
 
     def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         """POST {base_url}/chat/completions and return the completion object."""
-        return self._call("POST", "/chat/completions", body, _object)
+        return self._scrubber.value(self._call("POST", "/chat/completions", body, _object))
 
     def models(self) -> list[dict[str, Any]]:
         """GET {base_url}/models and return its ``data`` list."""
-        return self._call("GET", "/models", None, _model_list)
+        return self._scrubber.value(self._call("GET", "/models", None, _model_list))
 
     def chat_stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """POST with ``"stream": true`` and yield each chunk until ``data: [DONE]``.
@@ -200,7 +212,7 @@ class Provider:
                     for chunk in parse_stream(lines):
                         if chunk.get("error"):
                             raise self._stream_error(chunk, retries)
-                        yield chunk
+                        yield self._scrubber.value(chunk)
                 except Malformed as exc:
                     raise self._protocol(str(exc), retries) from None
                 except requests.RequestException as exc:
@@ -254,7 +266,12 @@ class Provider:
         with http.counting_retries() as tally:
             try:
                 response = self._session.request(
-                    method, self._base + path, json=body, timeout=self._timeout, stream=stream
+                    method,
+                    self._base + path,
+                    json=body,
+                    timeout=self._timeout,
+                    stream=stream,
+                    allow_redirects=False,  # never re-send the prompt to another server
                 )
             except requests.RequestException as exc:
                 raise self._transport_error(exc, tally.retries) from exc
@@ -267,6 +284,9 @@ class Provider:
         import requests
 
         status = response.status_code
+        if 300 <= status < 400:
+            message = self._scrub(redirect_message(response, "base_url"))
+            return ProviderHTTPError(self.name, message, status=status, retries=retries)
         try:
             text = response.content.decode("utf-8", "replace")
         except requests.RequestException:  # the body broke off: the status says enough
@@ -293,7 +313,7 @@ class Provider:
 
         chain = causes(exc)
         reason = self._scrub(str(chain[-1]) or type(chain[-1]).__name__)
-        host = urlsplit(self._base).netloc.rpartition("@")[2]
+        host = redaction.host(self._base)
         errors = requests.exceptions
         kind, message = "connect", f"connection to {host} failed: {reason}"
         if isinstance(exc, errors.SSLError):
@@ -319,7 +339,8 @@ class Provider:
         return ProviderProtocolError(self.name, self._scrub(message), retries=retries)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._key, REDACTED) if self._key else text
+        """``text`` without the key or base_url's secrets, in any encoding, nor URL secrets."""
+        return self._scrubber.text(text)
 
     def _log_failure(self, exc: ProviderError) -> None:
         facts = {"kind": exc.kind, "status": exc.status, "retries": exc.retries}

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
+from perfd import redaction
 from perfd.errors import ConfigError
 from perfd.units import format_duration, format_size, parse_duration, parse_size
 
@@ -34,6 +35,7 @@ KINDS: Final = (
     "names",  # a list of names (users, groups): kept as a tuple of strings
 )
 FOREVER: Final = -1.0
+SECRET_MARKS: Final = (False, True, "url", "table")
 
 
 def option(
@@ -44,11 +46,17 @@ def option(
     choices: tuple[str, ...] = (),
     minimum: float | None = None,
     maximum: float | None = None,
-    secret: bool = False,
+    secret: bool | str = False,
     key: str | None = None,
 ) -> Any:
-    """A leaf setting; ``key`` is its TOML name when that is not a Python name ("for")."""
+    """A leaf setting; ``key`` is its TOML name when that is not a Python name ("for").
+
+    ``secret`` says what of its value is never shown (``config`` reply, config errors):
+    True, all of it; ``"url"``, the secret parts of a URL; ``"table"``, the entries of a
+    table whose names are secret (perfd.redaction has the rules).
+    """
     assert kind in KINDS, kind
+    assert secret in SECRET_MARKS, secret
     meta = {
         "doc": doc,
         "kind": kind,
@@ -112,7 +120,7 @@ def parse(default: Any, data: Mapping[str, Any], path: str | None, prefix: str =
     problems = getattr(result, "problems", None)
     if problems is not None:
         for name, message in problems():
-            value = _get(result, name)
+            value = _shown_value(result, name)
             shows_value = shown(value) in message or repr(value) in message
             problem = message if shows_value else f"bad value {shown(value)}: {message}"
             raise ConfigError(path, prefix + name, problem, value=value)
@@ -132,6 +140,18 @@ def _parse_map(spec: dataclasses.Field[Any], value: Any, path: str | None, dotte
             )
         out[name] = parse(spec.metadata["section_map"](), table, path, f"{dotted}.{name}.")
     return out
+
+
+def _shown_value(obj: Any, key: str) -> Any:
+    """The value at ``key`` as an error may show it: redacted when its field is secret."""
+    value = _get(obj, key)
+    head, _, last = key.rpartition(".")
+    owner = _get(obj, head) if head else obj
+    if dataclasses.is_dataclass(owner):
+        spec = next((f for f in _settings(owner) if _key(f) == last), None)
+        if spec is not None and spec.metadata.get("secret"):
+            return redaction.redact_setting(spec.metadata["secret"], value)
+    return value
 
 
 def _get(obj: Any, key: str) -> Any:
@@ -290,6 +310,8 @@ def check(meta: Mapping[str, Any], value: Any, path: str | None, key: str) -> An
         if (low is not None and result < low) or (high is not None and result > high):
             raise _Bad(_range_text(meta))
     except _Bad as bad:
+        if meta.get("secret"):
+            value = redaction.redact_setting(meta["secret"], value)
         raise ConfigError(
             path, key, f"bad value {shown(value)}", value=value, allowed=bad.allowed
         ) from None
@@ -347,7 +369,8 @@ def toml_default(meta: Mapping[str, Any], value: Any) -> str:
 
 
 def to_dict(config: Any, *, redact: bool = True) -> dict[str, Any]:
-    """The config as plain data keyed by TOML names; secret values are redacted."""
+    """The config as plain data keyed by TOML names; secret values are redacted (per each
+    field's ``secret`` mark: perfd.redaction.redact_setting)."""
     out: dict[str, Any] = {}
     for spec in _settings(config):
         value = getattr(config, spec.name)
@@ -355,8 +378,8 @@ def to_dict(config: Any, *, redact: bool = True) -> dict[str, Any]:
             out[_key(spec)] = to_dict(value, redact=redact)
         elif "section_map" in spec.metadata:
             out[_key(spec)] = {k: to_dict(v, redact=redact) for k, v in value.items()}
-        elif redact and spec.metadata.get("secret") and value:
-            out[_key(spec)] = "<redacted>"
+        elif redact and spec.metadata.get("secret"):
+            out[_key(spec)] = redaction.redact_setting(spec.metadata["secret"], value)
         else:
             out[_key(spec)] = value
     return out

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 if TYPE_CHECKING:
+    from perfd.access import Peer
     from perfd.keys import AuthorizedKey, KeyPair
 
 from perfd import log, protocol
@@ -273,7 +274,7 @@ class Server:
         try:
             request = protocol.decode_request(body[0])
             peer, refused = self.gate.caller(kind, head, request.id)
-            command = self._command_for(request, kind, refused)
+            command = self._command_for(request, kind, refused, head, peer)
             if command.admin:
                 self.gate.authorize(request, kind, head, audit=command.audit, peer=peer)
             run = self._runner(command, request, body[1:])
@@ -336,7 +337,14 @@ class Server:
             message = f"'{cmd}' failed inside perfd: {str(exc)[:200]}"
             self._reply_error(sock, envelope, request_id, protocol.INTERNAL, message)
 
-    def _command_for(self, request: protocol.Request, kind: str, refused: str | None) -> Command:
+    def _command_for(
+        self,
+        request: protocol.Request,
+        kind: str,
+        refused: str | None,
+        head: zmq.Frame,
+        peer: Peer | None,
+    ) -> Command:
         command = self.commands.get(request.cmd)
         if command is None:
             known = ", ".join(sorted(self.commands))
@@ -345,10 +353,9 @@ class Server:
                 f"unknown command '{request.cmd[:64]}'; known: {known}",
                 request.id,
             )
-        if refused is not None and command.admin:
-            raise ProtocolError(
-                protocol.FORBIDDEN, f"'{command.name}' changes perfd and {refused}", request.id
-            )
+        if refused is not None and command.admin:  # logged: docs/security.md
+            reason = f"'{command.name}' changes perfd and {refused}"
+            raise self.gate.refuse(request, kind, head, peer, reason)
         unknown = sorted(set(request.args) - set(command.args))
         if unknown:
             allowed = ", ".join(sorted(command.args)) or "none"

@@ -8,7 +8,9 @@ memory. An outage is logged once (``alert_sink.failed``), its end too (``alert_s
 ``WebhookSink`` POSTs each transition as JSON. ``AlertmanagerSink`` POSTs to /api/v2/alerts
 and re-sends the firing alerts every ``resend`` (endsAt a few resends ahead, so they resolve if
 perfd goes away); a resolved alert is sent once, endsAt = when it resolved. requests is imported
-on the sender thread, never by importing this module.
+on the sender thread, never by importing this module. Redirects are never followed (a 3xx is
+a failure naming its target); the url's secret parts (user:password@, token query values and
+path segments: perfd.redaction) and the bearer token never appear in logs or stats.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import re
 import socket
 import threading
 import time
-import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
 from perfd import __version__, http, log
 from perfd.alerts import rfc3339
 from perfd.config import AlertsConfig, SinkConfig
+from perfd.redaction import Scrubber, redact_url, url_secrets
 
 if TYPE_CHECKING:
     import requests
@@ -36,13 +38,6 @@ _TIMER: Final[dict[str, Any]] = {}  # what the sender takes when a timer (resend
 _ENDS_AFTER_RESENDS: Final = 4  # a firing alert's endsAt, in resend intervals (as Prometheus)
 _BODY_SNIPPET: Final = 200
 _ERRNO: Final = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
-
-
-def safe_url(url: str) -> str:
-    """The url as it may be logged: no ``user:password@``, no query string."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class Sink:
@@ -56,7 +51,7 @@ class Sink:
 
     def __init__(self, cfg: SinkConfig, *, hostname: str | None = None) -> None:
         self.cfg = cfg
-        self.url = safe_url(cfg.url)
+        self.url = redact_url(cfg.url)  # as logged and shown: perfd.redaction
         self.hostname = hostname or socket.gethostname()
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._cond = threading.Condition()
@@ -197,9 +192,16 @@ class Sink:
         with http.counting_retries() as tally:
             try:
                 with self._session.post(
-                    url, data=data, headers=headers, timeout=(timeout, timeout)
+                    url,
+                    data=data,
+                    headers=headers,
+                    timeout=(timeout, timeout),
+                    allow_redirects=False,  # never re-send an alert to another server
                 ) as resp:
-                    if not 200 <= resp.status_code < 300:
+                    if 300 <= resp.status_code < 400:
+                        status, kind = resp.status_code, "redirect"
+                        error = http.redirect_message(resp, "url")
+                    elif not 200 <= resp.status_code < 300:
                         status, kind = resp.status_code, "status"
                         snippet = " ".join(resp.text[:_BODY_SNIPPET].split())
                         error = f"HTTP {status}" + (f": {snippet}" if snippet else "")
@@ -213,8 +215,7 @@ class Sink:
                 _log.info("alert_sink.recovered", sink=self.name, url=self.url, failed=self.failed)
                 self._recovered()
             return True
-        if token:
-            error = error.replace(token, log.REDACTED)
+        error = Scrubber([token, *url_secrets(self.cfg.url)]).text(error)
         self.failed += 1
         self.last_error = error
         if not self._failing:

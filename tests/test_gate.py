@@ -127,3 +127,30 @@ def test_the_curve_callback_lets_in_listed_keys_only() -> None:
     assert not any(gate.callback("*", key) for key in strangers)
     (denied,) = _events(out)
     assert denied["key"] == strangers[0].decode()
+
+
+def test_refusals_of_read_only_callers_are_logged_per_key_and_uid() -> None:
+    """An admin command from a read key or on perfd-ro.sock: forbidden, and access.denied is
+    logged once a minute per key name and per uid (one does not hide the other)."""
+    now = [0.0]
+    gate = _gate(now)
+    out = io.StringIO()
+    log.configure(stream=out)
+    reload = protocol.Request("r1", "reload")
+    reader = Frame(User_Id=_key(gate, "read"), Peer_Address="10.0.0.8")
+    peer, reason = gate.caller(REMOTE, reader, "r1")
+    assert reason is not None
+    for _ in range(2):
+        error = gate.refuse(reload, REMOTE, reader, peer, reason)
+        assert (error.code, error.request_id, error.message) == (protocol.FORBIDDEN, "r1", reason)
+    local = Frame(Peer_Address=f"localhost:{NOBODY}:{NOBODY}:99")
+    gate.refuse(reload, READONLY, local, None, "on the read-only socket")
+    remote, ipc = _events(out)
+    assert (remote["event"], remote["cmd"], remote["key"], remote["address"]) == (
+        "access.denied",
+        "reload",
+        "grafana",
+        "10.0.0.8",
+    )
+    assert remote["reason"] == reason
+    assert (ipc["uid"], ipc["pid"], ipc["socket"]) == (NOBODY, 99, READONLY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 from pathlib import Path
@@ -91,3 +92,40 @@ def test_an_empty_authorized_keys_file_is_refused(tmp_path: Path) -> None:
     path.write_text("# nobody yet\n")
     with pytest.raises(keys.KeyFileError, match="lists no keys"):
         keys.read_authorized(path)
+
+
+@pytest.mark.parametrize(("mode", "words"), [(0o664, "mode 0664"), (0o646, "mode 0646")])
+def test_an_authorized_keys_file_others_can_write_is_refused(
+    tmp_path: Path, mode: int, words: str
+) -> None:
+    """Like sshd's StrictModes: a list its group or others may write could let any key in."""
+    path = tmp_path / "authorized_keys"
+    path.write_text(f"{keys.generate().public.decode()} admin ops\n")
+    path.chmod(0o644)
+    assert len(keys.read_authorized(path)) == 1
+    path.chmod(mode)
+    with pytest.raises(
+        keys.KeyFileError, match=f"{words}: writable by its group or others"
+    ) as info:
+        keys.read_authorized(path)
+    assert str(info.value).endswith(f"chmod go-w {path}")
+
+
+def test_an_authorized_keys_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    """A list owned by a user other than root and perfd's own is refused, naming the owner;
+    root's and perfd's own are trusted (the check on a file's stat, for any uid)."""
+    path = tmp_path / "authorized_keys"
+    path.write_text("")
+    st = path.stat()
+    assert keys.authorized_file_problem(st, path, st.st_uid) is None
+    stranger = st.st_uid + 4242
+    other = os.stat_result((st.st_mode, *st[1:4], stranger, *st[5:]))
+    problem = keys.authorized_file_problem(other, path, st.st_uid)
+    assert problem is not None
+    assert f"is owned by uid {stranger}, not by root or perfd's user" in problem
+    root_owned = os.stat_result((st.st_mode, *st[1:4], 0, *st[5:]))
+    assert keys.authorized_file_problem(root_owned, path, stranger) is None
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(keys.KeyFileError, match="is not a regular file"):
+        keys.read_authorized(fifo)  # and no wait for a writer

@@ -4,6 +4,7 @@ real perfctl with --host/--key, read and admin keys, refusals, revocation by rel
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -115,6 +116,62 @@ def test_read_key_reads_but_cannot_change(remote: Remote) -> None:
     assert "needs an admin key; key 'grafana' is read-only" in reload.stderr
     with remote.client("grafana") as client, pytest.raises(Forbidden):
         client.evict(all=True)
+
+
+def test_a_read_keys_refused_admin_command_is_logged(remote: Remote) -> None:
+    """A read key's reload is logged as access.denied with the command, the key's name, its
+    address and the reason; more refusals within the minute are counted, not logged."""
+    assert remote.ctl("grafana", "reload").returncode == 4
+    with remote.client("grafana") as client, pytest.raises(Forbidden):
+        client.evict(all=True)
+    assert remote.ctl("ops", "ping").returncode == 0  # a sync point: both refusals handled
+    denied = [e for e in remote.perfd.logs() if e["event"] == "access.denied"]
+    assert len(denied) == 1
+    (entry,) = denied
+    assert (entry["cmd"], entry["key"], entry["address"]) == ("reload", "grafana", "127.0.0.1")
+    assert (
+        entry["reason"]
+        == "'reload' changes perfd and needs an admin key; key 'grafana' is read-only"
+    )
+
+
+@pytest.mark.parametrize("change", ["chmod 0666", "chown nobody"])
+def test_an_authorized_keys_file_others_could_change_is_refused(
+    start_perfd: StartPerfd, tmp_path: Path, change: str
+) -> None:
+    """perfd refuses to start when authorized_keys is writable by others or owned by
+    another user (like sshd's StrictModes): exit 1, the file and the remedy named."""
+    if change == "chown nobody" and os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root (CI runs as root)")
+    keygen(tmp_path / "server")
+    client = keygen(tmp_path / "client")
+    ak = tmp_path / "ak"
+    ak.write_text(client["authorized_keys_line"] + "\n")
+    if change == "chmod 0666":
+        ak.chmod(0o666)
+        problem = f"{ak} is mode 0666: writable by its group or others"
+    else:
+        os.chown(ak, 65534, 65534)
+        problem = f"{ak} is owned by uid 65534"
+    perfd = start_perfd(
+        "[remote]\n"
+        'listen = "tcp://127.0.0.1:0"\n'
+        f'secret_key_file = "{tmp_path / "server.key_secret"}"\n'
+        f'authorized_keys = "{ak}"\n',
+        wait_ready=False,
+    )
+    assert perfd.proc.wait(20) == 1
+    assert problem in perfd.log_path.read_text()
+    assert not perfd.admin_socket.exists()
+
+
+def test_a_loosened_authorized_keys_on_reload_keeps_the_old_list(remote: Remote) -> None:
+    """authorized_keys made group-writable, then reload: config_invalid, the old keys stay."""
+    remote.authorized.chmod(0o664)
+    result = remote.ctl("ops", "reload")
+    assert result.returncode == 1
+    assert "writable by its group or others" in result.stderr
+    assert remote.ctl("grafana", "ping").returncode == 0
 
 
 def test_unknown_key_is_refused_at_the_handshake(remote: Remote) -> None:

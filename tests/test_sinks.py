@@ -20,7 +20,8 @@ from perfd import config, log
 from perfd.alerts import ESCALATED, FIRING, RESOLVED, Transition, rfc3339
 from perfd.config import SinkConfig
 from perfd.monitor import Monitor
-from perfd.sinks import AlertmanagerSink, Sinks, WebhookSink, alertmanager_alert, safe_url
+from perfd.redaction import redact_url
+from perfd.sinks import AlertmanagerSink, Sinks, WebhookSink, alertmanager_alert
 from tests.daemons import ready_server, wait_until
 from tests.fakeprobes import FakeGpuProbe, FakeHostProbe, host_sample
 from tests.httpservers import Reply, ScriptedServer, closed_port
@@ -77,9 +78,10 @@ def test_importing_sinks_does_not_import_requests() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_safe_url_drops_credentials_and_query() -> None:
-    """Logged urls carry neither user:password@ nor a query string."""
-    assert safe_url("https://u:pw@example.com:8443/hook?token=x") == "https://example.com:8443/hook"
+def test_logged_urls_carry_no_credentials_or_tokens() -> None:
+    """Logged urls carry neither user:password@ nor a secret query value."""
+    shown = redact_url("https://u:pw@example.com:8443/hook?token=x&team=ops")
+    assert shown == "https://<redacted>@example.com:8443/hook?token=<redacted>&team=ops"
 
 
 def test_webhook_posts_each_transition_with_host_and_source(server: ScriptedServer) -> None:
