@@ -405,8 +405,8 @@ def _recommend(
             request = rec.daemon_args(args)
             with connect() as client:
                 result = client.recommend(**request)
-    except rec.UsageError as exc:
-        args.parser.error(str(exc))
+    except rec.UsageError as exc:  # may quote a --weights or --config-json file's contents
+        args.parser.error(safe.text(str(exc)))
     except DaemonNotRunning as exc:
         return _fail(exc, as_json, f"{exc.hint}; {rec.OFFLINE_HINT}")
     except InvalidArgs as exc:

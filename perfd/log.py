@@ -183,7 +183,9 @@ class Sink:
 
     def write(self, line: str, file_line: str | None = None) -> None:
         """Write ``line`` to stdout and ``file_line`` (default: ``line``) to the file."""
-        _stream_writer(self._stream or sys.stdout).write(line)
+        stream = self._stream or sys.stdout
+        if stream is not None:  # None: perfd was started with stdout closed
+            _stream_writer(stream).write(line)
         if self.file is not None and not getattr(_local, "stdout_only", False):
             self.file.write_line(line if file_line is None else file_line)
 
