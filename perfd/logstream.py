@@ -6,7 +6,8 @@ main loop did that write perfd would stop answering, stop feeding the watchdog a
 noticing SIGTERM. So a stream that can block (anything but a regular file or an in-memory
 stream) is written by a daemon thread from a queue bounded in bytes; a line that finds the
 queue full is dropped and counted, and the writer reports the count in a later
-``log.lines_dropped`` line once the stream takes lines again. Callers never wait.
+``log.lines_dropped`` line once the stream has caught up (half the queue free again), so the
+report itself finds room. Callers never wait.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def can_block(stream: IO[str]) -> bool:
 class StreamWriter:
     """Writes lines to ``stream``; through a queue and a thread when the stream can block.
 
-    ``report(dropped, total)`` is called on the writer thread, once the stream takes lines
-    again, with the lines dropped since the last report and in all; it may write() again.
+    ``report(dropped, total)`` is called on the writer thread, once the stream has caught up
+    (half the queue free), with the lines dropped since the last report and in all; it may
+    write() again.
     """
 
     def __init__(
@@ -99,7 +101,9 @@ class StreamWriter:
                 self._busy = True
             if not _write_all(self._fd, data):
                 continue  # stdout closed (journald restarted): the line is lost
-            with self._cond:  # the stream takes lines again: say how many were lost
+            with self._cond:  # the stream caught up (half the queue free): say what was lost
+                if self._bytes > self._max_bytes // 2:
+                    continue
                 dropped, total = self.dropped - self._reported, self.dropped
                 self._reported = self.dropped
             if dropped and self._report is not None:

@@ -88,9 +88,56 @@ def _read_until_quiet(fd: int) -> bytes:
     return bytes(data)
 
 
-def _drain(stream: io.BufferedReader, into: bytearray) -> None:
-    while chunk := stream.read1(1 << 16):
-        into.extend(chunk)
+class Reader:
+    """Reads a pipe on a thread while ``reading`` is set; what it read is in ``data``."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.data = bytearray()
+        self.reading = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import select
+
+        while not self._stop.is_set():
+            if not self.reading.wait(0.05):
+                continue
+            if select.select([self.fd], [], [], 0.05)[0]:
+                chunk = os.read(self.fd, 1 << 16)
+                if not chunk:
+                    return
+                self.data.extend(chunk)
+
+    def wait_for(self, needle: bytes, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.data:
+            assert time.monotonic() < deadline, f"no {needle!r} in what perfd wrote"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def flood(client: perfctl.Client, requests: int = 4000) -> None:
+    """Requests that each make perfd log request.rejected at debug (some 370 bytes): 4,000
+    are 1.4 MiB, past a pipe's 64 KiB and past stdout's queue (MAX_QUEUED_BYTES) too."""
+    assert requests * 370 > logstream.MAX_QUEUED_BYTES
+    for _ in range(requests):
+        with pytest.raises(CommandFailed):
+            client.call("no_such_command_" + "x" * 100)
+
+
+def ping_times(client: perfctl.Client, pid: int, count: int = 5) -> list[float]:
+    times = []
+    for _ in range(count):
+        started = time.monotonic()
+        assert client.ping()["pid"] == pid
+        times.append(time.monotonic() - started)
+    return times
 
 
 # -- a real perfd ---------------------------------------------------------------------------
@@ -100,53 +147,50 @@ def test_perfd_with_a_full_stdout_pipe_keeps_answering_and_stops_on_sigterm(
     short_dir: Path, tmp_path: Path
 ) -> None:
     """perfd's stdout a pipe nobody reads, filled far past its 64 KiB by debug lines: ping is
-    still answered within 0.5 s, the watchdog still fed, SIGTERM still ends perfd (exit 0)."""
+    still answered within 0.5 s and the watchdog still fed; once read, the dropped lines are
+    reported (log.lines_dropped); filled again and unread, SIGTERM still ends perfd (exit 0)
+    promptly."""
     config = tmp_path / "perfd.toml"
     config.write_text('[log]\nlevel = "debug"\n[monitor]\ninterval = "200ms"\n')
     notify = NotifySocket(short_dir / "notify")
     runtime = short_dir / "run"
+    read_end, write_end = os.pipe()
     proc = subprocess.Popen(
         [*command("perfd"), "--config", str(config), "--runtime-dir", str(runtime)],
         env=clean_env(NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="1000000"),
-        stdout=subprocess.PIPE,  # never read
+        stdout=write_end,
         stderr=subprocess.DEVNULL,
     )
+    os.close(write_end)
+    reader = Reader(read_end)
     try:
         notify.wait_for("READY=1", timeout=30)
         with perfctl.Client(runtime_dir=runtime, timeout=10, retries=0) as client:
-            # Each logs request.rejected at debug (some 370 bytes): 1.4 MiB, past the pipe's
-            # 64 KiB and stdout's queue (logstream.MAX_QUEUED_BYTES) too.
-            assert logstream.MAX_QUEUED_BYTES < 4000 * 370
-            for _ in range(4000):
-                with pytest.raises(CommandFailed):
-                    client.call("no_such_command_" + "x" * 100)
-            for _ in range(5):
-                started = time.monotonic()
-                assert client.ping()["pid"] == proc.pid
-                assert time.monotonic() - started < 0.5
-        fed = sum("WATCHDOG=1" in m for m in notify.messages)
-        notify.wait_for("WATCHDOG=1", timeout=5)  # still fed after the flood
-        assert sum("WATCHDOG=1" in m for m in notify.messages) > fed
-        assert proc.stdout is not None
-        out = bytearray()
-        reader = threading.Thread(target=_drain, args=(proc.stdout, out))
-        reader.start()  # someone reads at last: the drop is reported
-        deadline = time.monotonic() + 20
-        while b'"log.lines_dropped"' not in out and time.monotonic() < deadline:
-            time.sleep(0.1)
+            flood(client)
+            assert max(ping_times(client, proc.pid)) < 0.5
+            fed = sum("WATCHDOG=1" in m for m in notify.messages)
+            notify.wait_for("WATCHDOG=1", timeout=5)  # still fed after the flood
+            assert sum("WATCHDOG=1" in m for m in notify.messages) > fed
+
+            reader.reading.set()  # someone reads at last: the drop is reported
+            reader.wait_for(b'"log.lines_dropped"')
+            reader.reading.clear()
+            time.sleep(0.2)  # the reader is idle
+            flood(client)  # full again, and nobody reads
+            assert max(ping_times(client, proc.pid)) < 0.5
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
         assert time.monotonic() - started < 10
-        reader.join(10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        reader.reading.set()
+        reader.close()
+        os.close(read_end)
         notify.close()
-    entries = [json.loads(line) for line in out.decode().splitlines()]
-    (dropped,) = [e for e in entries if e["event"] == "log.lines_dropped"]
-    assert dropped["dropped"] > 0
-    assert entries[-1]["event"] == "daemon.stopped"  # written before exit
+    entries = [json.loads(line) for line in reader.data.decode().splitlines()]
+    dropped = [e for e in entries if e["event"] == "log.lines_dropped"]
+    assert dropped[0]["dropped"] > 0
+    assert dropped[0]["total"] == dropped[0]["dropped"]
