@@ -35,7 +35,8 @@ class LogConfig:
     )
     file: str = option(
         "",
-        "Append JSON lines to this file, reopened when logrotate moves it. Empty: stdout only.",
+        "Append JSON lines to this file, reopened when logrotate moves it. Empty: stdout only. "
+        "A regular file: a symlink, FIFO or device is refused.",
         kind="path",
     )
 
@@ -371,7 +372,7 @@ class AlertsConfig:
     log_file: str = option(
         "",
         "Append each alert transition as one JSON line to this file (survives logrotate). "
-        "Empty: none.",
+        "Empty: none. A regular file: a symlink, FIFO or device is refused.",
         kind="path",
     )
     host_memory: ThresholdRule = section(
