@@ -4,6 +4,7 @@ perfd (a process, a model, an error message, a config value) without one raw con
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -187,6 +188,41 @@ def test_stats_escapes_a_hostile_process_name(
         watch.communicate(timeout=10)
     assert b"\\x1b]2;OWNED" in screens
     assert unsafe(screens.decode()) == set()
+
+
+def test_watch_on_a_terminal_redraws_with_only_perfctls_own_escapes(
+    start_perfd: StartPerfd, owned_process: subprocess.Popen[bytes]
+) -> None:
+    """`perfctl stats --watch` on a real terminal (a pty): its screens hold perfctl's own clear
+    and colour sequences and nothing else; the hostile name is shown escaped."""
+    import pty
+    import select
+
+    perfd = start_perfd(PROCESSES)
+    listed(perfd, owned_process.pid)
+    master, slave = pty.openpty()
+    watch = subprocess.Popen(
+        [*command("perfctl"), "stats", "--watch", "0.2"],
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env=clean_env(PERFD_RUNTIME_DIR=str(perfd.runtime_dir), TERM="xterm"),
+    )
+    os.close(slave)
+    screens = bytearray()
+    try:
+        deadline = time.monotonic() + 20
+        while screens.count(cli.CLEAR.encode()) < 3 and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                screens.extend(os.read(master, 1 << 16))
+    finally:
+        watch.kill()
+        watch.communicate(timeout=10)
+        os.close(master)
+    text = screens.decode()
+    assert text.count(cli.CLEAR) >= 3
+    assert "\\x1b]2;OWNED\\x07\\x1b[2J" in text
+    assert "\033[" in text  # a terminal: colour on
+    assert unsafe(ANSI.sub("", text.replace(cli.CLEAR, "")).replace("\r", "")) == set()
 
 
 def ctl(perfd: Perfd, *args: str) -> subprocess.CompletedProcess[bytes]:
