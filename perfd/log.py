@@ -53,10 +53,9 @@ class AppendFile:
     Each line goes out in one write() on an O_APPEND descriptor, so it lands whole. The file is
     reopened when its path no longer names the open inode (logrotate moved it), never through
     a symlink and never blocking: a FIFO, a symlink or a device there is a failure
-    (perfd.files.open_append). A failure is
-    logged once (``log.file_failed``, naming the file, its role ``what`` and the error) and
-    perfd carries on, trying again at each line; the next success is logged too
-    (``log.file_writable``).
+    (perfd.files.open_append). A failure is logged once (``log.file_failed``, naming the file,
+    its role ``what`` and the error) and perfd carries on, trying again at each line; the next
+    success is logged too (``log.file_writable``).
     """
 
     def __init__(self, path: str, what: str = "log file", *, is_log: bool = False) -> None:
@@ -157,12 +156,6 @@ def _stream_writer(stream: IO[str]) -> StreamWriter:
                 writer.close()
             writer = _writer = StreamWriter(stream, _report_dropped)
         return writer
-
-
-def dropped_lines() -> int:
-    """Lines stdout's queue had no room for, since perfd started."""
-    writer = _writer
-    return 0 if writer is None else writer.dropped
 
 
 def flush(timeout: float = 2.0) -> bool:
