@@ -19,6 +19,7 @@ import errno
 import json
 import math
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator, MutableMapping
@@ -232,10 +233,19 @@ def _timestamp() -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# Characters str.splitlines() (and some log viewers) take as line ends, which json.dumps with
-# ensure_ascii=False leaves raw: escaped, so that one event is always one line whatever a
-# client put in a model name.
-_LINE_BREAKS: Final = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+# What json.dumps with ensure_ascii=False leaves raw but must not reach a log line: DEL and the
+# C1 controls (U+0085 and U+2028/U+2029 are line ends to str.splitlines() and some log
+# viewers; U+009B is a CSI to some terminals), bidi and zero-width format characters
+# (U+202E reverses what follows on `journalctl` or `tail -f`), and lone surrogates (which
+# cannot be encoded at all). Written as JSON escapes: one event is always one line, safe on a
+# terminal, whatever a client put in a model name, and the JSON still reads back the same.
+_UNSAFE_JSON: Final = re.compile(
+    "[\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
+)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def _finite(value: Any) -> Any:
@@ -270,7 +280,7 @@ def render(
         json_line = json.dumps(head, default=str, ensure_ascii=False, allow_nan=False)
     except ValueError:  # NaN or infinity (a config value, a sample): strict JSON has neither
         json_line = json.dumps(_finite(head), default=str, ensure_ascii=False)
-    json_line = json_line.translate(_LINE_BREAKS)
+    json_line = _UNSAFE_JSON.sub(_json_escape, json_line)
     if not _State.console:
         line = json_line
     if _State.journald:
