@@ -20,7 +20,7 @@ from perfctl import format as fmt
 from perfctl import format_cache as fmt_cache
 from perfctl import format_providers as fmt_providers
 from perfctl import recommend as rec
-from perfctl import remote
+from perfctl import remote, safe
 from perfctl.client import DEFAULT_TIMEOUT, LONG_TIMEOUT, Client
 from perfctl.errors import (
     AccessDenied,
@@ -348,16 +348,32 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc, as_json)
     if args.command == "ping":
         return _print(result, as_json, lambda r: fmt.format_ping(r, style, elapsed_ms))
-    return _print(result, as_json, _render(args, style))
+    # infer's outputs are printed as JSON, made terminal-safe as JSON (format_infer)
+    return _print(result, as_json, _render(args, style), escape=args.command != "infer")
 
 
-def _print(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> int:
-    """Print ``result`` as JSON (with its schema) or as ``render`` draws it; exit 0."""
+def _human(result: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> str:
+    """``result`` as ``render`` draws it, every string in it (names, units, messages: text
+    from outside) escaped for the terminal first (perfctl.safe)."""
+    return render(safe.tree(result))
+
+
+def _print(
+    result: dict[str, Any],
+    as_json: bool,
+    render: Callable[[dict[str, Any]], str],
+    *,
+    escape: bool = True,
+) -> int:
+    """Print ``result`` as JSON (with its schema) or as ``render`` draws it, its strings made
+    safe for a terminal (``escape``: False for a ``render`` that does it itself); exit 0.
+
+    The JSON escapes every control and non-ASCII character itself (``ensure_ascii``)."""
     try:
         if as_json:
             print(json.dumps({"schema": JSON_SCHEMA, **result}, indent=2, sort_keys=False))
         else:
-            print(render(result))
+            print(_human(result, render) if escape else render(result))
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (perfctl ps --json | head -1)
         _quiet_stdout()
@@ -389,8 +405,8 @@ def _recommend(
             request = rec.daemon_args(args)
             with connect() as client:
                 result = client.recommend(**request)
-    except rec.UsageError as exc:
-        args.parser.error(str(exc))
+    except rec.UsageError as exc:  # may quote a --weights or --config-json file's contents
+        args.parser.error(safe.text(str(exc)))
     except DaemonNotRunning as exc:
         return _fail(exc, as_json, f"{exc.hint}; {rec.OFFLINE_HINT}")
     except InvalidArgs as exc:
@@ -422,9 +438,9 @@ def _watch(
             if as_json:
                 text = json.dumps({"schema": JSON_SCHEMA, **result})
             elif tty:
-                text = CLEAR + render(result)
+                text = CLEAR + _human(result, render)
             else:
-                text = render(result) if first else "\n" + render(result)
+                text = _human(result, render) if first else "\n" + _human(result, render)
             print(text, flush=True)
             first = False
             due += interval
@@ -455,10 +471,11 @@ def _fail(exc: PerfctlError, as_json: bool, hint: str | None = None) -> int:
         code = exc.code
     if as_json:
         print(json.dumps({"schema": JSON_SCHEMA, "error": {"code": code, "message": str(exc)}}))
-    print(f"perfctl: {exc}", file=sys.stderr)
+    # perfd's message and hint may quote a model name, a path, an engine's reply: escaped
+    print(f"perfctl: {safe.text(str(exc))}", file=sys.stderr)
     hint = exc.hint if hint is None else hint
     if hint:
-        print(f"  hint: {hint}", file=sys.stderr)
+        print(f"  hint: {safe.text(hint)}", file=sys.stderr)
     return status
 
 

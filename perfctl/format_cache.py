@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from perfctl import safe
 from perfctl.format import PLAIN, WIDTH, Cell, Style, glyph, grid, size, wrap
 
 FOREVER = -1  # keep_alive_s of a model that never expires (perfd/schema.py)
@@ -129,7 +130,11 @@ def format_evict(result: dict[str, Any], style: Style = PLAIN) -> str:
 
 def format_infer(result: dict[str, Any], style: Style = PLAIN, pretty: bool = False) -> str:
     """The model's outputs as JSON: indented when ``pretty`` (a TTY), else on one line; \\u
-    escapes when the stream cannot encode unicode (never a lossy replacement)."""
-    return json.dumps(
+    escapes when the stream cannot encode unicode (never a lossy replacement), and for every
+    character unsafe on a terminal (controls, bidi overrides: ``safe.json_text``).
+
+    It takes the reply as perfd sent it (not through ``safe.tree``): the JSON stays faithful."""
+    text = json.dumps(
         result.get("outputs"), indent=2 if pretty else None, ensure_ascii=not style.unicode
     )
+    return safe.json_text(text)

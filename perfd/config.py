@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from perfd import paths, protocol, schema
+from perfd import files, paths, protocol, schema
 from perfd.errors import ConfigError
 from perfd.redaction import redact_url
 from perfd.schema import option, section, section_map
@@ -36,7 +36,8 @@ class LogConfig:
     )
     file: str = option(
         "",
-        "Append JSON lines to this file, reopened when logrotate moves it. Empty: stdout only.",
+        "Append JSON lines to this file, reopened when logrotate moves it. Empty: stdout only. "
+        "A regular file: a symlink, FIFO or device is refused.",
         kind="path",
     )
 
@@ -379,7 +380,7 @@ class AlertsConfig:
     log_file: str = option(
         "",
         "Append each alert transition as one JSON line to this file (survives logrotate). "
-        "Empty: none.",
+        "Empty: none. A regular file: a symlink, FIFO or device is refused.",
         kind="path",
     )
     host_memory: ThresholdRule = section(
@@ -732,11 +733,14 @@ def load(path: str | Path | None = None) -> Loaded:
     explicit = path is not None
     file = Path(path if path is not None else paths.default_config_path())
     try:
-        text = file.read_bytes()
+        text = files.read_regular(file)  # never blocks: a FIFO or a device is refused
     except FileNotFoundError:
         if explicit:
             raise ConfigError(str(file), None, "file not found") from None
         return Loaded(Config(), file, exists=False)
+    except files.NotRegularFile as exc:
+        problem = f"cannot read: it is {exc.kind}, not a regular file"
+        raise ConfigError(str(file), None, problem, allowed="a regular TOML file") from None
     except OSError as exc:
         raise ConfigError(str(file), None, f"cannot read: {exc.strerror}") from None
     try:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # built on first use, after READY: kept off the start-up path
 
 _log = log.get("perfd.daemon")
 
+EXIT_FLUSH_TIMEOUT = 2.0  # seconds perfd waits at exit for stdout to take its queued lines
 _SIGNALS: dict[int, str] = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup"}
 
 
@@ -156,6 +157,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = config.load(self._config_arg)
+            log.check_files(new)  # a log path turned FIFO or symlink: refused, never opened
         except ConfigError as exc:
             _log.error(
                 "config.invalid",
@@ -494,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_config(path: str | None) -> int:
     try:
         loaded = config.load(path)
+        log.check_files(loaded)
     except ConfigError as exc:
         print(f"perfd: {exc}", file=sys.stderr)
         return 1
@@ -510,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args.check_config or args.config)
     try:
         loaded = config.load(args.config)
+        log.check_files(loaded)
     except ConfigError as exc:
         print(f"perfd: {exc}", file=sys.stderr)
         return 1
@@ -528,3 +532,5 @@ def main(argv: list[str] | None = None) -> int:
         _log.error("daemon.start_failed", error=str(exc))
         print(f"perfd: {exc}", file=sys.stderr)
         return 1
+    finally:
+        log.flush(EXIT_FLUSH_TIMEOUT)  # the last lines, unless nobody reads stdout

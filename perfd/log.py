@@ -5,6 +5,11 @@ Every line has ``ts`` (RFC 3339, UTC), ``level``, ``event`` (a dotted name such 
 (``$JOURNAL_STREAM`` names it), each line starts with the sd-daemon ``<N>`` priority so that
 ``journalctl -p warning`` filters by level. Values of secret-looking keys are redacted, and so
 are the secret parts of URLs in values and in a logged exception (perfd.redaction).
+
+Logging never blocks the caller: stdout, when it can block (a pipe, the journal's socket, a
+terminal), is written by a thread of its own through a bounded queue (perfd.logstream), and
+the log file must be a regular file, opened without following a symlink and without blocking
+(perfd.files): a FIFO, a symlink or a device at its path is refused.
 """
 
 from __future__ import annotations
@@ -15,14 +20,20 @@ import errno
 import json
 import math
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator, MutableMapping
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import structlog
 
-from perfd import redaction
+from perfd import files, redaction
+from perfd.errors import ConfigError
+from perfd.logstream import StreamWriter
+
+if TYPE_CHECKING:
+    from perfd.config import Loaded
 
 LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _SYSLOG_PRIORITY: Final = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
@@ -41,10 +52,11 @@ class AppendFile:
     """A file of lines that survives logrotate and a full or unwritable disk.
 
     Each line goes out in one write() on an O_APPEND descriptor, so it lands whole. The file is
-    reopened when its path no longer names the open inode (logrotate moved it). A failure is
-    logged once (``log.file_failed``, naming the file, its role ``what`` and the error) and
-    perfd carries on, trying again at each line; the next success is logged too
-    (``log.file_writable``).
+    reopened when its path no longer names the open inode (logrotate moved it), never through
+    a symlink and never blocking: a FIFO, a symlink or a device there is a failure
+    (perfd.files.open_append). A failure is logged once (``log.file_failed``, naming the file,
+    its role ``what`` and the error) and perfd carries on, trying again at each line; the next
+    success is logged too (``log.file_writable``).
     """
 
     def __init__(self, path: str, what: str = "log file", *, is_log: bool = False) -> None:
@@ -85,14 +97,13 @@ class AppendFile:
 
     def _reopen_if_moved(self) -> None:
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)  # a symlink put in the file's place is another inode
             current: tuple[int, int] | None = (st.st_dev, st.st_ino)
         except OSError:  # missing, or a path through a non-directory: open() says which
             current = None
         if self._fd is None or current != self._inode:
             self._close()
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-            self._fd = os.open(self.path, flags, 0o640)
+            self._fd = files.open_append(self.path)
             st = os.fstat(self._fd)
             self._inode = (st.st_dev, st.st_ino)
 
@@ -123,25 +134,52 @@ def _stdout_only(on: bool = True) -> Iterator[None]:
         _local.stdout_only = before
 
 
+_writer_lock = threading.Lock()
+_writer: StreamWriter | None = None  # stdout's, kept across reloads
+
+
+def _report_dropped(dropped: int, total: int) -> None:
+    get("perfd.log").warning(
+        "log.lines_dropped",
+        dropped=dropped,
+        total=total,
+        reason="stdout did not take lines fast enough (nobody reading it?)",
+    )
+
+
+def _stream_writer(stream: IO[str]) -> StreamWriter:
+    """The writer of ``stream``: one at a time, replaced when another stream is given."""
+    global _writer
+    with _writer_lock:
+        writer = _writer
+        if writer is None or writer.stream is not stream:
+            if writer is not None:
+                writer.close()
+            writer = _writer = StreamWriter(stream, _report_dropped)
+        return writer
+
+
+def flush(timeout: float = 2.0) -> bool:
+    """Wait up to ``timeout`` seconds for stdout's queued lines (at exit); True when written."""
+    writer = _writer
+    return True if writer is None else writer.flush(timeout)
+
+
 class Sink:
-    """Writes rendered lines to stdout and, optionally, to an AppendFile."""
+    """Writes rendered lines to stdout (never blocking: StreamWriter) and, optionally, to an
+    AppendFile."""
 
     def __init__(
         self, stream: IO[str] | None = None, path: str = "", file: AppendFile | None = None
     ) -> None:
         self._stream = stream
         self.file = file or (AppendFile(path, is_log=True) if path else None)
-        self._lock = threading.Lock()
 
     def write(self, line: str, file_line: str | None = None) -> None:
         """Write ``line`` to stdout and ``file_line`` (default: ``line``) to the file."""
-        with self._lock:
-            stream = self._stream or sys.stdout
-            try:
-                stream.write(line + "\n")
-                stream.flush()
-            except (OSError, ValueError):
-                pass  # stdout closed (journald restarted): nothing better to do
+        stream = self._stream or sys.stdout
+        if stream is not None:  # None: perfd was started with stdout closed
+            _stream_writer(stream).write(line)
         if self.file is not None and not getattr(_local, "stdout_only", False):
             self.file.write_line(line if file_line is None else file_line)
 
@@ -196,10 +234,19 @@ def _timestamp() -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# Characters str.splitlines() (and some log viewers) take as line ends, which json.dumps with
-# ensure_ascii=False leaves raw: escaped, so that one event is always one line whatever a
-# client put in a model name.
-_LINE_BREAKS: Final = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+# What json.dumps with ensure_ascii=False leaves raw but must not reach a log line: DEL and the
+# C1 controls (U+0085 and U+2028/U+2029 are line ends to str.splitlines() and some log
+# viewers; U+009B is a CSI to some terminals), bidi and zero-width format characters
+# (U+202E reverses what follows on `journalctl` or `tail -f`), and lone surrogates (which
+# cannot be encoded at all). Written as JSON escapes: one event is always one line, safe on a
+# terminal, whatever a client put in a model name, and the JSON still reads back the same.
+_UNSAFE_JSON: Final = re.compile(
+    "[\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
+)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def _finite(value: Any) -> Any:
@@ -234,7 +281,7 @@ def render(
         json_line = json.dumps(head, default=str, ensure_ascii=False, allow_nan=False)
     except ValueError:  # NaN or infinity (a config value, a sample): strict JSON has neither
         json_line = json.dumps(_finite(head), default=str, ensure_ascii=False)
-    json_line = json_line.translate(_LINE_BREAKS)
+    json_line = _UNSAFE_JSON.sub(_json_escape, json_line)
     if not _State.console:
         line = json_line
     if _State.journald:
@@ -276,6 +323,23 @@ def configure(
         # time) still follows the configuration; perfd logs little enough for this to be cheap.
         cache_logger_on_first_use=False,
     )
+
+
+def check_files(loaded: Loaded) -> None:
+    """ConfigError when ``[log] file`` or ``[alerts] log_file`` names something other than a
+    regular file (a FIFO, a symlink, a directory, a device): at start and at reload, before
+    anything is opened. A missing file is fine (it is created); opening it later is safe too."""
+    cfg = loaded.config
+    for key, path in (("log.file", cfg.log.file), ("alerts.log_file", cfg.alerts.log_file)):
+        kind = files.problem(path) if path else None
+        if kind is not None:
+            raise ConfigError(
+                str(loaded.path),
+                key,
+                f"{path} is {kind}, not a regular file",
+                value=path,
+                allowed='the path of a regular file (or a new one), or "" for none',
+            )
 
 
 def enabled(level: str) -> bool:

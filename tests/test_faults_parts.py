@@ -5,10 +5,12 @@ unwritable path; alert sinks that are down or hang."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -273,20 +275,41 @@ def test_loader_that_leaks(start_perfd: StartPerfd) -> None:
 ALERT_FIRES = "[alerts.host_memory]\nwarn = 0.01\ncrit = {crit}\nfor = 0\nclear = 1\n"
 
 
-def _full(path: Path) -> tuple[str, Callable[[], None]]:
-    """``path`` names /dev/full (every write: ENOSPC); the fix makes it a regular file."""
+@pytest.fixture
+def mounts() -> Iterator[list[Path]]:
+    """Directories a test mounted a filesystem on; unmounted when it ends."""
+    mounted: list[Path] = []
+    yield mounted
+    for directory in mounted:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def _full(path: Path, mounts: list[Path]) -> tuple[str, Callable[[], None]]:
+    """``path`` is a regular file on a full filesystem (a 64 KiB tmpfs filled up: every write
+    is ENOSPC); the fix frees the space. (A symlink to /dev/full is refused outright: a log
+    file must be a regular file.)"""
     path.parent.mkdir()
-    path.symlink_to("/dev/full")
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path.parent)], check=True
+    )
+    mounts.append(path.parent)
+    filler = path.parent / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"x" * 4096):
+            pass
+    except OSError:  # ENOSPC: full
+        pass
+    finally:
+        os.close(fd)
 
     def fix() -> None:
-        fresh = path.with_suffix(".new")
-        fresh.touch()
-        fresh.replace(path)
+        filler.unlink()
 
     return "ENOSPC", fix
 
 
-def _under_a_file(path: Path) -> tuple[str, Callable[[], None]]:
+def _under_a_file(path: Path, mounts: list[Path]) -> tuple[str, Callable[[], None]]:
     """``path``'s directory is a regular file (ENOTDIR, even for root); the fix makes it one."""
     path.parent.write_text("not a directory")
 
@@ -297,19 +320,29 @@ def _under_a_file(path: Path) -> tuple[str, Callable[[], None]]:
     return "ENOTDIR", fix
 
 
-@pytest.mark.parametrize("fault", [_full, _under_a_file], ids=["disk_full", "not_a_directory"])
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="mounting a full tmpfs needs root (CI runs as root)"
+)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [pytest.param(_full, marks=needs_root), _under_a_file],
+    ids=["disk_full", "not_a_directory"],
+)
 @pytest.mark.parametrize("which", ["log file", "alert log"])
 def test_unwritable_log_files(
     start_perfd: StartPerfd,
     tmp_path: Path,
     which: str,
-    fault: Callable[[Path], tuple[str, Callable[[], None]]],
+    fault: Callable[[Path, list[Path]], tuple[str, Callable[[], None]]],
+    mounts: list[Path],
 ) -> None:
     """A [log] file or [alerts] log_file that cannot be written: perfd serves on, logs
     log.file_failed (file, error) once on stdout whatever it writes meanwhile, and logs
     log.file_writable when the file works again, where writing then resumes."""
     path = tmp_path / "logs" / "perfd.jsonl"
-    code, fix = fault(path)
+    code, fix = fault(path, mounts)
     key = '[log]\nfile = "{}"\n' if which == "log file" else '[alerts]\nlog_file = "{}"\n'
     base = FAST + key.format(path)
     perfd = start_perfd(base + ALERT_FIRES.format(crit=100))

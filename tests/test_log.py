@@ -179,3 +179,17 @@ def test_one_event_is_one_line_whatever_the_text() -> None:
     log.get("t").info("command.admin", model=name)
     assert len(out.getvalue().splitlines()) == 1
     assert json.loads(out.getvalue())["model"] == name
+
+
+def test_controls_bidi_and_lone_surrogates_are_json_escapes() -> None:
+    """DEL, C1 controls (a CSI), bidi overrides, zero-width characters and a lone surrogate in
+    a field reach neither stdout nor the file raw: JSON escapes, reading back the same."""
+    out = io.StringIO()
+    log.configure(stream=out)
+    name = "a\x1b[2J\x7f\x9b2J\u202egnp\u2066\u200b\ufeff\ud800z"
+    log.get("t").info("command.admin", model=name)
+    line = out.getvalue()
+    assert line.rstrip("\n").isprintable()
+    assert "\\u009b" in line
+    assert "\\u202e" in line
+    assert json.loads(line)["model"] == name
