@@ -160,10 +160,10 @@ def test_pin_and_unpin(start_perfd: StartPerfd) -> None:
 def test_unknown_model_exits_1_with_not_found(start_perfd: StartPerfd) -> None:
     """`perfctl infer nope`: exit 1, the names perfd knows, and not_found in --json."""
     perfd = start(start_perfd)
-    out = perfd.ctl("infer", "nope")
+    out = perfd.ctl("infer", "nope", "--input", "1")
     assert out.returncode == 1
     assert "unknown model 'nope'" in out.stderr
-    data = json.loads(perfd.ctl("infer", "nope", "--json").stdout)
+    data = json.loads(perfd.ctl("infer", "nope", "--input", "1", "--json").stdout)
     assert data["error"]["code"] == "not_found"
 
 
