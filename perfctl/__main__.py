@@ -31,12 +31,12 @@ from perfctl.errors import (
     InvalidArgs,
     PerfctlError,
 )
+from perfd.protocol import MAIN_SOCKET
 
 JSON_SCHEMA = 1
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_DENIED = 0, 1, 2, 3, 4
 
-CLEAR = "\033[H\033[2J"  # cursor home, clear screen
 GLYPHS = "█░↑↓→°·…"  # what the stats screen draws when the stream can encode it
 
 Formatter = Callable[[dict[str, Any], fmt.Style], str]
@@ -147,12 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with connect() as client:
             if watch is not None:
-                return _watch(client, watch, as_json, _render(args, style))
+                from perfctl import watch as watching
+
+                def screen(result: dict[str, Any]) -> str:
+                    return fmt.format_stats(result, style, redraw=watch)
+
+                return watching.run(client.stats, watch, as_json, screen, schema=JSON_SCHEMA)
             started = time.perf_counter()
             result = client.call(args.command, **_request(args))
             elapsed_ms = (time.perf_counter() - started) * 1000
     except PerfctlError as exc:
-        return _fail(exc, as_json)
+        return _fail(exc, as_json, _admin_socket_hint(exc, socket))
     if args.command == "ping":
         return _print(result, as_json, lambda r: fmt.format_ping(r, style, elapsed_ms))
     return _print(result, as_json, _render(args, style))
@@ -167,7 +172,9 @@ def _print(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, An
             print(render(result))
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (perfctl ps --json | head -1)
-        _quiet_stdout()
+        from perfctl.watch import quiet_stdout
+
+        quiet_stdout()
     return EXIT_OK
 
 
@@ -207,48 +214,15 @@ def _recommend(
     return _print(result, as_json, lambda r: formatter(r, style))
 
 
-def _watch(
-    client: Client, interval: float, as_json: bool, render: Callable[[dict[str, Any]], str]
-) -> int:
-    """Print ``stats`` every ``interval`` seconds on one client until Ctrl-C (exit 0).
+def _admin_socket_hint(exc: PerfctlError, socket: str | None) -> str | None:
+    """An admin command sent to --socket perfd-ro.sock: the group of perfd.sock beside it."""
+    if not isinstance(exc, Forbidden) or socket is None or "read-only socket" not in str(exc):
+        return None
+    from perfctl import hints
 
-    On a TTY each screen replaces the last; otherwise screens follow each other, a blank line
-    apart, and with --json each refresh is one JSON line. PerfctlError propagates: the daemon
-    stopped answering, and main() reports it with the usual exit code.
-    """
-    import signal  # only here: the one-shot commands never need it
-
-    # Ctrl-C ends the watch even when started with SIGINT ignored (a script's background job).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    tty = sys.stdout.isatty()
-    due = time.monotonic()
-    first = True
-    try:
-        while True:
-            result = client.stats()
-            if as_json:
-                text = json.dumps({"schema": JSON_SCHEMA, **result})
-            elif tty:
-                text = CLEAR + render(result)
-            else:
-                text = render(result) if first else "\n" + render(result)
-            print(text, flush=True)
-            first = False
-            due += interval
-            now = time.monotonic()
-            due = max(due, now)  # after a slow reply or a suspended terminal: no catching up
-            time.sleep(due - now)
-    except KeyboardInterrupt:
-        return EXIT_OK
-    except BrokenPipeError:  # the reader went away (perfctl stats --watch | head)
-        _quiet_stdout()
-        return EXIT_OK
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null, so the interpreter's last flush of a closed pipe is quiet."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    path = os.path.join(os.path.dirname(socket.removeprefix("ipc://")), MAIN_SOCKET)
+    found = hints.for_socket(path)
+    return None if found is None else f"admin commands go to {path}; {found}"
 
 
 def _fail(exc: PerfctlError, as_json: bool, hint: str | None = None) -> int:
