@@ -23,6 +23,7 @@ def watching(perfd: Perfd, *args: str) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
         [*command("perfctl"), "stats", "--watch", *args],
         env=clean_env(PERFD_RUNTIME_DIR=str(perfd.runtime_dir)),
+        stdin=subprocess.DEVNULL,  # never the terminal pytest runs in: it would read its keys
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
