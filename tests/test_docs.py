@@ -94,7 +94,7 @@ def test_config_md_messages_are_perfds_own(tmp_path: Path) -> None:
             rf"<!-- BEGIN GENERATED: {name} -->\n(.*?)<!-- END GENERATED: {name} -->", text, re.S
         )
         assert match, f"docs/config.md lacks the {name!r} markers"
-        assert match.group(1) == region(name, tmp_path), f"regenerate {name!r}"
+        assert match.group(1) == region(name, tmp_path), "run: python -m tests.test_docs"
 
 
 def test_config_md_across_keys_table_has_perfds_messages(tmp_path: Path) -> None:
@@ -171,3 +171,20 @@ def test_readme_timeout_paragraph_matches_the_client() -> None:
     assert f"{LONG_TIMEOUT:g} s for `load`, `infer` and `evict`" in words
     assert "read-only commands and `reload` are sent once more" in words
     assert "given on the command line is the wait for every command" in words
+
+
+def main() -> None:
+    """`python -m tests.test_docs`: rewrite docs/config.md's generated regions from perfd."""
+    import tempfile
+
+    text = CONFIG_MD.read_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in EXAMPLES:
+            begin, end = f"<!-- BEGIN GENERATED: {name} -->\n", f"<!-- END GENERATED: {name} -->"
+            head, rest = text.split(begin, 1)
+            text = head + begin + region(name, Path(tmp)) + end + rest.split(end, 1)[1]
+    CONFIG_MD.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
