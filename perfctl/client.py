@@ -383,4 +383,4 @@ def _check_path(path: str) -> None:
     if not os.path.exists(path):
         raise DaemonNotRunning(f"perfd is not running: no socket at {path}")
     if not _usable(path):
-        raise AccessDenied(f"permission denied on {path}")
+        raise AccessDenied(f"permission denied on {path}", path)

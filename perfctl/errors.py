@@ -1,4 +1,5 @@
-"""The client's exceptions: each says what went wrong and, in ``hint``, what to try.
+"""The client's exceptions: each says what went wrong and, in ``hint``, what to try (a
+default per class; perfctl.hints picks one that fits what failed).
 
 PerfctlError
 ├── DaemonNotRunning    no socket file: perfd is not running     (perfctl exit 3)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from perfctl import hints
 from perfd import protocol
 
 BAD_REPLY: Final = "bad_reply"  # client-side code: perfd's answer was not a well-formed reply
@@ -37,7 +39,18 @@ class DaemonTimeout(DaemonNotRunning):
 
 
 class AccessDenied(PerfctlError):
-    hint = "ask an admin to add you to the perfd group (usermod -aG perfd $USER), then log in again"
+    """The socket at ``path`` (when known) exists but this user may not open it; the hint
+    names the group that the socket file really has."""
+
+    hint = (
+        "ask an admin to add you to the socket's group (ls -l shows it; usermod -aG GROUP "
+        "$USER), then log in again"
+    )
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.hint = hints.for_socket(path) or type(self).hint
 
 
 class KeyRefused(AccessDenied):
@@ -56,6 +69,8 @@ class CommandFailed(PerfctlError):
         super().__init__(message)
         self.code = code
         self.message = message
+        found = hints.for_failure(code, message)
+        self.hint = type(self).hint if found is None else found
 
 
 class Forbidden(CommandFailed):

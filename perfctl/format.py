@@ -250,14 +250,14 @@ def _meter(label: str, percent: float | None, used: float, total: float, style: 
     )
 
 
-def format_stats(result: dict[str, Any], style: Style = PLAIN) -> str:
+def format_stats(result: dict[str, Any], style: Style = PLAIN, redraw: float | None = None) -> str:
     """The operator's screen: headline, host memory and CPU, GPUs, top processes, the model
-    cache, perfd itself.
+    cache, perfd itself. ``redraw``: `--watch`'s interval, shown beside perfd's sample interval.
 
     Fits 80 columns; timestamps are shown as perfd gave them.
     """
     host = result["host"]
-    lines = [_headline(result, style)]
+    lines = [_headline(result, style, redraw)]
     lines.extend(_host_lines(host, result.get("trends", {}).get("host_memory"), style))
     lines.extend(_gpu_lines(result, style))
     lines.extend(_process_lines(host, style))
@@ -277,12 +277,14 @@ def format_stats(result: dict[str, Any], style: Style = PLAIN) -> str:
     return "\n".join(lines)
 
 
-def _headline(result: dict[str, Any], style: Style) -> str:
+def _headline(result: dict[str, Any], style: Style, redraw: float | None = None) -> str:
     parts: list[Cell] = [
         ("perfd stats", "bold"),
         (result.get("sampled_at") or "-", None),
-        (f"every {result.get('interval_s', 0):g}s", None),
+        (f"every {result.get('interval_s', 0):g}s", None),  # perfd's sample interval
     ]
+    if redraw is not None:
+        parts.append((f"redraw {redraw:g}s", None))
     gpu_state = result.get("gpu_state")
     if gpu_state not in (None, "ok"):
         quiet = gpu_state in ("absent", "disabled")

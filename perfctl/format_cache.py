@@ -108,10 +108,13 @@ def format_pin(result: dict[str, Any], style: Style = PLAIN) -> str:
 def format_evict(result: dict[str, Any], style: Style = PLAIN) -> str:
     """One line per evicted model with what it freed; a dry run lists what would go."""
     names = result.get("evicted") or []
+    skipped = [f"{s.get('model')} ({s.get('why')})" for s in result.get("skipped") or []]
+    kept = [style.paint(line, "dim") for line in wrap("skipped:", skipped)] if skipped else []
     if result.get("dry_run"):
-        return f"would evict: {', '.join(names)}" if names else "nothing to evict"
+        head = f"would evict: {', '.join(names)}" if names else "nothing to evict"
+        return "\n".join([head, *kept])
     if not names:
-        return "nothing to evict"
+        return "\n".join(["nothing to evict", *kept])
     records = {r.get("model"): r for r in result.get("records") or []}
     dot = f" {glyph(style, '·')} "
     lines = []
@@ -125,7 +128,7 @@ def format_evict(result: dict[str, Any], style: Style = PLAIN) -> str:
                 f"{dot}{size(freed)} rss freed"
             )
         lines.append(text)
-    return "\n".join(lines)
+    return "\n".join(lines + kept)
 
 
 def format_infer(result: dict[str, Any], style: Style = PLAIN, pretty: bool = False) -> str:

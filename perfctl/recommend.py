@@ -252,8 +252,9 @@ def compute(args: argparse.Namespace, stats: dict[str, Any] | None) -> dict[str,
     """The recommendation, computed here: on ``stats``' live hardware (perfd's snapshot), or
     on the hardware the flags name when ``stats`` is None.
 
-    UsageError when the hardware is not described (or a --gpu index is not live) and for an
-    unreadable --weights; ``client.InvalidArgs`` for the rest, as perfd would answer.
+    UsageError when the hardware is not described and for an unreadable --weights;
+    ``InvalidArgs`` for the rest (an unknown model, GPU or format, a --gpu index that is not
+    live), as perfd answers them, so both exit 1.
     """
     from perfctl.errors import InvalidArgs
     from perfd import recommend as rec
@@ -279,7 +280,9 @@ def compute(args: argparse.Namespace, stats: dict[str, Any] | None) -> dict[str,
         try:
             hardware = rec.plan_hardware(request, live)
         except rec.RecommendError as exc:
-            raise UsageError(str(exc)) from None
+            if _undescribed(exc):
+                raise UsageError(str(exc)) from None
+            raise  # a GPU that is not known or not live: rejected, as perfd rejects it
         return rec.recommend(request, hardware)
     except rec.RecommendError as exc:
         if exc.option in ("weights_path", "config_json"):
@@ -288,6 +291,12 @@ def compute(args: argparse.Namespace, stats: dict[str, Any] | None) -> dict[str,
     except (ArithmeticError, TypeError, ValueError, KeyError, AttributeError) as exc:
         message = f"this model description cannot be used: {type(exc).__name__}: {exc}"
         raise InvalidArgs(protocol.INVALID_ARGS, message) from None
+
+
+def _undescribed(exc: Exception) -> bool:
+    """plan_hardware's "no hardware to plan for" and "--gpus N: which GPU?": flags missing."""
+    option, value = getattr(exc, "option", None), getattr(exc, "value", None)
+    return (option == "gpu" and value is None) or (option == "gpus" and "which GPU?" in str(exc))
 
 
 def listing(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from perfctl.client import Curve
 
@@ -26,7 +26,7 @@ class UsageError(Exception):
     """A remote option that cannot work; perfctl prints it with the usage line (exit 2)."""
 
 
-def add_arguments(common: argparse.ArgumentParser) -> None:
+def add_arguments(common: argparse._ActionsContainer) -> None:
     common.add_argument(
         "--host",
         default=argparse.SUPPRESS,
@@ -48,13 +48,9 @@ def add_arguments(common: argparse.ArgumentParser) -> None:
     )
 
 
-def add_keygen(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: object) -> None:
-    keygen = sub.add_parser(
-        "keygen",
-        help="write a CURVE key pair for perfd's tcp endpoint: NAME.key and NAME.key_secret, "
-        "mode 0600",
-        **kw,  # type: ignore[arg-type]
-    )
+def add_keygen(sub: argparse._SubParsersAction[Any], **kw: Any) -> argparse.ArgumentParser:
+    """The keygen command's parser (``kw``: add_parser's help, description, parents...)."""
+    keygen: argparse.ArgumentParser = sub.add_parser("keygen", **kw)
     keygen.add_argument("name", metavar="NAME", help="path and base name of the two files")
     keygen.add_argument(
         "--role",
@@ -62,6 +58,7 @@ def add_keygen(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: o
         default="read",
         help="the role shown in the authorized_keys line printed (default read)",
     )
+    return keygen
 
 
 def keygen(name: str, role: str, as_json: bool) -> int:

@@ -68,6 +68,11 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def _uid_of(name: str) -> int | None:
     if name.isdigit():
         return int(name)
@@ -152,11 +157,27 @@ class AdminPolicy:
                 except KeyError:
                     continue
         who = account.pw_name if account is not None else f"uid {uid}"
-        groups = ", ".join(self.groups) or "none"
-        return (
-            f"{who} may not run admin commands: only root, perfd's own user, members of the "
-            f"groups {groups} and [access] admin_users may"
-        )
+        return f"{who} may not run admin commands: only {self.allowed()} may"
+
+    def allowed(self) -> str:
+        """Who may run admin commands, in words: ``root, members of group perfd and the user
+        alice ([access] admin_users)``; a configured group that does not exist says so."""
+        who = ["root"]
+        if self.service_uid != 0:
+            name = user_name(self.service_uid)
+            who.append(
+                f"perfd's own user {name if name != str(self.service_uid) else 'uid ' + name}"
+            )
+        groups = list(dict.fromkeys(self.groups))  # [server] group may repeat in admin_groups
+        if groups:
+            shown = [g if _gid_of(g) is not None else f"{g} (no such group here)" for g in groups]
+            who.append(f"members of group{'s' if len(groups) > 1 else ''} {_and(shown)}")
+        if self.users:
+            users = _and(list(self.users))
+            who.append(
+                f"the user{'s' if len(self.users) > 1 else ''} {users} ([access] admin_users)"
+            )
+        return _and(who)
 
     def _process_groups(self, pid: int, uid: int) -> set[int]:
         """The supplementary groups of process ``pid``, if it still runs as ``uid``.

@@ -476,7 +476,9 @@ class CacheConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     loader: str = option(
-        "python", "`python`, `onnx`, or a loader registered under `perfd.loaders`.", kind="str"
+        "python",
+        "`python`, `onnx`, `openai` (a remote model), or one registered under `perfd.loaders`.",
+        kind="str",
     )
     target: str = option(
         "", 'python loader: `"module:callable"`, called with `options`.', kind="str"

@@ -48,6 +48,7 @@ class Daemon:
         runtime_dir: Path,
         log_format: str | None = None,
         notify: bool = True,
+        configure_logging: bool = True,
     ) -> None:
         self.loaded = loaded
         self._initial = loaded.config  # start-only settings stay as they were at start
@@ -56,6 +57,7 @@ class Daemon:
         self.started_monotonic = time.monotonic()
         self._config_arg = config_arg
         self._log_format = log_format
+        self._configure_logging = configure_logging  # False: an application's own structlog
         self._signals: collections.deque[int] = collections.deque()
         self._stop_reason: str | None = None
         self.notifier = Notifier(enabled=notify)
@@ -199,7 +201,8 @@ class Daemon:
 
     def _apply(self, new: config.Loaded) -> None:
         cfg = new.config
-        log.configure(cfg.log.level, self._log_format or cfg.log.format, cfg.log.file)
+        if self._configure_logging:
+            log.configure(cfg.log.level, self._log_format or cfg.log.format, cfg.log.file)
         self.server.command_timeout = cfg.server.command_timeout
         self.server.max_in_flight = cfg.server.max_in_flight
         if self.server.gate.policy is not None:

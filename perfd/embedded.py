@@ -7,9 +7,11 @@ same sockets (so `perfctl ps` shows this process's cache), on background threads
         with pd.cache.lease("embedder") as model:  # held: cannot be evicted meanwhile
             vectors = model.infer(["hello"])
 
-Unlike the daemon, an embedded perfd installs no signal handlers, sends nothing to systemd
-(the host process may be a service of its own) and leaves the application's structlog
-configuration alone.
+Unlike the daemon, an embedded perfd installs no signal handlers and sends nothing to systemd
+(the host process may be a service of its own). Its log lines go through the application's
+structlog configuration, which it leaves alone, also on a reload; an application that has not
+configured structlog gets perfd's own lines in the format of ``perfd --log-format console``
+(level, file and redaction from ``[log]``) while perfd runs, and structlog's defaults back after.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from perfd import config, paths
+import structlog
+
+from perfd import config, log, paths
 from perfd.cache import ModelCache
 from perfd.daemon import Daemon
 from perfd.monitor import Monitor
+
+CONSOLE = "console"  # perfd's log format for an application that has not configured structlog
 
 
 class Embedded:
@@ -75,7 +81,18 @@ def embed(
     where = Path(
         paths.runtime_dir(str(runtime_dir) if runtime_dir else None, loaded.config.runtime_dir)
     )
-    daemon = Daemon(loaded, config_arg=config_arg, runtime_dir=where, notify=False)
+    own_log = not structlog.is_configured()  # the application's own logging wins
+    if own_log:
+        cfg = loaded.config.log
+        log.configure(cfg.level, CONSOLE, cfg.file)
+    daemon = Daemon(
+        loaded,
+        config_arg=config_arg,
+        runtime_dir=where,
+        log_format=CONSOLE,
+        notify=False,
+        configure_logging=own_log,
+    )
     stop = threading.Event()
     thread: threading.Thread | None = None
     try:
@@ -94,6 +111,9 @@ def embed(
             daemon.server.stop_accepting()
             daemon.server.drain(loaded.config.server.shutdown_timeout)
         daemon.close()
+        if own_log:
+            log.configure()  # closes a [log] file
+            structlog.reset_defaults()
 
 
 def _serve(daemon: Daemon, stop: threading.Event) -> None:

@@ -241,6 +241,21 @@ def _size_arg(rec: Any, option: str, value: int | str | None) -> int | None:
         ) from None
 
 
+def _kept(models: list[dict[str, Any]], evicted: list[str]) -> list[dict[str, str]]:
+    """`evict --all` / `--idle`: the loaded models it left, pinned or in use, and why."""
+    kept = []
+    for model in models:
+        if model["name"] in evicted or model["state"] != "ready":
+            continue
+        if model["pinned"]:
+            kept.append({"model": model["name"], "why": "pinned"})
+        elif model["leases"]:
+            leases = model["leases"]
+            why = f"in use by {leases} request{'s' if leases != 1 else ''}"
+            kept.append({"model": model["name"], "why": why})
+    return kept
+
+
 def _runtime_spec(args: dict[str, Any]) -> ModelSpec | None:
     """The model a ``load`` names at run time (any of loader, target, path, device, options,
     size_hint given), checked; None when it names a model already defined."""
@@ -315,10 +330,17 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
             if "model" in chosen and args["model"] not in cache.loaded_names():
                 cache.spec(args["model"])  # not_found for an unknown name
                 raise CommandError(protocol.NOT_FOUND, f"'{args['model']}' is not loaded")
-            return {"evicted": names, "dry_run": True}
-        # --all / --idle: a model that got a lease meanwhile simply stays
-        records = [cache.evict(args["model"])] if "model" in chosen else cache.evict_many(names)
-        return {"evicted": [r["model"] for r in records], "records": records, "dry_run": False}
+            result: dict[str, Any] = {"evicted": names, "dry_run": True}
+        elif "model" in chosen:
+            records = [cache.evict(args["model"])]
+            return {"evicted": [args["model"]], "records": records, "dry_run": False}
+        else:  # --all / --idle: a model that got a lease meanwhile simply stays
+            records = cache.evict_many(names)
+            evicted = [r["model"] for r in records]
+            result = {"evicted": evicted, "records": records, "dry_run": False}
+        if "model" not in chosen:
+            result["skipped"] = _kept(cache.ps(), result["evicted"])
+        return result
 
     def pin(args: dict[str, Any]) -> dict[str, Any]:
         return daemon.cache.pin(args["model"], True)

@@ -95,10 +95,13 @@ def parse(default: Any, data: Mapping[str, Any], path: str | None, prefix: str =
     fields = {_key(f): f for f in _settings(default)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
+        import difflib  # only here: a typo's suggestion
+
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
         raise ConfigError(
             path,
             prefix + unknown[0],
-            "unknown key",
+            "unknown key" + (f" (did you mean {prefix + close[0]}?)" if close else ""),
             value=data[unknown[0]],
             allowed=", ".join(prefix + name for name in fields),
         )

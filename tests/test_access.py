@@ -75,7 +75,29 @@ def test_unprivileged_user_reads_but_cannot_reload(start_perfd: StartPerfd) -> N
     code, out, err = run_as(NOBODY, ["reload"], perfd.runtime_dir)
     assert code == 4, err
     assert "permission denied" in err
-    assert "usermod -aG perfd" in err
+    group = grp.getgrgid(perfd.admin_socket.stat().st_gid).gr_name  # perfd, if it exists here
+    assert f"hint: perfd.sock belongs to group {group}: " in err
+    assert f"usermod -aG {group} $USER" in err
+
+
+@as_root
+@pytest.mark.parametrize("group", ["daemon", "no-such-group-perfd"])
+def test_the_permission_hint_names_the_sockets_real_group(
+    start_perfd: StartPerfd, group: str
+) -> None:
+    """perfd.sock of group daemon: the hint says usermod -aG daemon, not perfd; with a group
+    that does not exist, the socket has perfd's own group and the hint says why."""
+    perfd = start_perfd(f'[server]\ngroup = "{group}"\n')
+    code, _, err = run_as(NOBODY, ["reload"], perfd.runtime_dir)
+    assert code == 4, err
+    if group == "daemon":
+        assert "hint: perfd.sock belongs to group daemon: ask an admin to add you to it " in err
+        assert "usermod -aG daemon $USER" in err
+        assert "perfd's own group" not in err
+    else:
+        assert "hint: perfd.sock belongs to group root: " in err
+        assert "root is perfd's own group: is its [server] group missing on this host?" in err
+    assert "usermod -aG perfd " not in err
 
 
 @as_root
@@ -115,6 +137,43 @@ def test_policy_allows_root_service_user_groups_and_listed_users() -> None:
     # a supplementary group from the user database counts too
     member = AdminPolicy(groups=("daemon",)).refusal(Peer(uid=NOBODY, gid=NOGROUP))
     assert (member is None) == ("nobody" in grp.getgrnam("daemon").gr_mem)
+
+
+@pytest.mark.parametrize(
+    ("users", "groups", "service_uid", "allowed"),
+    [
+        ((), ("daemon",), 0, "root and members of group daemon"),
+        ((), ("daemon", "daemon"), 0, "root and members of group daemon"),
+        (
+            (),
+            ("daemon", "nogroup"),
+            4242,
+            "root, perfd's own user uid 4242 and members of groups daemon and nogroup",
+        ),
+        (
+            ("alice",),
+            ("daemon",),
+            0,
+            "root, members of group daemon and the user alice ([access] admin_users)",
+        ),
+        (("alice", "bob"), (), 0, "root and the users alice and bob ([access] admin_users)"),
+        (
+            (),
+            ("no-such-group-perfd",),
+            0,
+            "root and members of group no-such-group-perfd (no such group here)",
+        ),
+        ((), (), 0, "root"),
+    ],
+)
+def test_refusal_names_who_may_as_configured(
+    users: tuple[str, ...], groups: tuple[str, ...], service_uid: int, allowed: str
+) -> None:
+    """The refusal lists exactly who may: no empty "groups" list, no admin_users when none,
+    a missing group marked, one group singular."""
+    policy = AdminPolicy(users=users, groups=groups, service_uid=service_uid)
+    refusal = policy.refusal(Peer(uid=NOBODY + 1000, gid=NOGROUP + 1000, pid=1))
+    assert refusal == f"uid {NOBODY + 1000} may not run admin commands: only {allowed} may"
 
 
 def test_policy_counts_the_process_supplementary_groups(tmp_path: Path) -> None:
@@ -163,8 +222,22 @@ def test_unknown_names_are_reported() -> None:
 # -- a real perfd -------------------------------------------------------------------------------
 
 
+def _group_we_may_give(name: str) -> str | None:
+    """Why perfd, run by us, cannot give its socket to group ``name``; None when it can."""
+    try:
+        gid = grp.getgrnam(name).gr_gid
+    except KeyError:
+        return f"this host has no group {name!r}"
+    if os.geteuid() != 0 and gid not in os.getgroups():
+        return f"not root and not a member of group {name!r}, so chown() to it is refused"
+    return None
+
+
 def test_admin_socket_group_and_modes(start_perfd: StartPerfd) -> None:
     """[server] group owns perfd.sock (0660); perfd-ro.sock is 0666; the directory 0755."""
+    why = _group_we_may_give("daemon")
+    if why is not None:
+        pytest.skip(f"needs root or membership of group daemon (CI runs as root): {why}")
     perfd = start_perfd('[server]\ngroup = "daemon"\n')
     admin = perfd.admin_socket.stat()
     assert admin.st_gid == grp.getgrnam("daemon").gr_gid
@@ -200,6 +273,7 @@ def test_a_loose_socket_mode_grants_no_control(start_perfd: StartPerfd) -> None:
     assert code == 4, err
     assert '"code": "forbidden"' in out
     assert "nobody may not run admin commands" in err
+    assert "hint: ask an admin to add you to one of those groups" in err
     entry = perfd.log_entry("access.denied")
     assert (entry["cmd"], entry["uid"], entry["gid"]) == ("reload", NOBODY, NOGROUP)
     assert entry["pid"] == _last_pid

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import json
+import subprocess
+import sys
 import threading
 from typing import Any, ClassVar
 
@@ -11,7 +15,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from perfd import config
+from perfd import config, log
 from perfd.cache import READY, ModelCache
 from perfd.errors import CommandError
 from perfd.loaders.base import Loaded, LoaderError, ModelSpec
@@ -26,6 +30,21 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.fixture
+def log_lines() -> io.StringIO:
+    """perfd's log lines, written here instead of stdout (the autouse fixture resets it)."""
+    stream = io.StringIO()
+    log.configure(stream=stream)
+    return stream
+
+
+def logged(stream: io.StringIO, event: str) -> dict[str, Any]:
+    """The first ``event`` in ``stream``, once the load thread has written it."""
+    wait_until(lambda: f'"event": "{event}"' in stream.getvalue())
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return next(line for line in lines if line["event"] == event)
 
 
 class FakeLoader:
@@ -289,8 +308,9 @@ def test_failed_load_reaches_every_waiter_and_leaves_nothing() -> None:
     assert loaded(cache) == ["a"]
 
 
-def test_load_timeout_discards_the_late_model() -> None:
-    """A load past load_timeout fails; when it finally returns, the model is unloaded."""
+def test_load_timeout_discards_the_late_model(log_lines: io.StringIO) -> None:
+    """A load past load_timeout fails; when it finally returns, the model is unloaded and
+    cache.load_discarded logged."""
     loader = FakeLoader()
     loader.gate = threading.Event()
     cache, _, _ = make_cache({"a": 1}, loader=loader, load_timeout="100ms")
@@ -305,9 +325,10 @@ def test_load_timeout_discards_the_late_model() -> None:
     assert done.wait(5)
     assert loader.unloads == ["a"]
     assert cache.ps() == []
+    assert logged(log_lines, "cache.load_discarded")["model"] == "a"
 
 
-def test_no_second_load_while_an_overdue_one_still_runs() -> None:
+def test_no_second_load_while_an_overdue_one_still_runs(log_lines: io.StringIO) -> None:
     """After a load times out, the same model is `busy` until that load ends (two copies
     could need twice the memory); then it loads again."""
     loader = FakeLoader()
@@ -337,6 +358,7 @@ def test_no_second_load_while_an_overdue_one_still_runs() -> None:
 
     wait_until(loads_again, timeout=5, every=0.01)
     assert loader.loads == ["a", "a"]
+    assert logged(log_lines, "cache.load_discarded")["model"] == "a"
 
 
 def test_unknown_model_and_unknown_loader() -> None:
@@ -468,8 +490,9 @@ CacheMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=4
 test_cache_state_machine = CacheMachine.TestCase
 
 
-def test_gpu_model_measured_by_nvml_beside_estimate() -> None:
-    """A cuda:N load records NVML's per-process delta (what nvidia-smi shows) as measured."""
+def test_gpu_model_measured_by_nvml_beside_estimate(log_lines: io.StringIO) -> None:
+    """A cuda:N load records NVML's per-process delta (what nvidia-smi shows) as measured,
+    and logs it in cache.loaded (captured: the load thread logs after the lease returns)."""
     seen = iter([1 << 30, (1 << 30) + 300 * MiB])  # before and after the load
     cfg = config.parse(
         {"models": {"g": {"loader": "fake", "device": "cuda:0", "options": {"size": 256 * MiB}}}}
@@ -490,3 +513,29 @@ def test_gpu_model_measured_by_nvml_beside_estimate() -> None:
         300 * MiB,
         "nvml",
     )
+    line = logged(log_lines, "cache.loaded")
+    assert (line["model"], line["measured_bytes"]) == ("g", 300 * MiB)
+
+
+def test_the_tests_here_print_no_log_line() -> None:
+    """pytest's output for this file's tests has no raw perfd log line in it: each test whose
+    load thread logs after the test's own calls returned captures and waits for the line."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "not print_no_log_line and not state_machine",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert '"event": ' not in out.stdout + out.stderr, out.stdout
+    assert "[info" not in out.stdout + out.stderr, out.stdout

@@ -3,6 +3,7 @@ and the Python client's cache methods (arrays both ways, no retry of what is not
 
 from __future__ import annotations
 
+import grp
 import json
 import re
 import subprocess
@@ -131,15 +132,22 @@ def test_ps_json(start_perfd: StartPerfd) -> None:
 
 
 def test_evict_a_model_and_dry_run_all(start_perfd: StartPerfd) -> None:
-    """`evict NAME` unloads it and says what it freed; `evict --all --dry-run` only lists."""
+    """`evict NAME` unloads it and says what it freed; `evict --all --dry-run` only lists;
+    --all and --idle name the pinned model they skipped."""
     perfd = start(start_perfd)
+    ok(perfd, "load", "upper")  # pinned by the config
     ok(perfd, "load", "ballast")
     assert ok(perfd, "evict", "ballast").startswith("evicted ballast from cpu · ")
     assert "ballast " not in ok(perfd, "ps")
     ok(perfd, "load", "echo")
-    assert ok(perfd, "evict", "--all", "--dry-run") == "would evict: echo\n"
+    assert ok(perfd, "evict", "--all", "--dry-run") == (
+        "would evict: echo\nskipped: upper (pinned)\n"
+    )
     assert row(ok(perfd, "ps"), "echo")[1] == "ready"  # still loaded
-    assert ok(perfd, "evict", "--idle") == "nothing to evict\n"
+    assert ok(perfd, "evict", "--idle") == "nothing to evict\nskipped: upper (pinned)\n"
+    data = json.loads(ok(perfd, "evict", "--all", "--json"))
+    assert data["evicted"] == ["echo"]
+    assert data["skipped"] == [{"model": "upper", "why": "pinned"}]
 
 
 def test_pin_and_unpin(start_perfd: StartPerfd) -> None:
@@ -160,10 +168,10 @@ def test_pin_and_unpin(start_perfd: StartPerfd) -> None:
 def test_unknown_model_exits_1_with_not_found(start_perfd: StartPerfd) -> None:
     """`perfctl infer nope`: exit 1, the names perfd knows, and not_found in --json."""
     perfd = start(start_perfd)
-    out = perfd.ctl("infer", "nope")
+    out = perfd.ctl("infer", "nope", "--input", "1")
     assert out.returncode == 1
     assert "unknown model 'nope'" in out.stderr
-    data = json.loads(perfd.ctl("infer", "nope", "--json").stdout)
+    data = json.loads(perfd.ctl("infer", "nope", "--input", "1", "--json").stdout)
     assert data["error"]["code"] == "not_found"
 
 
@@ -174,7 +182,11 @@ def test_no_capacity_exits_1_with_the_hint(start_perfd: StartPerfd) -> None:
     assert out.returncode == 1
     message, hint = out.stderr.splitlines()
     assert message.startswith("perfctl: 'huge' needs 1024.00 GiB on cpu")
-    assert hint == "  hint: raise [cache] budgets, unpin or evict models"
+    assert message.endswith("; raise [cache] budgets, unpin or evict models")
+    assert hint == (  # adds where to look and which keys, not the message again
+        "  hint: perfctl ps shows each model's size and whether it is pinned or in use; the "
+        "budgets are [cache] ram_budget and gpu_budget (perfctl reload applies a change)"
+    )
     data = json.loads(perfd.ctl("load", "huge", "--json").stdout)
     assert data["error"]["code"] == "no_capacity"
 
@@ -217,7 +229,11 @@ def test_read_only_socket_exits_4(start_perfd: StartPerfd) -> None:
     out = perfd.ctl("--socket", str(perfd.readonly_socket), "infer", "echo", "--input", "1")
     assert out.returncode == 4
     assert "needs the admin socket" in out.stderr
-    assert "usermod -aG perfd" in out.stderr
+    group = grp.getgrgid(perfd.admin_socket.stat().st_gid).gr_name
+    assert f"hint: admin commands go to {perfd.admin_socket}; perfd.sock belongs to group " in (
+        out.stderr
+    )
+    assert f"usermod -aG {group} $USER" in out.stderr
     assert ok(perfd, "--socket", str(perfd.readonly_socket), "ps").startswith("NAME ")
 
 

@@ -23,6 +23,7 @@ def watching(perfd: Perfd, *args: str) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
         [*command("perfctl"), "stats", "--watch", *args],
         env=clean_env(PERFD_RUNTIME_DIR=str(perfd.runtime_dir)),
+        stdin=subprocess.DEVNULL,  # never the terminal pytest runs in: it would read its keys
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -198,3 +199,58 @@ def test_watch_interval_is_checked() -> None:
         )
         assert out.returncode == 2, (value, out.stderr)
         assert "--watch" in out.stderr
+
+
+def test_watch_quits_on_q_and_restores_the_terminal(start_perfd: StartPerfd) -> None:
+    """With stdin a terminal, `stats --watch` reads keys unechoed: q exits 0 at once, and the
+    terminal's mode is what it was before."""
+    import os
+    import pty
+    import termios
+
+    perfd = start_perfd(FAST)
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen(
+        [*command("perfctl"), "stats", "--watch", "60"],
+        env=clean_env(PERFD_RUNTIME_DIR=str(perfd.runtime_dir)),
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = read_lines(proc, until=1, start="perfd stats · ")  # the first screen is out
+        assert " · redraw 60s" in lines[-1]
+        os.write(master, b"q")
+        _, err = proc.communicate(timeout=10)  # a 60 s redraw interval: only q ends it soon
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+        after = termios.tcgetattr(slave)
+        os.close(master)
+        os.close(slave)
+    assert proc.returncode == 0, err
+    assert after == before
+
+
+def test_watch_headline_shows_both_intervals(start_perfd: StartPerfd) -> None:
+    """The watch screen's headline has perfd's sample interval and the redraw interval."""
+    perfd = start_perfd(FAST)
+    with watching(perfd, "0.5") as proc:
+        (headline,) = read_lines(proc, until=1, start="perfd stats · ")[-1:]
+        code, err = interrupt(proc)
+    assert code == 0, err
+    assert " · every 0.2s · redraw 0.5s · " in headline
+
+
+def test_watch_json_prints_each_sample_once(start_perfd: StartPerfd) -> None:
+    """Redrawing faster than perfd samples, `--watch --json` still prints no sample twice."""
+    perfd = start_perfd('[monitor]\ninterval = "1s"\ntrend_window = "5s"\n')
+    with watching(perfd, "0.1", "--json") as proc:
+        lines = read_lines(proc, until=3)
+        code, err = interrupt(proc)
+    assert code == 0, err
+    stamps = [json.loads(line)["sampled_at_unix"] for line in lines]
+    assert len(set(stamps)) == len(stamps) == 3, stamps

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import perfd
 from perfd import config
-from tests.conftest import clean_env, command
+from tests.conftest import StartPerfd, clean_env, command
 
 
 def test_embedded_cache_is_served_to_perfctl(short_dir: Path) -> None:
@@ -53,3 +54,72 @@ def test_embedded_without_sockets_and_import_stays_light(short_dir: Path) -> Non
         check=True,
     )
     assert out.stdout.strip() == "False"
+
+
+# A perfd console line: `perfd --log-format console` (perfd.log.render).
+CONSOLE_LINE = (
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "  # ts
+    r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) +[a-z_]+\.[a-z_.]+ "  # level, event
+)
+APP = """
+import sys
+import perfd
+from perfd import config
+
+cfg = config.parse({"models": {"echo": {"target": "tests.models.toy:make_echo"}}})
+with perfd.embed(cfg, runtime_dir=sys.argv[1], serve=SERVE) as pd:
+    with pd.cache.lease("echo"):
+        pass
+    BODY
+"""
+
+
+def run_app(short_dir: Path, *, before: str = "", serve: bool = False, body: str = "pass") -> str:
+    """A fresh interpreter embedding perfd (``before`` runs first); its stdout."""
+    code = before + APP.replace("SERVE", str(serve)).replace("BODY", body)
+    root = str(Path(__file__).resolve().parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(short_dir / "run")],
+        env=clean_env(PYTHONPATH=root),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_embedded_log_lines_are_perfds_console_format(
+    start_perfd: StartPerfd, short_dir: Path
+) -> None:
+    """An application without a structlog configuration gets perfd's lines exactly as
+    `perfd --log-format console` writes them, not structlog's default rendering."""
+    daemon = start_perfd("", "--log-format", "console")
+    daemon.stop()
+    reference = [line for line in daemon.log_path.read_text().splitlines() if line.strip()]
+    assert reference
+    assert all(re.match(CONSOLE_LINE, line) for line in reference), reference
+    lines = run_app(short_dir).splitlines()
+    assert any(" cache.loaded " in line for line in lines), lines
+    for line in lines:
+        assert re.match(CONSOLE_LINE, line), line
+
+
+def test_embedded_perfd_keeps_the_applications_structlog(short_dir: Path) -> None:
+    """An application's own structlog configuration renders perfd's events, also after a
+    reload through the served socket."""
+    before = (
+        "import structlog\n"
+        "structlog.configure(processors=[lambda _, m, e: 'APP ' + e['event']],\n"
+        "                    logger_factory=structlog.PrintLoggerFactory())\n"
+    )
+    body = (
+        "import perfctl, structlog\n"
+        "    with perfctl.Client(runtime_dir=pd.runtime_dir) as client:\n"
+        "        client.call('reload')\n"
+        "    structlog.get_logger().info('app.after_reload')"
+    )
+    lines = run_app(short_dir, before=before, serve=True, body=body).splitlines()
+    assert "APP cache.loaded" in lines
+    assert "APP app.after_reload" in lines, lines

@@ -743,6 +743,19 @@ def test_evict_output() -> None:
     )
 
 
+def test_evict_all_says_what_it_skipped() -> None:
+    """evict --all / --idle: a last line names each model left and why, wrapped at 80."""
+    skipped = [{"model": "upper", "why": "pinned"}, {"model": "r", "why": "in use by 2 requests"}]
+    assert fmt_cache.format_evict({"evicted": [], "skipped": skipped, "dry_run": True}) == (
+        "nothing to evict\nskipped: upper (pinned), r (in use by 2 requests)"
+    )
+    many = [{"model": f"model-{i:02d}", "why": "pinned"} for i in range(12)]
+    lines = fmt_cache.format_evict({"evicted": ["a"], "skipped": many, "dry_run": True})
+    assert lines.splitlines()[0] == "would evict: a"
+    assert all(len(line) <= fmt.WIDTH for line in lines.splitlines())
+    assert lines.count("(pinned)") == 12
+
+
 def test_infer_output_is_json() -> None:
     """infer prints the outputs as JSON: one line, or indented for a TTY; escapes without
     unicode."""
