@@ -20,6 +20,7 @@ from perfctl import __main__ as cli
 from perfctl import format as fmt
 from perfctl import format_cache as fmt_cache
 from perfctl import safe
+from perfctl import watch as watching
 from tests.conftest import Perfd, StartPerfd, clean_env, command
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -211,7 +212,7 @@ def test_watch_on_a_terminal_redraws_with_only_perfctls_own_escapes(
     screens = bytearray()
     try:
         deadline = time.monotonic() + 20
-        while screens.count(cli.CLEAR.encode()) < 3 and time.monotonic() < deadline:
+        while screens.count(watching.CLEAR.encode()) < 3 and time.monotonic() < deadline:
             if select.select([master], [], [], 0.5)[0]:
                 screens.extend(os.read(master, 1 << 16))
     finally:
@@ -219,10 +220,10 @@ def test_watch_on_a_terminal_redraws_with_only_perfctls_own_escapes(
         watch.communicate(timeout=10)
         os.close(master)
     text = screens.decode()
-    assert text.count(cli.CLEAR) >= 3
+    assert text.count(watching.CLEAR) >= 3
     assert "\\x1b]2;OWNED\\x07\\x1b[2J" in text
     assert "\033[" in text  # a terminal: colour on
-    assert unsafe(ANSI.sub("", text.replace(cli.CLEAR, "")).replace("\r", "")) == set()
+    assert unsafe(ANSI.sub("", text.replace(watching.CLEAR, "")).replace("\r", "")) == set()
 
 
 def ctl(perfd: Perfd, *args: str) -> subprocess.CompletedProcess[bytes]:
