@@ -47,6 +47,9 @@ def prepare(path: Path) -> Prepared:
     """Create the directory (0755), or check that an existing one is perfd's own and writable
     by no one else; never change an existing directory's mode. StartupError says what is
     wrong and what to do."""
+    missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
+    for parent in reversed(missing[1:]):  # parents perfd creates are 0755 too
+        _make(parent)
     created = _make(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -66,20 +69,26 @@ def prepare(path: Path) -> Prepared:
 
 
 def _make(path: Path) -> bool:
-    """mkdir ``path`` (and missing parents); True when this call created it."""
+    """mkdir ``path`` with DIR_MODE whatever the umask; True when this call created it (a
+    directory that existed, or a symlink, is left alone: prepare() checks it)."""
     try:
-        try:
-            os.mkdir(path, DIR_MODE)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.mkdir(path, DIR_MODE)
-    except FileExistsError:  # also a symlink, dangling or not: the open() below names it
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
         return False
     except OSError as exc:
         raise StartupError(
             f"cannot create runtime directory {path}: {exc.strerror}; {_SETTINGS} to a "
             "directory you own, or create it first"
         ) from None
+    try:  # by descriptor, not by name: nobody can swap the new directory for a link first
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return True  # prepare() names the problem
+    try:
+        if os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, DIR_MODE)
+    finally:
+        os.close(fd)
     return True
 
 
