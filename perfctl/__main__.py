@@ -156,10 +156,13 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             result = client.call(args.command, **_request(args))
             elapsed_ms = (time.perf_counter() - started) * 1000
+            asked = client.last_endpoint
     except PerfctlError as exc:
         return _fail(exc, as_json, _admin_socket_hint(exc, socket))
     if args.command == "ping":
         return _print(result, as_json, lambda r: fmt.format_ping(r, style, elapsed_ms))
+    if args.command == "status":  # whose perfd answered: its pid and user, and where we asked
+        return _print(result, as_json, lambda r: fmt.format_status(r, style, socket=asked))
     # infer's outputs are printed as JSON, made terminal-safe as JSON (format_infer)
     return _print(result, as_json, _render(args, style), escape=args.command != "infer")
 

@@ -24,11 +24,10 @@ from typing import Any, Final
 
 import zmq
 
+from perfctl import locate
 from perfctl.errors import (
     BAD_REPLY,
-    AccessDenied,
     BadReply,
-    DaemonNotRunning,
     DaemonTimeout,
     KeyRefused,
     for_code,
@@ -106,7 +105,10 @@ class Client:
         self.long_timeout = long_timeout
         self.retries = retries
         self._explicit = socket
-        self._runtime_dir = os.fspath(runtime_dir) if runtime_dir else paths.client_runtime_dir()
+        self._runtime_dirs = paths.client_runtime_dirs()
+        if runtime_dir:
+            self._runtime_dirs = [(os.fspath(runtime_dir), "runtime_dir")]
+        self.last_endpoint: str | None = None  # where the last request went
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sockets: dict[str, zmq.Socket[bytes]] = {}
         self._monitors: dict[str, zmq.Socket[bytes]] = {}  # tcp: handshake events
@@ -249,13 +251,22 @@ class Client:
 
     def endpoint_for(self, cmd: str) -> tuple[str, str | None]:
         """Which endpoint a command goes to (see the class docstring)."""
+        target = self._target(cmd)
+        return target.endpoint, target.path
+
+    def _target(self, cmd: str) -> locate.Target:
+        """The endpoint for ``cmd``: the explicit one, or a socket in the first runtime
+        directory that has one (NoSocket lists every place looked at, Untrusted refuses a
+        directory another user could have made)."""
         if self._explicit is not None:
-            return _endpoint(self._explicit)
-        admin = os.path.join(self._runtime_dir, protocol.MAIN_SOCKET)
-        readonly = os.path.join(self._runtime_dir, protocol.READONLY_SOCKET)
+            endpoint, path = _endpoint(self._explicit)
+            return locate.Target(endpoint, path, None)
+        directory, owner = locate.find(self._runtime_dirs)
+        admin = os.path.join(directory, protocol.MAIN_SOCKET)
+        readonly = os.path.join(directory, protocol.READONLY_SOCKET)
         if cmd in protocol.READ_ONLY_COMMANDS and not _usable(admin) and os.path.exists(readonly):
-            return _endpoint(readonly)
-        return _endpoint(admin)
+            admin = readonly
+        return locate.Target(f"ipc://{admin}", admin, owner)
 
     def timeout_for(self, cmd: str) -> float:
         """Seconds to wait for ``cmd``'s reply (see the class docstring)."""
@@ -271,9 +282,10 @@ class Client:
         self, cmd: str, args: dict[str, Any], frames: list[Any] | None = None
     ) -> tuple[dict[str, Any], list[zmq.Frame]]:
         """One request (plus raw ``frames``), one reply: its result and its extra frames."""
-        endpoint, path = self.endpoint_for(cmd)
-        if path is not None:
-            _check_path(path)
+        target = self._target(cmd)
+        endpoint = self.last_endpoint = target.endpoint
+        if target.path is not None:
+            locate.check_socket(target)
         request = protocol.Request(id=f"{self._prefix}-{next(self._ids)}", cmd=cmd, args=args)
         frame = protocol.encode_request(request)
         timeout = self.timeout_for(cmd)
@@ -290,8 +302,10 @@ class Client:
                 return self._result(request.id, head), extra
             # REQ is stuck waiting for this reply: throw it away and start afresh.
             self._drop(endpoint)
-        message = f"no reply from perfd on {endpoint} within {timeout:g}s"
-        if attempts == 1:
+        message = f"no reply from perfd on {endpoint} within {timeout * attempts:g}s"
+        if attempts > 1:
+            message += f" ({attempts} tries of {timeout:g}s each)"
+        else:
             message += f"; '{cmd}' is not retried: it may still be running in perfd"
         largest = max([len(frame), *(nbytes(f) for f in frames or ())])
         readonly = endpoint.endswith(protocol.READONLY_SOCKET)
@@ -376,11 +390,3 @@ class Client:
 
 def _usable(path: str) -> bool:
     return os.access(path, os.R_OK | os.W_OK)
-
-
-def _check_path(path: str) -> None:
-    """Turn a missing or forbidden socket file into DaemonNotRunning or AccessDenied at once."""
-    if not os.path.exists(path):
-        raise DaemonNotRunning(f"perfd is not running: no socket at {path}")
-    if not _usable(path):
-        raise AccessDenied(f"permission denied on {path}", path)

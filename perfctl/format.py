@@ -53,10 +53,13 @@ def format_ping(result: dict[str, Any], style: Style = PLAIN, elapsed_ms: float 
     return f"{ok} from perfd {result['version']} (pid {result['pid']}) in {elapsed_ms:.2f} ms"
 
 
-def format_status(result: dict[str, Any], style: Style = PLAIN) -> str:
+def format_status(result: dict[str, Any], style: Style = PLAIN, socket: str | None = None) -> str:
+    """perfd's status; the head line and ``socket`` (where perfctl asked) say whose perfd
+    answered."""
+    user = f" · user {result['user']}" if "user" in result else ""
     head = (
         f"perfd {result['version']} · {style.paint('running', 'green')} · pid {result['pid']}"
-        f" · up {duration(result['uptime_s'])}"
+        f"{user} · up {duration(result['uptime_s'])}"
     )
     config = result["config_path"]
     if not result["config_file_present"]:
@@ -69,6 +72,7 @@ def format_status(result: dict[str, Any], style: Style = PLAIN) -> str:
     rows = [
         ("config", config),
         ("runtime dir", result["runtime_dir"]),
+        *([("socket", socket.removeprefix("ipc://"))] if socket else []),
         ("components", components),
         ("requests", f"{req['total']} total, {req['errors']} errors, {req['dropped']} dropped"),
     ]

@@ -69,11 +69,15 @@ def keygen(name: str, role: str, as_json: bool) -> int:
         print("perfctl: this libzmq was built without CURVE support", file=sys.stderr)
         return 1
     base = Path(name)
+    made = _make_parent(base.parent)
+    if isinstance(made, str):
+        return _keygen_failed(made, "choose a directory you can write to, or create it first")
     try:
         public_path, secret_path = keys.write_pair(base, keys.generate())
-    except (FileExistsError, OSError) as exc:
-        message = str(exc) if isinstance(exc, FileExistsError) else f"{name}: {exc.strerror}"
-        raise UsageError(message) from None
+    except FileExistsError as exc:
+        return _keygen_failed(str(exc), "", status=2)
+    except OSError as exc:
+        return _keygen_failed(f"cannot write {exc.filename or name}: {exc.strerror}", "")
     public = keys.read_pair(public_path).public.decode()
     line = f"{public} {role} {base.name}"
     if as_json:
@@ -85,12 +89,35 @@ def keygen(name: str, role: str, as_json: bool) -> int:
         }
         print(json.dumps({"schema": 1, **result}, indent=2))
         return 0
+    if made:
+        print(f"created {base.parent} (mode 0700)")
     print(f"wrote {public_path} (public) and {secret_path} (secret), mode 0600")
     print(f"public key: {public}")
     print("for a client, add this line to perfd's [remote] authorized_keys file:")
     print(f"  {line}")
     print(f"for perfd itself, set [remote] secret_key_file = {str(secret_path)!r}")
     return 0
+
+
+def _make_parent(directory: Path) -> bool | str:
+    """Create the keys' directory when it is missing (mode 0700: it holds a secret key);
+    True when made, False when it was there, else what went wrong."""
+    if directory.is_dir():
+        return False
+    if os.path.lexists(directory):
+        return f"{directory} is not a directory, so it cannot hold the keys"
+    try:
+        os.makedirs(directory, mode=0o700)
+    except OSError as exc:
+        return f"cannot create the directory {directory} for the keys: {exc.strerror}"
+    return True
+
+
+def _keygen_failed(message: str, hint: str, status: int = 1) -> int:
+    print(f"perfctl: {message}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
+    return status
 
 
 def curve(host: str | None, key: str | None, server_key: str | None) -> Curve | None:

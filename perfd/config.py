@@ -47,7 +47,8 @@ class ServerConfig:
     group: str = option(
         "perfd",
         "Group owning the admin socket `perfd.sock` (mode 0660). If it does not exist, the "
-        "user's own group is used and a warning is logged.",
+        "user's own group is used, with a warning when the group was set here or perfd runs "
+        "as a systemd service.",
         kind="str",
     )
     workers: int = option(
@@ -667,8 +668,9 @@ class Config:
     runtime_dir: str = option(
         "",
         "Directory for the sockets. Empty: `$RUNTIME_DIRECTORY` under systemd, else "
-        "`/run/perfd` for root, else `$XDG_RUNTIME_DIR/perfd`. `$PERFD_RUNTIME_DIR` and "
-        "`perfd --runtime-dir` win.",
+        "`/run/perfd` for root, else `$XDG_RUNTIME_DIR/perfd`, else `/tmp/perfd-UID`. "
+        "`$PERFD_RUNTIME_DIR` and `perfd --runtime-dir` win. perfd creates it (0755); an "
+        "existing one must be perfd's user's and writable by no one else, and keeps its mode.",
         kind="path",
     )
     log: LogConfig = section(LogConfig, "Logging.")

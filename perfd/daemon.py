@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from perfd import __version__, config, handlers, log, paths, protocol, rundir
+from perfd import __version__, config, handlers, log, paths, protocol, rundir, systemd
 from perfd.access import AdminPolicy
 from perfd.errors import CommandError, ConfigError, StartupError
 from perfd.monitor import Monitor
@@ -262,7 +262,14 @@ class Daemon:
     def open(self, *, bind: bool = True) -> None:
         """Take the runtime directory, bind the sockets, start the monitor."""
         if bind:
-            rundir.prepare(self.runtime_dir)
+            prepared = rundir.prepare(self.runtime_dir)
+            if not prepared.created and not prepared.mode & 0o001:
+                _log.info(
+                    "runtime_dir.private",
+                    path=str(self.runtime_dir),
+                    mode=f"{prepared.mode:04o}",
+                    note="other users cannot reach perfd-ro.sock; perfd leaves the mode as is",
+                )
             self._lock_fd = rundir.lock(self.runtime_dir)
             self._bind()
         self._start_monitor()
@@ -307,7 +314,7 @@ class Daemon:
 
     def _bind(self) -> None:
         group = rundir.resolve_group(self.loaded.config.server.group)
-        if group.fallback:
+        if group.fallback and self._group_matters():
             _log.warning(
                 "access.group_missing",
                 group=self.loaded.config.server.group,
@@ -328,6 +335,15 @@ class Daemon:
         self.server.gate.policy = self._policy(self.loaded.config)
         if self._initial.remote.listen:
             self._bind_remote()
+
+    def _group_matters(self) -> bool:
+        """Whether a missing admin group is worth a warning: when it was configured (not the
+        default `perfd`), or when perfd runs as a systemd service (systemd.service_stop_command
+        has the rule), where operators expect the group. A user's own perfd stays quiet."""
+        default = config.ServerConfig().group
+        return self.loaded.config.server.group != default or (
+            systemd.service_stop_command() is not None
+        )
 
     def _bind_remote(self) -> None:
         """The tcp endpoint, with CURVE: refuse to start without usable keys."""
@@ -419,6 +435,7 @@ class Daemon:
             config_file_present=self.loaded.exists,
             admin_socket=str(self.admin_socket),
             readonly_socket=str(self.readonly_socket),
+            admin_group=self._admin_group,
             watchdog_interval_s=self.watchdog.interval,
         )
         self.preload()
@@ -518,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
         loaded = config.load(args.config)
         log.check_files(loaded)
     except ConfigError as exc:
+        # Like every other start failure: one JSON line on stdout (the journal), and stderr.
+        log.configure(fmt=args.log_format or "json")
+        _log.error("daemon.start_failed", error=str(exc), path=exc.path, key=exc.key)
         print(f"perfd: {exc}", file=sys.stderr)
         return 1
     cfg = loaded.config

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from perfd import __version__, arrays, config, protocol
+from perfd.access import user_name
 from perfd.errors import CommandError
 from perfd.loaders.base import LoaderError, ModelSpec
 from perfd.monitor import Monitor
@@ -63,6 +64,8 @@ def build(daemon: DaemonView) -> dict[str, Command]:
         return {
             "version": __version__,
             "pid": os.getpid(),
+            "uid": os.geteuid(),
+            "user": user_name(os.geteuid()),
             "started_at": daemon.started_at,
             "uptime_s": round(time.monotonic() - daemon.started_monotonic, 3),
             "config_path": str(loaded.path),

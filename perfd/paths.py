@@ -30,6 +30,22 @@ def default_config_path() -> str:
     return os.path.join(base, "perfd", "perfd.toml")
 
 
+def own_runtime_dirs() -> list[tuple[str, str]]:
+    """The runtime directories perfd defaults to for this user, each with its origin, in
+    perfd's order: /run/perfd for root; $XDG_RUNTIME_DIR/perfd (when set) and /tmp/perfd-UID
+    for other users. perfd takes the first; perfctl looks in each (then in /run/perfd), so a
+    perfd started where XDG_RUNTIME_DIR is unset (``su -``) is found from a login shell.
+    """
+    if is_root():
+        return [(SYSTEM_RUNTIME_DIR, "root's default")]
+    dirs = []
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base:
+        dirs.append((os.path.join(base, "perfd"), "$XDG_RUNTIME_DIR/perfd"))
+    dirs.append((f"/tmp/perfd-{os.geteuid()}", "without XDG_RUNTIME_DIR"))
+    return dirs
+
+
 def default_runtime_dir() -> str:
     """/run/perfd for root, $XDG_RUNTIME_DIR/perfd otherwise (/tmp/perfd-UID without one).
 
@@ -38,24 +54,21 @@ def default_runtime_dir() -> str:
     systemd_dir = os.environ.get("RUNTIME_DIRECTORY")
     if systemd_dir:
         return systemd_dir.split(":")[0]
-    if is_root():
-        return SYSTEM_RUNTIME_DIR
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base:
-        return os.path.join(base, "perfd")
-    return f"/tmp/perfd-{os.geteuid()}"
+    return own_runtime_dirs()[0][0]
 
 
-def client_runtime_dir() -> str:
-    """Where perfctl looks: $PERFD_RUNTIME_DIR, else the user's own perfd if one runs, else
-    the system perfd's /run/perfd (a normal user asking the systemd service)."""
+def client_runtime_dirs() -> list[tuple[str, str]]:
+    """Where perfctl looks, in order, each with its origin: $PERFD_RUNTIME_DIR alone when it
+    is set; else the user's own perfd's directories (own_runtime_dirs), then the system
+    perfd's /run/perfd (a normal user asking the systemd service). $RUNTIME_DIRECTORY is
+    never used: under systemd it belongs to whatever service runs perfctl."""
     explicit = os.environ.get(RUNTIME_DIR_ENV)
     if explicit:
-        return explicit
-    own = default_runtime_dir()
-    if own != SYSTEM_RUNTIME_DIR and not os.path.exists(os.path.join(own, "perfd.sock")):
-        return SYSTEM_RUNTIME_DIR
-    return own
+        return [(explicit, f"${RUNTIME_DIR_ENV}")]
+    dirs = own_runtime_dirs()
+    if all(path != SYSTEM_RUNTIME_DIR for path, _ in dirs):
+        dirs.append((SYSTEM_RUNTIME_DIR, "the system service"))
+    return dirs
 
 
 def runtime_dir(cli: str | None = None, configured: str = "") -> str:

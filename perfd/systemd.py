@@ -107,6 +107,38 @@ def watchdog_interval(env: Mapping[str, str]) -> float | None:
     return usec / 2_000_000
 
 
+def service_stop_command(
+    env: Mapping[str, str] | None = None,
+    ppid: int | None = None,
+    cgroup: str = "/proc/self/cgroup",
+) -> str | None:
+    """How to stop this perfd when systemd runs it as a service; None when it does not.
+
+    The rule: perfd is a service when $INVOCATION_ID is set (systemd sets it for every unit
+    it starts) and perfd's parent is the service manager itself: pid 1 for a system service,
+    $MANAGERPID for a user service. A shell started from a service (a terminal of a desktop
+    session, say) inherits INVOCATION_ID, but its perfd's parent is that shell, so a perfd run
+    by hand never counts as a service. The unit is the last part of perfd's cgroup.
+    """
+    env = os.environ if env is None else env
+    ppid = os.getppid() if ppid is None else ppid
+    if not env.get("INVOCATION_ID"):
+        return None
+    user = env.get("MANAGERPID") == str(ppid) and ppid != 1
+    if ppid != 1 and not user:
+        return None
+    unit = "perfd"
+    try:
+        with open(cgroup, encoding="utf-8", errors="replace") as file:
+            for line in file:
+                name = line.strip().rsplit("/", 1)[-1]
+                if name.endswith(".service"):
+                    unit = name
+    except OSError:
+        pass
+    return f"systemctl {'--user ' if user else ''}stop {unit}"
+
+
 class Heartbeat:
     """One loop's proof of progress."""
 

@@ -57,7 +57,7 @@ def test_timeout_retries_once_then_raises(short_dir: Path) -> None:
     thread = threading.Thread(target=swallow)
     thread.start()
     try:
-        with perfctl.Client(path, timeout=0.2) as client, pytest.raises(perfctl.DaemonTimeout):
+        with perfctl.Client(path, timeout=0.2) as client, pytest.raises(perfctl.DaemonTimeout) as e:
             client.ping()
     finally:
         thread.join(10)
@@ -65,6 +65,7 @@ def test_timeout_retries_once_then_raises(short_dir: Path) -> None:
         ctx.term()
     assert len(seen) == 2
     assert json.loads(seen[0])["id"] == json.loads(seen[1])["id"]
+    assert "within 0.4s (2 tries of 0.2s each)" in str(e.value)  # the real total wait
 
 
 def test_retry_succeeds_when_second_attempt_is_answered(short_dir: Path) -> None:
@@ -130,13 +131,21 @@ def test_explicit_endpoint_forms(tmp_path: Path) -> None:
     assert perfctl.Client("ipc:///run/x.sock").endpoint_for("ping")[0] == "ipc:///run/x.sock"
 
 
-def test_client_runtime_dir_prefers_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """$PERFD_RUNTIME_DIR wins; otherwise a user's own perfd, else the system /run/perfd."""
-    monkeypatch.setenv("PERFD_RUNTIME_DIR", str(tmp_path))
-    assert paths.client_runtime_dir() == str(tmp_path)
+def test_client_runtime_dirs_match_perfds_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """$PERFD_RUNTIME_DIR alone when set; else every default perfd may use, then /run/perfd."""
+    monkeypatch.setenv("PERFD_RUNTIME_DIR", "/srv/pd")
+    assert paths.client_runtime_dirs() == [("/srv/pd", "$PERFD_RUNTIME_DIR")]
     monkeypatch.delenv("PERFD_RUNTIME_DIR")
-    monkeypatch.setattr(paths, "default_runtime_dir", lambda: str(tmp_path / "user"))
-    assert paths.client_runtime_dir() == paths.SYSTEM_RUNTIME_DIR
-    (tmp_path / "user").mkdir()
-    (tmp_path / "user" / "perfd.sock").touch()
-    assert paths.client_runtime_dir() == str(tmp_path / "user")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    monkeypatch.setattr(paths.os, "geteuid", lambda: 1000)
+    assert [d for d, _ in paths.client_runtime_dirs()] == [
+        "/run/user/1000/perfd",
+        "/tmp/perfd-1000",
+        paths.SYSTEM_RUNTIME_DIR,
+    ]
+    assert paths.default_runtime_dir() == "/run/user/1000/perfd"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")  # su -: perfd falls back to /tmp/perfd-UID
+    assert paths.default_runtime_dir() == "/tmp/perfd-1000"
+    assert paths.client_runtime_dirs()[0][0] == "/tmp/perfd-1000"
+    monkeypatch.setattr(paths.os, "geteuid", lambda: 0)
+    assert [d for d, _ in paths.client_runtime_dirs()] == [paths.SYSTEM_RUNTIME_DIR]

@@ -252,7 +252,7 @@ def test_readonly_socket_forbids_admin_commands(start_perfd: StartPerfd) -> None
 
 
 def test_perfctl_exit_codes_without_daemon(short_dir: Path) -> None:
-    """No daemon: exit 3 with a hint; a dead socket file: exit 3 after the timeout."""
+    """No daemon: exit 3 with a hint; a dead socket file: exit 3 at once, named stale."""
     env = clean_env(PERFD_RUNTIME_DIR=str(short_dir))
     out = subprocess.run([*command("perfctl"), "status"], env=env, capture_output=True, text=True)
     assert out.returncode == 3
@@ -268,7 +268,7 @@ def test_perfctl_exit_codes_without_daemon(short_dir: Path) -> None:
     )
     assert out.returncode == 3
     assert json.loads(out.stdout)["error"]["code"] == "not_running"
-    assert "not answering" in out.stderr
+    assert "is a stale socket" in out.stderr
 
 
 def test_perfctl_usage_errors() -> None:

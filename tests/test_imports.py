@@ -27,7 +27,7 @@ def test_perfctl_imports_only_zmq_stdlib_and_protocol() -> None:
 
 
 def test_perfctl_touches_only_light_perfd_modules() -> None:
-    """Of perfd's own modules, perfctl loads only the package, protocol and paths."""
+    """Of perfd's own modules, perfctl loads only the package, protocol, paths and sockprobe."""
     out = subprocess.run(
         [
             sys.executable,
@@ -39,7 +39,7 @@ def test_perfctl_touches_only_light_perfd_modules() -> None:
         text=True,
         check=True,
     )
-    assert out.stdout.strip() == "['perfd', 'perfd.paths', 'perfd.protocol']"
+    assert out.stdout.strip() == "['perfd', 'perfd.paths', 'perfd.protocol', 'perfd.sockprobe']"
 
 
 def test_daemon_defers_heavy_modules() -> None:

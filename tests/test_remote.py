@@ -91,6 +91,35 @@ def test_keygen_writes_a_0600_pair_and_refuses_to_overwrite(tmp_path: Path) -> N
     )
     assert again.returncode == 2
     assert "already exists" in again.stderr
+    assert "usage:" not in again.stderr
+
+
+def test_keygen_creates_a_missing_directory_0700(tmp_path: Path) -> None:
+    """`perfctl keygen ~/.config/perfd/laptop` on a fresh machine creates the missing
+    directories, the last one 0700 (it holds a secret key); a path under a file is named."""
+    base = tmp_path / "home" / ".config" / "perfd" / "laptop"
+    out = subprocess.run(
+        [*command("perfctl"), "keygen", str(base)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=20,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"created {base.parent} (mode 0700)\n")
+    assert stat.S_IMODE(base.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(base.with_name("laptop.key_secret").stat().st_mode) == 0o600
+    (tmp_path / "file").write_text("")
+    under_a_file = subprocess.run(
+        [*command("perfctl"), "keygen", str(tmp_path / "file" / "laptop")],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=20,
+    )
+    assert under_a_file.returncode == 1
+    assert f"{tmp_path / 'file'} is not a directory" in under_a_file.stderr
+    assert "usage:" not in under_a_file.stderr
 
 
 def test_admin_key_runs_every_command_and_is_logged(remote: Remote) -> None:
