@@ -151,6 +151,7 @@ def test_readme_status_example_is_perfctls_output(start_perfd: StartPerfd) -> No
     reply = {
         "version": __version__,
         "pid": 4242,
+        "user": "perfd",
         "uptime_s": 2 * 3600 + 5 * 60,
         "config_path": "/etc/perfd/perfd.toml",
         "config_file_present": False,
@@ -158,7 +159,7 @@ def test_readme_status_example_is_perfctls_output(start_perfd: StartPerfd) -> No
         "components": components,
         "requests": {"total": 12, "errors": 0, "dropped": 0},
     }
-    assert fmt.format_status(reply) == example.rstrip("\n")
+    assert fmt.format_status(reply, socket="/run/perfd/perfd-ro.sock") == example.rstrip("\n")
 
 
 def test_readme_timeout_paragraph_matches_the_client() -> None:
