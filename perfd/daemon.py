@@ -67,8 +67,13 @@ class Daemon:
             max_admin_message_bytes=cfg.max_admin_message_bytes,
             workers=cfg.workers,
             max_in_flight=cfg.max_in_flight,
+            max_in_flight_per_client=cfg.max_in_flight_per_client,
+            admin_reserve=cfg.admin_reserve,
+            max_connections=cfg.max_connections,
+            rss_limit=self._rss_limit,
             command_timeout=cfg.command_timeout,
         )
+        self._start_rss = 0  # perfd's RSS when its sockets were bound
         self.monitor: Monitor | None = None
         self._cache: ModelCache | None = None
         self._keeper: Keeper | None = None
@@ -199,7 +204,12 @@ class Daemon:
         cfg = new.config
         log.configure(cfg.log.level, self._log_format or cfg.log.format, cfg.log.file)
         self.server.command_timeout = cfg.server.command_timeout
-        self.server.max_in_flight = cfg.server.max_in_flight
+        self.server.set_limits(
+            max_in_flight=cfg.server.max_in_flight,
+            per_client=cfg.server.max_in_flight_per_client,
+            admin_reserve=cfg.server.admin_reserve,
+            max_connections=self._fit_connections(cfg.server.max_connections),
+        )
         if self.server.gate.policy is not None:
             self.server.gate.policy = self._policy(cfg)
         if self.monitor is not None:
@@ -210,6 +220,45 @@ class Daemon:
             if self._providers is not None:
                 self._providers.reconfigure(cfg.providers)
             self.loaded = new
+
+    def _rss_limit(self, rss: int) -> int | None:
+        """The limit ``rss`` is over, when it is (then idle connections are dropped): perfd's
+        RSS at start, plus its host models' (measured, else estimated), plus [server]
+        max_buffered_bytes."""
+        limit = self._start_rss + self.loaded.config.server.max_buffered_bytes
+        if not self._start_rss or rss <= limit:
+            return None
+        cache = self._cache
+        if cache is not None:
+            for m in cache.ps():
+                if m["device"] == "cpu":
+                    limit += m["measured_bytes"] or m["estimated_bytes"] or 0
+        return limit if rss > limit else None
+
+    def _fit_connections(self, cap: int) -> int:
+        """``cap`` connections per socket, lowered (with a warning) to fit the file limit;
+        StartupError when not even a few fit."""
+        import resource
+
+        from perfd.connections import fit_cap
+
+        sockets = 3 if self._initial.remote.listen else 2
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        fitted = fit_cap(cap, sockets, limit)
+        if not fitted:
+            raise StartupError(
+                f"the file limit ({limit}) leaves no room for connections; raise it "
+                "(LimitNOFILE= in the unit, ulimit -n)"
+            )
+        if fitted < cap:
+            _log.warning(
+                "connections.capped",
+                max_connections=cap,
+                using=fitted,
+                file_limit=limit,
+                hint="raise the file limit (LimitNOFILE=) or lower [server] max_connections",
+            )
+        return fitted
 
     def _policy(self, cfg: config.Config) -> AdminPolicy:
         policy = AdminPolicy(
@@ -256,10 +305,17 @@ class Daemon:
 
     def open(self, *, bind: bool = True) -> None:
         """Take the runtime directory, bind the sockets, start the monitor."""
+        from perfd import sockwatch
+
+        soft, hard = sockwatch.raise_fd_limit()
+        _log.info("limits.files", soft=soft, hard=hard)
+        cfg = self.loaded.config.server
+        self.server.watch.set_cap(self._fit_connections(cfg.max_connections))
         if bind:
             rundir.prepare(self.runtime_dir)
             self._lock_fd = rundir.lock(self.runtime_dir)
             self._bind()
+        self._start_rss = sockwatch.rss_bytes()
         self._start_monitor()
         if self._initial.metrics.listen:
             self._start_metrics(self._initial.metrics.listen)
