@@ -27,7 +27,7 @@ from perfd.connections import ConnectionTable
 _log = log.get("perfd.server")
 
 _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
-CHECK_INTERVAL = 0.1  # seconds between two RSS checks while connections are open
+CHECK_INTERVAL = 0.05  # seconds between two RSS checks while connections are open
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
