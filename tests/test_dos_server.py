@@ -46,11 +46,22 @@ BUFFERED = 64 * MiB
 RSS_SLACK = 128 * MiB
 
 
-def _cap_files() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+# Runs perfd with RLIMIT_NOFILE NOFILE:NOFILE: set in a wrapper that then execs perfd (no
+# preexec_fn in a threaded test process).
+CAPPED = (
+    "import os, resource, sys; "
+    f"resource.setrlimit(resource.RLIMIT_NOFILE, ({NOFILE}, {NOFILE})); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 Start = Callable[..., Perfd]
+
+
+def perfd_argv() -> list[str]:
+    """perfd's command with an absolute program path, for os.execv."""
+    argv = command("perfd")
+    return argv if Path(argv[0]).is_absolute() else [sys.executable, "-m", "perfd"]
 
 
 @pytest.fixture
@@ -70,11 +81,13 @@ def start_capped(short_dir: Path, tmp_path: Path) -> Iterator[Start]:
         rundir = short_dir / f"run{index}"
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
-                [*command("perfd"), "--config", str(config_path), "--runtime-dir", str(rundir)],
+                [
+                    *(sys.executable, "-c", CAPPED, *perfd_argv()),
+                    *("--config", str(config_path), "--runtime-dir", str(rundir)),
+                ],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_cap_files,
             )
         perfd = Perfd(proc, rundir, config_path, log_path, notify, env)
         started.append(perfd)
@@ -294,7 +307,6 @@ def test_replies_never_read(start_capped: Start) -> None:
     perfd = start_capped()
     baseline = rss(perfd.proc.pid)
     peak = RssPeak(perfd.proc.pid)
-    big = {"model_type": "llama", "padding": "p" * 200_000}
     with zmq.Context() as ctx:
         attackers = [_dealer(ctx, perfd.readonly_socket) for _ in range(32)]
         for sock in attackers:
@@ -307,3 +319,122 @@ def test_replies_never_read(start_capped: Start) -> None:
         assert_serving(perfd, peak.stop(), baseline)
         for sock in attackers:
             sock.close()
+
+
+FLOOD = 24  # slow requests sent at once: more than max_in_flight_per_client (16)
+SLOW = {"model": "gated", "inputs": "x", "options": {"seconds": 8}}
+
+
+def _codes(sock: zmq.Socket[bytes], count: int, timeout: float = 20) -> dict[str, str]:
+    """Read ``count`` replies (id -> "ok" or the error code)."""
+    codes: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while len(codes) < count:
+        left = deadline - time.monotonic()
+        assert left > 0, f"replies so far: {codes}"
+        assert sock.poll(int(left * 1000)), f"replies so far: {codes}"
+        reply = json.loads(sock.recv_multipart()[-1])
+        codes[reply["id"]] = "ok" if reply["ok"] else reply["error"]["code"]
+    return codes
+
+
+def assert_admin_prompt(admin: perfctl.Client, ping: Callable[[], float]) -> None:
+    """While the flood holds its slots: ping under 0.5 s; load, evict and infer of another
+    model run (on the worker the flood may not take) within 3 s each."""
+    took = ping()
+    assert took < 0.5, f"ping took {took:.3f}s"
+    for call in (
+        lambda: admin.load("echo"),
+        lambda: admin.infer("echo", [1]),
+        lambda: admin.evict("echo"),
+    ):
+        began = time.monotonic()
+        call()
+        assert time.monotonic() - began < 3
+
+
+@pytest.mark.skipif(not keys.curve_available(), reason="libzmq without CURVE")
+def test_one_key_flooding_slow_requests_gets_busy_others_run(
+    start_capped: Start, tmp_path: Path
+) -> None:
+    """A remote admin key sends 24 slow infers at once: past max_in_flight_per_client it gets
+    `busy`, while another key's ping, load, infer and evict still run promptly."""
+    pair, flooder, ops = keys.generate(), keys.generate(), keys.generate()
+    keys.write_pair(tmp_path / "server", pair)
+    authorized = tmp_path / "authorized_keys"
+    authorized.write_text(
+        f"{flooder.public.decode()} admin batch\n{ops.public.decode()} admin ops\n"
+    )
+    perfd = start_capped(
+        "[remote]\n"
+        'listen = "tcp://127.0.0.1:0"\n'
+        f'secret_key_file = "{tmp_path / "server.key_secret"}"\n'
+        f'authorized_keys = "{authorized}"\n'
+    )
+    endpoint = perfd.log_entry("remote.listening")["endpoint"]
+    assert flooder.secret is not None
+    assert ops.secret is not None
+    with zmq.Context() as ctx:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.curve_publickey, sock.curve_secretkey = flooder.public, flooder.secret
+        sock.curve_serverkey = pair.public
+        sock.connect(endpoint)
+        for i in range(FLOOD):
+            sock.send_multipart([b"", _request("infer", f"f{i}", **SLOW)])
+        busy = _codes(sock, FLOOD - 16, timeout=20)
+        assert set(busy.values()) == {"busy"}, busy
+        curve = perfctl.Curve(ops.public, ops.secret, pair.public)
+        with perfctl.Client(endpoint, timeout=20, retries=0, curve=curve) as admin:
+            assert_admin_prompt(admin, lambda: ping_time(endpoint, curve))
+        sock.close()
+    assert perfd.proc.poll() is None
+
+
+def flood_as(uid: int, gid: int, endpoint: str, count: int) -> tuple[int, int]:
+    """Fork a child that runs as ``uid`` (so SO_PEERCRED names it), sends ``count`` slow
+    infers on ``endpoint`` and writes each reply's "id code" line to a pipe: (pid, read fd).
+    /root is not readable by other users, so the child cannot exec an interpreter: it keeps
+    this one, with every module it needs already imported."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            ctx = zmq.Context()
+            sock = ctx.socket(zmq.DEALER)
+            sock.connect(endpoint)
+            for i in range(count):
+                sock.send_multipart([b"", _request("infer", f"n{i}", **SLOW)])
+            while sock.poll(30000):
+                reply = json.loads(sock.recv_multipart()[-1])
+                code = "ok" if reply["ok"] else reply["error"]["code"]
+                os.write(write, f"{reply['id']} {code}\n".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    return pid, read
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as user nobody")
+def test_one_uid_flooding_slow_requests_gets_busy_root_runs(start_capped: Start) -> None:
+    """User nobody (let in as an admin user) sends 24 slow infers on perfd.sock: past its
+    share it gets `busy`, and root's ping, load, infer and evict still run promptly."""
+    nobody = pwd.getpwnam("nobody")
+    perfd = start_capped('[access]\nadmin_users = ["nobody"]\n')
+    perfd.admin_socket.chmod(0o666)  # nobody may connect; the admin policy still decides
+    pid, read = flood_as(nobody.pw_uid, nobody.pw_gid, f"ipc://{perfd.admin_socket}", FLOOD)
+    try:
+        with os.fdopen(read) as replies:
+            busy = [replies.readline().split() for _ in range(FLOOD - 16)]
+            assert {code for _, code in busy} == {"busy"}, busy
+            with perfctl.Client(perfd.admin_socket, timeout=20, retries=0) as admin:
+                assert_admin_prompt(admin, lambda: ping_time(perfd.admin_socket))
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    denied = [e for e in perfd.logs() if e["event"] == "access.denied"]
+    assert not denied, denied  # nobody was let in: the busy replies were its share
