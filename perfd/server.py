@@ -24,7 +24,7 @@ import zmq
 if TYPE_CHECKING:
     from perfd.keys import AuthorizedKey, KeyPair
 
-from perfd import log, protocol
+from perfd import log, protocol, routers
 from perfd.commands import MAX_EXTRA_FRAMES, Command, WithFrames, command_for, id_of, runner, split
 from perfd.errors import CommandError, StartupError
 from perfd.gate import ADMIN, READONLY, REMOTE, Gate, client_of
@@ -39,13 +39,6 @@ _log = log.get("perfd.server")
 
 # Messages taken from one socket per poll turn, so one busy client cannot starve the other.
 _BATCH = 64
-# Complete messages libzmq queues per connection. In: a client sending faster is slowed
-# down (libzmq stops reading its socket), so with the per-message byte limit this bounds
-# what one connection's requests hold. Out: a reply past it is dropped, not queued (a client
-# that never reads); room for the replies of a client's whole in-flight window.
-RECEIVE_QUEUE = 4
-SEND_QUEUE = 64
-HANDSHAKE_SECONDS = 10  # a connection that does not finish the ZMTP/CURVE handshake is closed
 
 
 @dataclass
@@ -159,16 +152,7 @@ class Server:
         return bound.decode()
 
     def _router(self, max_message_bytes: int, kind: str) -> zmq.Socket[bytes]:
-        sock = self._ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)  # per frame; per message: _serve
-        sock.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
-        sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)  # a reply past it is dropped (NOBLOCK)
-        sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_SECONDS * 1000)
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
-        # A reply to a client that has gone raises EHOSTUNREACH: counted as dropped, not lost
-        # silently.
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock = routers.new_router(self._ctx, max_message_bytes)  # per message: _serve
         self._poller.register(self.watch.attach(sock, kind), zmq.POLLIN)
         return sock
 
@@ -258,15 +242,10 @@ class Server:
         limit = self.max_admin_message_bytes if kind == ADMIN else self.max_message_bytes
         table = self.watch.table(sock)
         for _ in range(_BATCH):
-            try:
-                # As zmq.Frames: the first carries the sender's Peer-Address, User-Id and fd;
-                # none is copied before the message is known to be within the limit.
-                parts = [sock.recv(zmq.NOBLOCK, copy=False)]
-            except zmq.Again:
+            parts = routers.receive(sock)
+            if parts is None:
                 return
-            while sock.getsockopt(zmq.RCVMORE):
-                parts.append(sock.recv(copy=False))
-            head, fd = parts[0], _fd_of(parts[0])
+            head, fd = parts[0], routers.fd_of(parts[0])
             if table is not None and fd is not None:
                 table.message(fd, self._clock())
             size = sum(len(p) for p in parts[1:])  # the identity frame is libzmq's
@@ -274,7 +253,7 @@ class Server:
                 self.counters.dropped += 1
                 continue
             if size > limit:
-                envelope = [p.bytes for p in parts[: 2 if len(parts[1]) == 0 else 1]]
+                envelope = routers.envelope_of(parts)
                 del parts
                 msg = f"message of {size} bytes is over this socket's limit of {limit} bytes"
                 self._reply_error(sock, envelope, None, protocol.BAD_REQUEST, msg)
@@ -477,12 +456,3 @@ class Server:
                 pass
         except OSError:
             pass
-
-
-def _fd_of(frame: zmq.Frame) -> int | None:
-    """The fd of the connection a message came on (libzmq's ZMQ_SRCFD)."""
-    try:
-        fd = frame.get(zmq.SRCFD)
-    except zmq.ZMQError:
-        return None
-    return fd if isinstance(fd, int) and fd >= 0 else None
