@@ -77,9 +77,10 @@ class ConnectionTable:
         idle.sort(key=lambda item: (item[1].messages > 0, item[1].last_active, item[0]))
         return [fd for fd, _ in idle[:excess]]
 
-    def shed(self) -> list[int]:
-        """Every fd without a request in flight, never-active and longest idle first."""
-        idle = [(fd, c) for fd, c in self._conns.items() if not c.in_flight]
+    def shed(self, *, busy: bool = False) -> list[int]:
+        """Every fd without a request in flight (with ``busy``, every fd), never-active and
+        longest idle first."""
+        idle = [(fd, c) for fd, c in self._conns.items() if busy or not c.in_flight]
         idle.sort(key=lambda item: (item[1].messages > 0, item[1].last_active, item[0]))
         return [fd for fd, _ in idle]
 

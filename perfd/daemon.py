@@ -71,6 +71,7 @@ class Daemon:
             admin_reserve=cfg.admin_reserve,
             max_connections=cfg.max_connections,
             rss_limit=self._rss_limit,
+            rss_allowance=4 * cfg.max_buffered_bytes,
             command_timeout=cfg.command_timeout,
         )
         self._start_rss = 0  # perfd's RSS when its sockets were bound

@@ -76,6 +76,7 @@ class Server:
         admin_reserve: int = 0,
         max_connections: int = 256,
         rss_limit: Callable[[int], int | None] = lambda rss: None,
+        rss_allowance: int = 1 << 30,
         command_timeout: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -85,7 +86,7 @@ class Server:
         self.workers = workers
         exempt = frozenset({"uid:0", f"uid:{os.geteuid()}"})
         self.shares = Shares(max_in_flight, max_in_flight_per_client, admin_reserve, exempt)
-        self.watch = Watch(max_connections, rss_limit, clock)  # connections per socket, RSS
+        self.watch = Watch(max_connections, rss_limit, rss_allowance, clock)
         self.command_timeout = command_timeout
         self.counters = Counters()
         self._clock = clock

@@ -70,15 +70,20 @@ class Watch:
         self,
         cap: int,
         rss_limit: Callable[[int], int | None] = lambda rss: None,
+        max_allowance: int = 1 << 30,
         clock: Callable[[], float] = time.monotonic,
+        rss: Callable[[], int] = rss_bytes,
     ) -> None:
         self.cap = cap
         self.rss_limit = rss_limit
         self._clock = clock
+        self._rss = rss
         self._watched: dict[zmq.Socket[bytes], _Watched] = {}
         self._by_monitor: dict[zmq.Socket[bytes], _Watched] = {}
         self._next_check = 0.0
         self._last_shed_log = float("-inf")
+        self.max_allowance = max_allowance
+        self.allowance = 0  # RSS growth found not to be held by connections (see tick)
         self.peak_rss = 0
 
     def attach(self, sock: zmq.Socket[bytes], kind: str) -> zmq.Socket[bytes]:
@@ -136,22 +141,35 @@ class Watch:
 
     def tick(self) -> None:
         """Every CHECK_INTERVAL: over the RSS limit, drop every connection not waiting for
-        an answer (a message that never ends is held by libzmq, out of Python's sight)."""
+        an answer (a message that never ends is held by libzmq, out of Python's sight).
+
+        When there is none to drop, the growth is not theirs (a library a model loaded,
+        memory the allocator keeps): it is allowed from then on, up to ``max_allowance``, so
+        idle clients are not dropped over and over. Past the limit plus that, connections
+        awaiting a reply go too (their reply is lost: a client that holds a slow request
+        open while it streams a message that never ends)."""
         now = self._clock()
         if now < self._next_check:
             return
         self._next_check = now + CHECK_INTERVAL
-        rss = rss_bytes()
+        rss = self._rss()
         self.peak_rss = max(self.peak_rss, rss)
-        limit = self.rss_limit(rss)  # the limit rss is over, or None
+        limit = self.rss_limit(rss - self.allowance)  # the limit rss is over, or None
         if limit is None:
             return
+        limit += self.allowance
+        victims = [(w, w.table.shed()) for w in self._watched.values()]
+        if not any(fds for _, fds in victims):
+            if self.allowance + rss - limit <= self.max_allowance:
+                self.allowance += rss - limit
+                _log.info("connections.memory_allowed", rss_bytes=rss, allowed=self.allowance)
+                return
+            victims = [(w, w.table.shed(busy=True)) for w in self._watched.values()]
         dropped = 0
-        for watched in self._watched.values():
-            victims = watched.table.shed()
-            dropped += len(victims)
-            self._drop(watched, victims, None)
-        if now - self._last_shed_log >= 10.0:
+        for watched, fds in victims:
+            dropped += len(fds)
+            self._drop(watched, fds, None)
+        if dropped and now - self._last_shed_log >= 10.0:
             self._last_shed_log = now
             _log.warning(
                 "connections.shed",
@@ -159,7 +177,7 @@ class Watch:
                 limit_bytes=limit,
                 dropped=dropped,
                 hint="perfd's memory passed [server] max_buffered_bytes over its models; "
-                "idle connections were dropped",
+                "connections not awaiting a reply were dropped",
             )
 
     def next_check(self) -> float | None:
