@@ -56,3 +56,13 @@ def fd_of(frame: zmq.Frame) -> int | None:
 def envelope_of(parts: list[zmq.Frame]) -> list[bytes]:
     """The reply envelope: the identity, and the empty delimiter when a REQ peer sent one."""
     return [p.bytes for p in parts[: 2 if len(parts) > 1 and len(parts[1]) == 0 else 1]]
+
+
+def copy_out(parts: list[zmq.Frame]) -> list[bytes]:
+    """The frames' bytes, each libzmq message released once copied (``parts`` is emptied):
+    a large message is never held twice over."""
+    parts.reverse()
+    out = []
+    while parts:
+        out.append(parts.pop().bytes)
+    return out

@@ -259,8 +259,7 @@ class Server:
                 msg = f"message of {size} bytes is over this socket's limit of {limit} bytes"
                 self._reply_error(sock, envelope, None, protocol.BAD_REQUEST, msg)
                 continue
-            envelope, body = split([p.bytes for p in parts])
-            del parts
+            envelope, body = split(routers.copy_out(parts))
             try:
                 self._handle(sock, kind, head, envelope, body, fd=fd)
             except Exception:  # a bug in perfd must not take the socket loop down
