@@ -205,12 +205,10 @@ class Daemon:
         cfg = new.config
         log.configure(cfg.log.level, self._log_format or cfg.log.format, cfg.log.file)
         self.server.command_timeout = cfg.server.command_timeout
-        self.server.set_limits(
-            max_in_flight=cfg.server.max_in_flight,
-            per_client=cfg.server.max_in_flight_per_client,
-            admin_reserve=cfg.server.admin_reserve,
-            max_connections=self._fit_connections(cfg.server.max_connections),
-        )
+        shares = self.server.shares  # a lower limit cancels nothing already in flight
+        shares.total, shares.admin_reserve = cfg.server.max_in_flight, cfg.server.admin_reserve
+        shares.per_client = cfg.server.max_in_flight_per_client
+        self.server.watch.set_cap(self._fit_connections(cfg.server.max_connections))
         if self.server.gate.policy is not None:
             self.server.gate.policy = self._policy(cfg)
         if self.monitor is not None:
@@ -237,29 +235,13 @@ class Daemon:
         return limit if rss > limit else None
 
     def _fit_connections(self, cap: int) -> int:
-        """``cap`` connections per socket, lowered (with a warning) to fit the file limit;
-        StartupError when not even a few fit."""
-        import resource
+        """``cap`` connections per socket, lowered (with a warning) to fit the file limit."""
+        from perfd import sockwatch
 
-        from perfd.connections import fit_cap
-
-        sockets = 3 if self._initial.remote.listen else 2
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        fitted = fit_cap(cap, sockets, limit)
-        if not fitted:
-            raise StartupError(
-                f"the file limit ({limit}) leaves no room for connections; raise it "
-                "(LimitNOFILE= in the unit, ulimit -n)"
-            )
-        if fitted < cap:
-            _log.warning(
-                "connections.capped",
-                max_connections=cap,
-                using=fitted,
-                file_limit=limit,
-                hint="raise the file limit (LimitNOFILE=) or lower [server] max_connections",
-            )
-        return fitted
+        try:
+            return sockwatch.fit_to_fd_limit(cap, 3 if self._initial.remote.listen else 2)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
 
     def _policy(self, cfg: config.Config) -> AdminPolicy:
         policy = AdminPolicy(

@@ -25,15 +25,13 @@ if TYPE_CHECKING:
     from perfd.keys import AuthorizedKey, KeyPair
 
 from perfd import log, protocol, routers
-from perfd.commands import MAX_EXTRA_FRAMES, Command, WithFrames, command_for, id_of, runner, split
+from perfd.commands import Command, WithFrames, command_for, id_of, runner, split
 from perfd.errors import CommandError, StartupError
 from perfd.gate import ADMIN, READONLY, REMOTE, Gate, client_of
 from perfd.protocol import ProtocolError
 from perfd.shares import Shares
 from perfd.sockwatch import Watch
 from perfd.workers import Result, WorkerPool
-
-__all__ = ["MAX_EXTRA_FRAMES", "Command", "Counters", "Server", "WithFrames"]
 
 _log = log.get("perfd.server")
 
@@ -156,19 +154,6 @@ class Server:
         sock = routers.new_router(self._ctx, max_message_bytes)  # per message: _serve
         self._poller.register(self.watch.attach(sock, kind), zmq.POLLIN)
         return sock
-
-    @property
-    def max_in_flight(self) -> int:
-        return self.shares.total
-
-    def set_limits(
-        self, *, max_in_flight: int, per_client: int, admin_reserve: int, max_connections: int
-    ) -> None:
-        """Apply reloaded limits (a lower one does not cancel what is already in flight)."""
-        self.shares.total = max_in_flight
-        self.shares.per_client = per_client
-        self.shares.admin_reserve = admin_reserve
-        self.watch.set_cap(max_connections)
 
     @property
     def pool_started(self) -> bool:

@@ -22,7 +22,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from perfd import log
-from perfd.connections import ConnectionTable
+from perfd.connections import ConnectionTable, fit_cap
 
 _log = log.get("perfd.server")
 
@@ -44,6 +44,27 @@ def raise_fd_limit() -> tuple[int, int]:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def fit_to_fd_limit(cap: int, sockets: int) -> int:
+    """``cap`` connections per socket, or fewer (logged) to fit the soft file limit;
+    ValueError saying what to do when not even a few fit."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    fitted = fit_cap(cap, sockets, limit)
+    if not fitted:
+        raise ValueError(
+            f"the file limit ({limit}) leaves no room for connections; raise it "
+            "(LimitNOFILE= in the unit, ulimit -n)"
+        )
+    if fitted < cap:
+        _log.warning(
+            "connections.capped",
+            max_connections=cap,
+            using=fitted,
+            file_limit=limit,
+            hint="raise the file limit (LimitNOFILE=) or lower [server] max_connections",
+        )
+    return fitted
 
 
 def rss_bytes() -> int:

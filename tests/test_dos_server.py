@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,7 @@ def test_one_message_of_400_one_mib_frames(start_capped: Start) -> None:
         attacker.close()
 
 
+@pytest.mark.slow
 def test_one_mib_frames_at_full_rate(start_capped: Start) -> None:
     """1 MiB messages as fast as libzmq sends them for 5 s, replies never read: meanwhile
     RSS stays under the bound (390 MiB before) and others are served."""
@@ -354,6 +356,7 @@ def test_one_mib_frames_at_full_rate(start_capped: Start) -> None:
         attacker.close()
 
 
+@pytest.mark.slow
 def test_replies_never_read(start_capped: Start) -> None:
     """32 clients send 2,000 requests each and never read a reply: replies past the send
     queue are dropped, not held; RSS stays under the bound (405 MiB per connection before)."""
@@ -450,7 +453,9 @@ def flood_as(uid: int, gid: int, endpoint: str, count: int) -> tuple[int, int]:
     /root is not readable by other users, so the child cannot exec an interpreter: it keeps
     this one, with every module it needs already imported."""
     read, write = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():  # 3.12+ warns of fork with threads: the child only sends
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
             os.close(read)
@@ -491,3 +496,12 @@ def test_one_uid_flooding_slow_requests_gets_busy_root_runs(start_capped: Start)
         os.waitpid(pid, 0)
     denied = [e for e in perfd.logs() if e["event"] == "access.denied"]
     assert not denied, denied  # nobody was let in: the busy replies were its share
+
+
+def test_max_connections_is_lowered_to_fit_the_file_limit(start_capped: Start) -> None:
+    """max_connections = 1000 on two sockets under 1024 files: perfd uses 384 (a quarter of
+    the limit left to itself) and says so; it serves."""
+    perfd = start_capped("max_connections = 1000\n")
+    entry = perfd.log_entry("connections.capped")
+    assert (entry["max_connections"], entry["using"], entry["file_limit"]) == (1000, 384, NOFILE)
+    assert ping_time(perfd.readonly_socket) < 0.5
