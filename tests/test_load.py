@@ -18,17 +18,16 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 CLIENTS = 32
 REQUESTS = 10_000  # per client
 # Two requests in flight per client: 64 at most in all, so slow commands (infer, recommend) can
-# never exceed server.max_in_flight minus the default admin_reserve (16) for the read-only
-# recommend, and no reply may be `busy`.
+# never exceed max_in_flight (80 in mixedload.MODEL_CONFIG, room for the default admin_reserve
+# of 16 beside the read-only recommend), and no reply may be `busy`.
 DEPTH = 2
-SERVER = "[server]\nmax_in_flight = 80\n"
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_mixed_load_every_reply_once_right_and_ok(start_perfd: StartPerfd, tmp_path: Path) -> None:
     """32 clients x 10,000 stats/ps/recommend/infer: none lost, doubled, mismatched or failed."""
-    perfd = start_perfd(SERVER + mixedload.MODEL_CONFIG, env={"PYTHONPATH": ROOT})
+    perfd = start_perfd(mixedload.MODEL_CONFIG, env={"PYTHONPATH": ROOT})
     logged_at_start = len(perfd.logs())  # start-up warnings (no GPU, no group) are not ours
     load = mixedload.Load(
         admin=f"ipc://{perfd.admin_socket}",
