@@ -53,7 +53,12 @@ from bench.common import PYTHON, helper_env, stop_process
 from perfd import protocol
 
 MODEL = "echo"  # the python-loader model the server must serve: tests.models.toy:make_echo
+# 64 requests at most in flight, some of them the read-only recommend: max_in_flight leaves
+# room for them beside the default admin_reserve (16), so no reply may be `busy`.
 MODEL_CONFIG = f"""
+[server]
+max_in_flight = 80
+
 [models.{MODEL}]
 target = "tests.models.toy:make_echo"
 keep_alive = "forever"

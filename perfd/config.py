@@ -60,15 +60,17 @@ class ServerConfig:
     )
     max_message_bytes: int = option(
         protocol.DEFAULT_MAX_MESSAGE_BYTES,
-        "Largest frame accepted on the read-only socket (ZMQ_MAXMSGSIZE); a bigger one drops "
-        "the sender's connection.",
+        "Largest message (all its frames together) accepted on the read-only socket and the "
+        "tcp endpoint: a bigger frame drops the sender's connection (ZMQ_MAXMSGSIZE), a "
+        "bigger message gets `bad_request`.",
         kind="size",
         minimum=1024,
         maximum=1 << 30,
     )
     max_admin_message_bytes: int = option(
         protocol.DEFAULT_MAX_ADMIN_MESSAGE_BYTES,
-        "Largest frame accepted on the admin socket, where `infer` sends arrays as raw frames.",
+        "Largest message (all its frames together) accepted on the admin socket, where `infer` "
+        "sends arrays as raw frames.",
         kind="size",
         minimum=1024,
         maximum=4 << 30,
@@ -80,6 +82,41 @@ class ServerConfig:
         kind="int",
         minimum=1,
         maximum=100_000,
+    )
+    max_in_flight_per_client: int = option(
+        16,
+        "Slow commands one caller (a uid on the local sockets, a key on the tcp endpoint) may "
+        "have in flight (at most `max_in_flight`); one more gets `busy`. root and perfd's own "
+        "user are not counted. One caller runs on at most `workers - 1` threads at once.",
+        kind="int",
+        minimum=1,
+        maximum=100_000,
+    )
+    admin_reserve: int = option(
+        16,
+        "Slots of `max_in_flight` only admin commands (load, evict, infer...) may take (at "
+        "most `max_in_flight - 1`): read-only ones get `busy` past `max_in_flight - "
+        "admin_reserve`, and run on at most `workers - 1` threads together.",
+        kind="int",
+        minimum=0,
+        maximum=100_000,
+    )
+    max_connections: int = option(
+        256,
+        "Connections each socket (perfd.sock, perfd-ro.sock, the tcp endpoint) keeps; past "
+        "it the oldest idle one is dropped (never one awaiting a reply). Lowered at start, "
+        "with a warning, to fit perfd's file limit.",
+        kind="int",
+        minimum=8,
+        maximum=1_000_000,
+    )
+    max_buffered_bytes: int = option(
+        256 << 20,
+        "How far perfd's RSS may pass its size at start plus its models' before every "
+        "connection not awaiting a reply is dropped (bounds a message that never ends).",
+        kind="size",
+        minimum=16 << 20,
+        maximum=1 << 40,
     )
     command_timeout: float = option(
         60.0,

@@ -70,8 +70,14 @@ class Daemon:
             max_admin_message_bytes=cfg.max_admin_message_bytes,
             workers=cfg.workers,
             max_in_flight=cfg.max_in_flight,
+            max_in_flight_per_client=cfg.max_in_flight_per_client,
+            admin_reserve=cfg.admin_reserve,
+            max_connections=cfg.max_connections,
+            rss_limit=self._rss_limit,
+            rss_allowance=4 * cfg.max_buffered_bytes,
             command_timeout=cfg.command_timeout,
         )
+        self._start_rss = 0  # perfd's RSS when its sockets were bound
         self.monitor: Monitor | None = None
         self._cache: ModelCache | None = None
         self._keeper: Keeper | None = None
@@ -204,7 +210,10 @@ class Daemon:
         if self._configure_logging:
             log.configure(cfg.log.level, self._log_format or cfg.log.format, cfg.log.file)
         self.server.command_timeout = cfg.server.command_timeout
-        self.server.max_in_flight = cfg.server.max_in_flight
+        shares = self.server.shares  # a lower limit cancels nothing already in flight
+        shares.total, shares.admin_reserve = cfg.server.max_in_flight, cfg.server.admin_reserve
+        shares.per_client = cfg.server.max_in_flight_per_client
+        self.server.watch.set_cap(self._fit_connections(cfg.server.max_connections))
         if self.server.gate.policy is not None:
             self.server.gate.policy = self._policy(cfg)
         if self.monitor is not None:
@@ -215,6 +224,29 @@ class Daemon:
             if self._providers is not None:
                 self._providers.reconfigure(cfg.providers)
             self.loaded = new
+
+    def _rss_limit(self, rss: int) -> int | None:
+        """The limit ``rss`` is over, when it is (then idle connections are dropped): perfd's
+        RSS at start, plus its host models' (measured, else estimated), plus [server]
+        max_buffered_bytes."""
+        limit = self._start_rss + self.loaded.config.server.max_buffered_bytes
+        if not self._start_rss or rss <= limit:
+            return None
+        cache = self._cache
+        if cache is not None:
+            for m in cache.ps():
+                if m["device"] == "cpu":
+                    limit += m["measured_bytes"] or m["estimated_bytes"] or 0
+        return limit if rss > limit else None
+
+    def _fit_connections(self, cap: int) -> int:
+        """``cap`` connections per socket, lowered (with a warning) to fit the file limit."""
+        from perfd import sockwatch
+
+        try:
+            return sockwatch.fit_to_fd_limit(cap, 3 if self._initial.remote.listen else 2)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
 
     def _policy(self, cfg: config.Config) -> AdminPolicy:
         policy = AdminPolicy(
@@ -261,6 +293,12 @@ class Daemon:
 
     def open(self, *, bind: bool = True) -> None:
         """Take the runtime directory, bind the sockets, start the monitor."""
+        from perfd import sockwatch
+
+        soft, hard = sockwatch.raise_fd_limit()
+        _log.info("limits.files", soft=soft, hard=hard)
+        cfg = self.loaded.config.server
+        self.server.watch.set_cap(self._fit_connections(cfg.max_connections))
         if bind:
             prepared = rundir.prepare(self.runtime_dir)
             if not prepared.created and not prepared.mode & 0o001:
@@ -272,6 +310,7 @@ class Daemon:
                 )
             self._lock_fd = rundir.lock(self.runtime_dir)
             self._bind()
+        self._start_rss = sockwatch.rss_bytes()
         self._start_monitor()
         if self._initial.metrics.listen:
             self._start_metrics(self._initial.metrics.listen)

@@ -139,6 +139,15 @@ class Gate:
         _log.warning("access.denied", **facts, reason=reason, suppressed_since_last=suppressed)
 
 
+def client_of(kind: str, head: Message) -> str:
+    """Who sent a message, for the shares of ``max_in_flight`` (perfd.shares): the CURVE key
+    on the tcp endpoint, the uid (SO_PEERCRED) on the ipc sockets."""
+    if kind == REMOTE:
+        return f"key:{_property(head, 'User-Id') or '?'}"
+    uid = Peer.from_ipc(_property(head, "Peer-Address")).uid
+    return f"uid:{uid}" if uid is not None else "uid:?"
+
+
 def _property(frame: Message, name: str) -> str | None:
     """A message property (``Peer-Address``, ``User-Id``); None where the transport has none."""
     try:

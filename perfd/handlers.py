@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from perfd import __version__, arrays, config, protocol
 from perfd.access import user_name
+from perfd.commands import Command, WithFrames
 from perfd.errors import CommandError
 from perfd.loaders.base import LoaderError, ModelSpec
 from perfd.monitor import Monitor
-from perfd.server import Command, WithFrames
 
 if TYPE_CHECKING:  # the cache (ctypes, statistics, loaders) is imported when first used
     from perfd.cache import ModelCache

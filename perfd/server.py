@@ -10,6 +10,7 @@ socketpair that the poller also watches (the same pair receives signal numbers, 
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import socket
 import time
@@ -21,48 +22,21 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 if TYPE_CHECKING:
-    from perfd.access import Peer
     from perfd.keys import AuthorizedKey, KeyPair
 
-from perfd import log, protocol
+from perfd import log, protocol, routers
+from perfd.commands import Command, WithFrames, command_for, id_of, runner, split
 from perfd.errors import CommandError, StartupError
-from perfd.gate import ADMIN, READONLY, REMOTE, Gate
+from perfd.gate import ADMIN, READONLY, REMOTE, Gate, client_of
 from perfd.protocol import ProtocolError
+from perfd.shares import Shares
+from perfd.sockwatch import Watch
 from perfd.workers import Result, WorkerPool
 
 _log = log.get("perfd.server")
 
 # Messages taken from one socket per poll turn, so one busy client cannot starve the other.
 _BATCH = 64
-
-
-@dataclass(frozen=True)
-class Command:
-    """A command: its handler, who may run it, where it runs and which args it takes.
-
-    ``args`` maps each accepted argument to the Python types allowed for it.
-    """
-
-    name: str
-    handler: Callable[..., Any]  # (args) -> result; (args, frames) when ``frames``
-    admin: bool = False
-    slow: bool = False
-    args: Mapping[str, tuple[type, ...]] = field(default_factory=dict)
-    required: frozenset[str] = frozenset()
-    frames: bool = False  # accepts raw frames after the JSON one (perfd.arrays)
-    timeout: Callable[[], float] | None = None  # instead of the server's command_timeout
-    audit: str = "info"  # the level at which an admin command's caller is logged
-
-
-@dataclass(frozen=True)
-class WithFrames:
-    """A result whose reply carries raw frames after the JSON one."""
-
-    result: dict[str, Any]
-    frames: list[bytes]
-
-
-MAX_EXTRA_FRAMES = 64
 
 
 @dataclass
@@ -74,6 +48,7 @@ class _Pending:
     deadline: float
     answered: bool = False
     timeout: float = 0.0
+    fd: int | None = None  # the connection it came on (kept open until it is answered)
 
 
 @dataclass
@@ -95,6 +70,11 @@ class Server:
         max_admin_message_bytes: int | None = None,
         workers: int = 4,
         max_in_flight: int = 64,
+        max_in_flight_per_client: int | None = None,
+        admin_reserve: int = 0,
+        max_connections: int = 256,
+        rss_limit: Callable[[int], int | None] = lambda rss: None,
+        rss_allowance: int = 1 << 30,
         command_timeout: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -102,7 +82,9 @@ class Server:
         self.max_message_bytes = max_message_bytes
         self.max_admin_message_bytes = max_admin_message_bytes or max_message_bytes
         self.workers = workers
-        self.max_in_flight = max_in_flight
+        exempt = frozenset({"uid:0", f"uid:{os.geteuid()}"})
+        self.shares = Shares(max_in_flight, max_in_flight_per_client, admin_reserve, exempt)
+        self.watch = Watch(max_connections, rss_limit, rss_allowance, clock)
         self.command_timeout = command_timeout
         self.counters = Counters()
         self._clock = clock
@@ -133,9 +115,11 @@ class Server:
 
     def bind(self, path: Path, *, readonly: bool) -> None:
         limit = self.max_message_bytes if readonly else self.max_admin_message_bytes
-        sock = self._router(limit)
+        kind = READONLY if readonly else ADMIN
+        sock = self._router(limit, kind)
         sock.bind(f"ipc://{path}")
-        self._sockets[sock] = READONLY if readonly else ADMIN
+        self.watch.bound(sock, f"ipc://{path}")
+        self._sockets[sock] = kind
         self._paths.append(path)
         self._poller.register(sock, zmq.POLLIN)
 
@@ -150,7 +134,7 @@ class Server:
             self._auth = ThreadAuthenticator(self._ctx)
             self._auth.start()
             self._auth.configure_curve_callback("*", self.gate)
-        sock = self._router(self.max_message_bytes)
+        sock = self._router(self.max_message_bytes, REMOTE)
         sock.curve_server = True
         sock.curve_publickey = pair.public
         sock.curve_secretkey = pair.secret
@@ -163,16 +147,12 @@ class Server:
         self._sockets[sock] = REMOTE
         self._poller.register(sock, zmq.POLLIN)
         bound: bytes = sock.getsockopt(zmq.LAST_ENDPOINT)  # type: ignore[assignment]
+        self.watch.bound(sock, bound.decode())
         return bound.decode()
 
-    def _router(self, max_message_bytes: int) -> zmq.Socket[bytes]:
-        sock = self._ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
-        # A reply to a client that has gone raises EHOSTUNREACH: counted as dropped, not lost
-        # silently.
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    def _router(self, max_message_bytes: int, kind: str) -> zmq.Socket[bytes]:
+        sock = routers.new_router(self._ctx, max_message_bytes)  # per message: _serve
+        self._poller.register(self.watch.attach(sock, kind), zmq.POLLIN)
         return sock
 
     @property
@@ -188,6 +168,9 @@ class Server:
     def poll(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` seconds for work and do it; True when the wake fd fired."""
         deadline = self._next_deadline()
+        check = self.watch.next_check()
+        if check is not None:
+            deadline = check if deadline is None else min(deadline, check)
         if deadline is not None:
             until = max(0.0, deadline - self._clock())
             timeout = until if timeout is None else min(timeout, until)
@@ -196,11 +179,15 @@ class Server:
         woke = self._wake_r.fileno() in events
         if woke:
             self._drain_wake()
+        for monitor in self.watch.monitors:
+            if events.get(monitor):
+                self.watch.events(monitor)
         for sock, kind in self._sockets.items():
             if self._accepting and events.get(sock):
                 self._serve(sock, kind)
         self._finish_done()
         self._expire()
+        self.watch.tick()
         return woke
 
     def stop_accepting(self) -> None:
@@ -222,6 +209,7 @@ class Server:
             busy = self._pool.stop(thread_timeout)
             if busy:
                 _log.warning("thread.still_alive", threads=busy, action="exiting anyway")
+        self.watch.close()
         for sock in self._sockets:
             sock.close(linger=200)
         self._sockets.clear()
@@ -237,26 +225,32 @@ class Server:
     # -- requests ---------------------------------------------------------------------------
 
     def _serve(self, sock: zmq.Socket[bytes], kind: str) -> None:
+        limit = self.max_admin_message_bytes if kind == ADMIN else self.max_message_bytes
+        table = self.watch.table(sock)
         for _ in range(_BATCH):
-            try:
-                # The first frame as a zmq.Frame: it carries the sender's Peer-Address and
-                # User-Id. The rest are copied out (small JSON, or array frames to keep).
-                head = sock.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            parts = routers.receive(sock)
+            if parts is None:
                 return
-            frames = [head.bytes]
-            while sock.getsockopt(zmq.RCVMORE):
-                frames.append(sock.recv(copy=True))
-            if len(frames) < 2:  # no body at all: nothing to answer
+            head, fd = parts[0], routers.fd_of(parts[0])
+            if table is not None and fd is not None:
+                table.message(fd, self._clock())
+            size = sum(len(p) for p in parts[1:])  # the identity frame is libzmq's
+            if len(parts) < 2:  # no body at all: nothing to answer
                 self.counters.dropped += 1
                 continue
-            envelope, body = _split(frames)
+            if size > limit:
+                envelope = routers.envelope_of(parts)
+                del parts
+                msg = f"message of {size} bytes is over this socket's limit of {limit} bytes"
+                self._reply_error(sock, envelope, None, protocol.BAD_REQUEST, msg)
+                continue
+            envelope, body = split(routers.copy_out(parts))
             try:
-                self._handle(sock, kind, head, envelope, body)
+                self._handle(sock, kind, head, envelope, body, fd=fd)
             except Exception:  # a bug in perfd must not take the socket loop down
                 _log.exception("request.crashed")
                 message = "perfd failed to handle this request; see the daemon's log"
-                self._reply_error(sock, envelope, _id_of(body), protocol.INTERNAL, message)
+                self._reply_error(sock, envelope, id_of(body), protocol.INTERNAL, message)
 
     def _handle(
         self,
@@ -265,6 +259,8 @@ class Server:
         head: zmq.Frame,
         envelope: list[bytes],
         body: list[bytes],
+        *,
+        fd: int | None = None,
     ) -> None:
         self.counters.requests += 1
         if not body:
@@ -274,16 +270,29 @@ class Server:
         try:
             request = protocol.decode_request(body[0])
             peer, refused = self.gate.caller(kind, head, request.id)
-            command = self._command_for(request, kind, refused, head, peer)
+            command = command_for(
+                self.commands,
+                request,
+                refused,
+                lambda reason: self.gate.refuse(request, kind, head, peer, reason),
+            )
             if command.admin:
                 self.gate.authorize(request, kind, head, audit=command.audit, peer=peer)
-            run = self._runner(command, request, body[1:])
+            run = runner(command, request, body[1:])
         except ProtocolError as exc:
             self._reply_error(sock, envelope, exc.request_id, exc.code, exc.message)
             return
         if command.slow:
             timeout = command.timeout() if command.timeout else self.command_timeout
-            self._submit(sock, envelope, request, run, timeout)
+            pending = _Pending(sock, envelope, request.id, request.cmd, 0.0, fd=fd)
+            self._submit(
+                pending,
+                request,
+                run,
+                client=client_of(kind, head),
+                admin=command.admin,
+                timeout=timeout,
+            )
             return
         try:
             result = run(request.args)
@@ -296,24 +305,6 @@ class Server:
             self._reply_error(sock, envelope, request.id, protocol.INTERNAL, message)
             return
         self._deliver(sock, envelope, request.id, result, request.cmd)
-
-    def _runner(
-        self, command: Command, request: protocol.Request, extra: list[bytes]
-    ) -> Callable[[dict[str, Any]], Any]:
-        """The handler call for this request, with its extra frames when it takes them."""
-        if not extra:
-            return (lambda args: command.handler(args, [])) if command.frames else command.handler
-        if not command.frames:
-            raise ProtocolError(
-                protocol.BAD_REQUEST,
-                f"'{command.name}' takes 1 message frame after the envelope, got {1 + len(extra)}",
-                request.id,
-            )
-        if len(extra) > MAX_EXTRA_FRAMES:
-            raise ProtocolError(
-                protocol.BAD_REQUEST, f"at most {MAX_EXTRA_FRAMES} array frames", request.id
-            )
-        return lambda args: command.handler(args, extra)
 
     def _deliver(
         self,
@@ -337,76 +328,45 @@ class Server:
             message = f"'{cmd}' failed inside perfd: {str(exc)[:200]}"
             self._reply_error(sock, envelope, request_id, protocol.INTERNAL, message)
 
-    def _command_for(
-        self,
-        request: protocol.Request,
-        kind: str,
-        refused: str | None,
-        head: zmq.Frame,
-        peer: Peer | None,
-    ) -> Command:
-        command = self.commands.get(request.cmd)
-        if command is None:
-            known = ", ".join(sorted(self.commands))
-            raise ProtocolError(
-                protocol.UNKNOWN_COMMAND,
-                f"unknown command '{request.cmd[:64]}'; known: {known}",
-                request.id,
-            )
-        if refused is not None and command.admin:  # logged: docs/security.md
-            reason = f"'{command.name}' changes perfd and {refused}"
-            raise self.gate.refuse(request, kind, head, peer, reason)
-        unknown = sorted(set(request.args) - set(command.args))
-        if unknown:
-            allowed = ", ".join(sorted(command.args)) or "none"
-            raise ProtocolError(
-                protocol.INVALID_ARGS,
-                f"'{command.name}' takes no argument {unknown[0][:64]!r}; allowed: {allowed}",
-                request.id,
-            )
-        missing = sorted(command.required - set(request.args))
-        if missing:
-            raise ProtocolError(
-                protocol.INVALID_ARGS, f"'{command.name}' needs argument '{missing[0]}'", request.id
-            )
-        for name, value in request.args.items():
-            types = command.args[name]
-            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                wanted = " or ".join(t.__name__ for t in types)
-                raise ProtocolError(
-                    protocol.INVALID_ARGS,
-                    f"'{command.name}' argument '{name}' must be {wanted}",
-                    request.id,
-                )
-        return command
-
     # -- slow commands ----------------------------------------------------------------------
 
     def _submit(
         self,
-        sock: zmq.Socket[bytes],
-        envelope: list[bytes],
+        pending: _Pending,
         request: protocol.Request,
         run: Callable[[dict[str, Any]], Any],
+        *,
+        client: str,
+        admin: bool,
         timeout: float,
     ) -> None:
-        # Count commands that timed out but still hold a worker: the pool's queue is bounded.
-        if len(self._pending) >= self.max_in_flight:
-            message = f"{len(self._pending)} commands in flight; retry shortly"
-            self._reply_error(sock, envelope, request.id, protocol.BUSY, message)
+        # Commands that timed out but still hold a worker keep their slot: the queue is bounded.
+        refusal = self.shares.refusal(client, admin)
+        if refusal is not None:
+            self._reply_error(pending.sock, pending.envelope, request.id, protocol.BUSY, refusal)
             return
         if self._pool is None:
             self._pool = WorkerPool(self.workers)
             _log.info("component.started", component="workers", threads=self.workers)
         token = self._next_token
         self._next_token += 1
-        deadline = self._clock() + timeout
-        self._pending[token] = _Pending(
-            sock, envelope, request.id, request.cmd, deadline, timeout=timeout
-        )
+        pending.deadline, pending.timeout = self._clock() + timeout, timeout
+        self._pending[token] = pending
+        self.shares.hold(token, client, admin)
+        self._hold(pending, True)
         self._pool.submit(
-            run, request.args, lambda result, exc: self._completed(token, result, exc)
+            run,
+            request.args,
+            lambda result, exc: self._completed(token, result, exc),
+            client=client,
+            admin=admin,
         )
+
+    def _hold(self, pending: _Pending, hold: bool) -> None:
+        """Keep the connection of a request awaiting its answer (``hold``), or let it go."""
+        table = self.watch.table(pending.sock)
+        if table is not None:
+            table.hold(pending.fd) if hold else table.release(pending.fd, self._clock())
 
     def _completed(self, token: int, result: Result | None, exc: BaseException | None) -> None:
         """Runs on the worker thread: hand the outcome to the socket thread."""
@@ -420,9 +380,11 @@ class Server:
                 token, result, exc = self._done.get_nowait()
             except queue.Empty:
                 return
+            self.shares.release(token)
             pending = self._pending.pop(token, None)
             if pending is None or pending.answered:
                 continue
+            self._hold(pending, False)
             sock, envelope, request_id = pending.sock, pending.envelope, pending.request_id
             if isinstance(exc, CommandError):
                 self._reply_error(sock, envelope, request_id, exc.code, exc.message)
@@ -438,6 +400,7 @@ class Server:
         for pending in self._pending.values():
             if not pending.answered and now >= pending.deadline:
                 pending.answered = True
+                self._hold(pending, False)
                 message = f"'{pending.cmd}' did not finish within {pending.timeout:g}s"
                 _log.warning("command.timeout", cmd=pending.cmd, timeout_s=pending.timeout)
                 self._reply_error(
@@ -483,21 +446,3 @@ class Server:
                 pass
         except OSError:
             pass
-
-
-def _id_of(body: list[bytes]) -> str | None:
-    """The request's id, when its frame reads as a request at all (for a crash's reply)."""
-    try:
-        return protocol.decode_request(body[0]).id if body else None
-    except ProtocolError:
-        return None
-
-
-def _split(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """Split [identity, (b"",) body...] into the reply envelope and the body frames.
-
-    REQ peers put an empty delimiter after the identity; DEALER peers may not.
-    """
-    if len(frames) >= 2 and frames[1] == b"":
-        return frames[:2], frames[2:]
-    return frames[:1], frames[1:]

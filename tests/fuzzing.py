@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
 from perfd import handlers, protocol
+from perfd.commands import MAX_EXTRA_FRAMES, Command
 from perfd.recommend import catalog, precision
-from perfd.server import MAX_EXTRA_FRAMES, Command
 
 SAFE_TARGET = "tests.models.toy:make_echo"
 NO_MODULE = "fuzz_no_such_module_"

@@ -18,7 +18,8 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 CLIENTS = 32
 REQUESTS = 10_000  # per client
 # Two requests in flight per client: 64 at most in all, so slow commands (infer, recommend) can
-# never exceed the default server.max_in_flight (64), and no reply may be `busy`.
+# never exceed max_in_flight (80 in mixedload.MODEL_CONFIG, room for the default admin_reserve
+# of 16 beside the read-only recommend), and no reply may be `busy`.
 DEPTH = 2
 
 

@@ -80,6 +80,8 @@ def _commands(gate: threading.Event) -> dict[str, Command]:
         "huge_inline": Command("huge_inline", lambda _: {"n": 10**5000}),
         "bad_frames": Command("bad_frames", lambda _: WithFrames({}, [object()]), slow=True),
         "crash": Command("crash", lambda _: {}, slow=True, timeout=lambda: 1 / 0),
+        "slow_admin": Command("slow_admin", slow, slow=True, admin=True),
+        "arrays": Command("arrays", lambda _, frames: {"n": len(frames)}, frames=True),
     }
 
 
@@ -271,3 +273,41 @@ def test_a_crash_while_handling_answers_internal_with_the_id(short_dir: Path) ->
         peer.send("p", "ping")
         assert peer.receive()["ok"] is True
         peer.sock.close()
+
+
+def test_a_message_over_the_byte_limit_in_all_its_frames(short_dir: Path) -> None:
+    """The limit counts every frame of a message: 3 frames of 2,000 bytes under a 4 KiB limit
+    get `bad_request` saying the size; the same frames within it are served."""
+    server = Server(_commands(threading.Event()), max_admin_message_bytes=4096)
+    with running(server, short_dir) as endpoint, zmq.Context() as ctx:
+        peer = Peer(ctx, endpoint)
+        request = protocol.encode_request(protocol.Request(id="a", cmd="arrays"))
+        peer.sock.send_multipart([b"", request, b"x" * 2000, b"x" * 2000, b"x" * 2000])
+        reply = peer.receive()
+        assert reply["error"]["code"] == "bad_request"
+        assert "over this socket's limit of 4096 bytes" in reply["error"]["message"]
+        peer.sock.send_multipart([b"", request, b"x" * 1000, b"x" * 1000])
+        assert peer.receive()["result"] == {"n": 2}
+        peer.sock.close()
+
+
+def test_read_only_slow_commands_leave_the_admin_reserve(short_dir: Path) -> None:
+    """With max_in_flight 4 and admin_reserve 2, a third read-only slow command is `busy`
+    (naming admin_reserve) while an admin one is still taken and runs on a free worker."""
+    gate = threading.Event()
+    server = Server(_commands(gate), workers=3, max_in_flight=4, admin_reserve=2)
+    with running(server, short_dir) as endpoint, zmq.Context() as ctx:
+        ro = Peer(ctx, f"ipc://{short_dir / 'perfd-ro.sock'}")
+        for i in range(3):
+            ro.send(f"r{i}", "slow")
+        reply = ro.receive()
+        assert (reply["id"], reply["error"]["code"]) == ("r2", "busy")
+        assert "admin_reserve" in reply["error"]["message"]
+        admin = Peer(ctx, endpoint)
+        admin.send("a", "slow_admin")
+        assert admin.nothing_within(0.2)  # taken, running: no busy reply
+        gate.set()
+        assert admin.receive()["id"] == "a"
+        assert sorted(ro.receive()["id"] for _ in range(2)) == ["r0", "r1"]
+        ro.sock.close()
+        admin.sock.close()
