@@ -12,6 +12,7 @@ import argparse
 import collections
 import contextlib
 import os
+import resource
 import signal
 import sys
 import threading
@@ -35,7 +36,6 @@ if TYPE_CHECKING:  # built on first use, after READY: kept off the start-up path
 
 _log = log.get("perfd.daemon")
 
-EXIT_FLUSH_TIMEOUT = 2.0  # seconds perfd waits at exit for stdout to take its queued lines
 _SIGNALS: dict[int, str] = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGHUP: "hup"}
 
 
@@ -295,7 +295,7 @@ class Daemon:
         """Take the runtime directory, bind the sockets, start the monitor."""
         from perfd import sockwatch
 
-        soft, hard = sockwatch.raise_fd_limit()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # raised by main(), not embedded
         _log.info("limits.files", soft=soft, hard=hard)
         cfg = self.loaded.config.server
         self.server.watch.set_cap(self._fit_connections(cfg.max_connections))
@@ -594,5 +594,3 @@ def main(argv: list[str] | None = None) -> int:
         _log.error("daemon.start_failed", error=str(exc))
         print(f"perfd: {exc}", file=sys.stderr)
         return 1
-    finally:
-        log.flush(EXIT_FLUSH_TIMEOUT)  # the last lines, unless nobody reads stdout

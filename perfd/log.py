@@ -14,6 +14,7 @@ the log file must be a regular file, opened without following a symlink and with
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import errno
@@ -136,6 +137,7 @@ def _stdout_only(on: bool = True) -> Iterator[None]:
 
 _writer_lock = threading.Lock()
 _writer: StreamWriter | None = None  # stdout's, kept across reloads
+EXIT_FLUSH_TIMEOUT: Final = 2.0  # seconds perfd waits at exit for stdout to take its queued lines
 
 
 def _report_dropped(dropped: int, total: int) -> None:
@@ -155,6 +157,8 @@ def _stream_writer(stream: IO[str]) -> StreamWriter:
         if writer is None or writer.stream is not stream:
             if writer is not None:
                 writer.close()
+            if _writer is None:  # every way out writes the last lines (a start failure too)
+                atexit.register(flush, EXIT_FLUSH_TIMEOUT)
             writer = _writer = StreamWriter(stream, _report_dropped)
         return writer
 

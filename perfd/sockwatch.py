@@ -4,7 +4,7 @@ The policy (which connection goes) is perfd.connections'. Here each ROUTER socke
 monitor socket whose ACCEPTED/DISCONNECTED events carry the connection's fd; a connection is
 dropped by ``shutdown()`` on a duplicate of that fd (libzmq then sees the peer gone, closes
 its fd and forgets the peer), after checking that the fd still is a connection of that
-listener. Only the socket thread calls this module, except ``raise_fd_limit`` at start.
+listener. Only the socket thread calls this module.
 """
 
 from __future__ import annotations
@@ -29,21 +29,6 @@ _log = log.get("perfd.server")
 _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
 CHECK_INTERVAL = 0.05  # seconds between two RSS checks while connections are open
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def raise_fd_limit() -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to the hard one (capped at fs.nr_open); return both."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard
-    if hard == resource.RLIM_INFINITY:
-        try:
-            target = int(Path("/proc/sys/fs/nr_open").read_text())
-        except (OSError, ValueError):
-            target = 1 << 20
-    if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def fit_to_fd_limit(cap: int, sockets: int) -> int:

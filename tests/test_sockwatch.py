@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import resource
 from collections.abc import Callable
 
 import zmq
 
 from perfd.gate import READONLY
-from perfd.sockwatch import CHECK_INTERVAL, Watch, raise_fd_limit
+from perfd.sockwatch import CHECK_INTERVAL, Watch
 
 MiB = 1 << 20
 
@@ -69,16 +68,3 @@ def test_idle_connections_go_first_busy_ones_only_past_the_allowance() -> None:
         sock.close(linger=0)
     os.close(read)
     os.close(write)
-
-
-def test_raise_fd_limit_takes_the_soft_limit_to_the_hard_one() -> None:
-    """raise_fd_limit returns (soft, hard) with soft == hard (when hard is finite)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
-        new_soft, new_hard = raise_fd_limit()
-        assert new_hard == hard
-        if hard != resource.RLIM_INFINITY:
-            assert new_soft == hard
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
