@@ -1,6 +1,6 @@
 """Benchmark 9: the model cache's own bookkeeping with 1, 100 and 10,000 entries.
 
-In-process, three real ``perfd.cache.ModelCache`` side by side, each with ``N`` entries loaded
+In-process, three real ``perfd.cache.core.ModelCache`` side by side, each with ``N`` entries loaded
 by a trivial loader defined here (instant, a few bytes: what is timed is the cache, not a
 model). ``max_models = 0`` (no limit) and a capacity of 1 PiB keep every entry in; keep_alive
 is "forever" so nothing expires. perfd's log lines go to a buffer (warnings are printed).
@@ -17,7 +17,7 @@ is "forever" so nothing expires. perfd's log lines go to a buffer (warnings are 
   `perfctl ps` and `perfctl stats` run: O(N) by nature), ``housekeep()`` (what perfd's keeper
   runs every ``[cache] housekeeping``, 1 s by default) and ``evictable(idle_only=True)``
   (``evict --idle``): each holds the cache's lock for most of its run, so a lease waits for it.
-  Then ``evict()`` of a few entries per cache (each unload runs ``perfd.memory.release()``).
+  Then ``evict()`` of a few entries per cache (each unload runs ``perfd.cache.meter.release()``).
 
 The caches are dropped, not ``close()``d: close() unloads entry by entry, a full
 ``gc.collect()`` each, which at 10,000 entries takes minutes (the evict column shows the cost of
@@ -71,7 +71,7 @@ class TrivialLoader:
 @dataclass
 class Subject:
     size: int
-    cache: Any  # perfd.cache.ModelCache
+    cache: Any  # perfd.cache.core.ModelCache
     names: list[str]
     preload_s: float = 0.0
     once_ms: dict[str, list[float]] = field(default_factory=dict)
@@ -89,7 +89,7 @@ class Line:
 
 def _build(size: int) -> Subject:
     from perfd import config
-    from perfd.cache import ModelCache
+    from perfd.cache.core import ModelCache
 
     names = [f"model-{i:05d}" for i in range(size)]
     cfg = config.parse(
@@ -121,7 +121,7 @@ def _time_pairs(cache: Any, names: list[str]) -> float:
 
 def _once(subjects: list[Subject], rng: random.Random) -> None:
     """ps(), stats(), housekeep(), evictable(): ONCE_RUNS interleaved passes; then evict()."""
-    from perfd.cache import READY
+    from perfd.cache.core import READY
 
     order = list(subjects)
     for _ in range(ONCE_RUNS):
@@ -270,7 +270,7 @@ def _report(
         f"{largest.size * top['evict_ms'] / 1000:.0f} s (N x one evict())"
     )
     print(
-        "evict(): each unload runs perfd.memory.release(), a full gc.collect() of the process "
+        "evict(): each unload runs perfd.cache.meter.release(), a full gc.collect() of the process "
         f"(here {gc_figures['objects']:,.0f} objects, the three caches' included: "
         f"{gc_figures['collect_ms']:.1f} ms alone) and malloc_trim, so it costs the same at "
         "every N here"

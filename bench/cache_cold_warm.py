@@ -5,7 +5,7 @@ The model is built in a temp directory with ``onnx.helper`` (nothing is download
 layers of ``MatMul`` (a [WIDTH, WIDTH] float32 weight), ``Add`` (a bias) and ``Relu``, input and
 output [1, WIDTH]. One inference reads every weight once, so it is cheap but not trivial.
 
-In-process (the primary figure): a real ``perfd.cache.ModelCache`` with the real loader
+In-process (the primary figure): a real ``perfd.cache.core.ModelCache`` with the real loader
 registry (``perfd.loaders.Registry().get``) and the host's RAM as capacity. After one untimed
 load (onnxruntime's import lands in that one), each round evicts the model (timed apart: the
 unload), times lease + infer (cold: the lease loads it), runs ``SETTLE`` untimed inferences
@@ -96,7 +96,7 @@ def _in_process(path: Path, runs: int) -> dict[str, Any]:
     import numpy as np
 
     from perfd import config
-    from perfd.cache import ModelCache
+    from perfd.cache.core import ModelCache
     from perfd.loaders import Registry
 
     cfg = config.parse({"models": {MODEL: {"loader": "onnx", "path": str(path)}}})

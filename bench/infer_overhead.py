@@ -3,7 +3,7 @@
 One perfd (PYTHONPATH = the repository, so the tests' toy models load) serves two python
 models: ``tests.models.toy:make_echo`` (returns its inputs) and ``make_doubler`` (2 * inputs as
 float32). One REQ socket, like perfctl's, sends ``infer`` requests made with
-``perfd.protocol.encode_request`` (a fresh id each) and decodes each reply with
+``perfd.wire.protocol.encode_request`` (a fresh id each) and decodes each reply with
 ``decode_reply``: the client's own encoding and decoding count, as they would for any caller.
 
 Each round times, in a shuffled order, one of each of:
@@ -15,7 +15,7 @@ Each round times, in a shuffled order, one of each of:
   dispatch, answered on its socket thread), and ``evict`` with ``all`` and ``dry_run`` (a
   *slow* command like ``infer``, so it goes through perfd's worker pool, but does next to
   nothing there);
-- ``infer`` doubler with a [1, 1024] float32 array as a raw frame (``perfd.arrays``: the
+- ``infer`` doubler with a [1, 1024] float32 array as a raw frame (``perfd.wire.arrays``: the
   multipart path, reply frames decoded back into an array), and in-process
   ``make_doubler()(array)`` (its baseline).
 
@@ -84,7 +84,7 @@ class Client:
     def call(
         self, cmd: str, args: dict[str, Any], frames: list[bytes] | None = None
     ) -> tuple[Any, list[bytes]]:
-        from perfd import protocol
+        from perfd.wire import protocol
 
         self.count += 1
         request_id = f"b-{self.count}"
@@ -117,7 +117,7 @@ def _calls(perfd: Client, echo: Client) -> dict[str, Callable[[], None]]:
     """One request (or in-process call) per line, each checking its answer."""
     import numpy as np
 
-    from perfd import arrays, protocol
+    from perfd.wire import arrays, protocol
     from tests.models import toy
 
     echo_model, doubler_model = toy.make_echo(), toy.make_doubler()

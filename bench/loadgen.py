@@ -6,7 +6,7 @@
 Starts ``--clients`` threads, each with its own REQ socket (one request outstanding, as
 perfctl does). Each sends ``--warmup`` requests, waits for the others, then times
 ``--requests`` round trips. The request is one real perfd request, made once per thread with
-``perfd.protocol.encode_request``. Prints one JSON object: ``latencies_ns`` (every timed round
+``perfd.wire.protocol.encode_request``. Prints one JSON object: ``latencies_ns`` (every timed round
 trip) and ``elapsed_s`` (first timed send to last timed reply, over all threads), or
 ``error``.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from perfd import protocol
+from perfd.wire import protocol
 
 
 @dataclass(frozen=True)

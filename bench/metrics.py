@@ -1,9 +1,10 @@
 """Benchmark 12: what a Prometheus scrape of perfd's /metrics costs, on a big host and a small one.
 
-In-process, no perfd: a real ``perfd.monitor.Monitor`` over the tests' fake probes
-(``tests.fakeprobes``: values, no NVML), a real ``perfd.cache.ModelCache`` with a trivial loader
-(benchmark 9's) holding N loaded models, and the real ``perfd.metrics.MetricsServer`` (perfd's
-registry, perfd's bounded HTTP server) on 127.0.0.1, a free port. Two scenarios:
+In-process, no perfd: a real ``perfd.monitor.sampler.Monitor`` over the tests' fake probes
+(``tests.fakeprobes``: values, no NVML), a real ``perfd.cache.core.ModelCache`` with a trivial
+loader (benchmark 9's) holding N loaded models, and the real
+``perfd.metrics.exporter.MetricsServer`` (perfd's registry, perfd's bounded HTTP server) on
+127.0.0.1, a free port. Two scenarios:
 
     A  8 fake GPUs, 200 cached models (each loaded once: 200 load-time histograms)
     B  1 fake GPU,    1 cached model
@@ -64,7 +65,7 @@ SCENARIOS = (Scenario("A", gpus=8, models=200), Scenario("B", gpus=1, models=1))
 @dataclass
 class Subject:
     scenario: Scenario
-    server: Any  # perfd.metrics.MetricsServer
+    server: Any  # perfd.metrics.exporter.MetricsServer
     conn: http.client.HTTPConnection
     wall: dict[str, list[float]] = field(default_factory=dict)
     cpu: dict[str, list[float]] = field(default_factory=dict)
@@ -93,10 +94,10 @@ def _build(scenario: Scenario) -> Subject:
     if str(ROOT) not in sys.path:  # tests.fakeprobes lives in the repository, beside bench
         sys.path.insert(0, str(ROOT))
     from perfd import config
-    from perfd.cache import ModelCache
-    from perfd.metrics import MetricsServer, Sources
-    from perfd.monitor import Monitor
-    from perfd.samples import Psi
+    from perfd.cache.core import ModelCache
+    from perfd.metrics.exporter import MetricsServer, Sources
+    from perfd.monitor.sampler import Monitor
+    from perfd.probes.samples import Psi
     from tests.fakeprobes import FakeGpuProbe, FakeHostProbe, gpu_sample, host_sample
 
     names = [f"model-{i:03d}" for i in range(scenario.models)]

@@ -50,7 +50,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import PYTHON, helper_env, stop_process
-from perfd import protocol
+from perfd.wire import protocol
 
 MODEL = "echo"  # the python-loader model the server must serve: tests.models.toy:make_echo
 # 64 requests at most in flight, some of them the read-only recommend: max_in_flight leaves

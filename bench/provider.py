@@ -8,7 +8,7 @@ on ``https://127.0.0.1:PORT/v1/chat/completions`` with a self-signed certificate
 ``openssl req -x509`` in a temp directory; both clients trust it through their CA bundle (the
 provider's ``ca_bundle``, requests' ``verify``). Lines, 200 calls each:
 
-- subject: ``perfd.provider.Provider.chat(body)``, one Provider built once with the default
+- subject: ``perfd.net.provider.Provider.chat(body)``, one Provider built once with the default
   ``[providers.NAME]`` settings (a pool of 10 kept-alive connections, the POST-safe Retry);
 - baseline: ``requests.post(url, json=body, verify=CA)``, which opens (and closes) a new
   connection per call, TLS handshake included: what perfd's predecessor did.
@@ -280,7 +280,7 @@ def _measure(options: Options, origin: str, ca: str) -> tuple[dict[str, Any], li
     import requests
 
     from perfd.config import ProviderConfig
-    from perfd.provider import Provider
+    from perfd.net.provider import Provider
 
     provider = Provider("bench", ProviderConfig(base_url=f"{origin}/v1", ca_bundle=ca))
     url = f"{origin}/v1/chat/completions"

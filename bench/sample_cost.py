@@ -1,7 +1,8 @@
 """Benchmark 6: what one monitor sample costs, in-process, on a busy host and a small one.
 
-A real ``perfd.monitor.Monitor`` with a real ``probes.HostProbe(top_n=5)`` and a real
-``probes.GpuProbe`` over the tests' fake NVML (``tests.fakenvml.FakeNvml``), in two scenarios:
+A real ``perfd.monitor.sampler.Monitor`` with a real ``perfd.probes.host.HostProbe(top_n=5)``
+and a real ``perfd.probes.nvml.GpuProbe`` over the fake NVML (``tests.fakenvml.FakeNvml``), in
+two scenarios:
 
     A  8 fake GPUs, 500 extra idle processes on the host
     B  1 fake GPU,   50 extra idle processes on the host
@@ -89,7 +90,7 @@ class StepClock:
 class Clocked:
     """A monitor, the clock it runs on and the step per sample; how the history fill went."""
 
-    monitor: Any  # perfd.monitor.Monitor
+    monitor: Any  # perfd.monitor.sampler.Monitor
     clock: StepClock
     step: float
     fill_first: float = 0.0  # median seconds of sample_once() over the fill's first minute
@@ -188,8 +189,10 @@ class Pool:
 def _build(scenario: Scenario, gpu_pids: list[int], *, one_second: bool) -> Subject:
     if str(ROOT) not in sys.path:  # tests.fakenvml lives in the repository, beside bench
         sys.path.insert(0, str(ROOT))
-    from perfd import config, probes
-    from perfd.monitor import Monitor
+    from perfd import config
+    from perfd.monitor.sampler import Monitor
+    from perfd.probes import host as host_probes
+    from perfd.probes import nvml as nvml_probes
     from tests.fakenvml import FakeGpu, FakeNvml, GiB
 
     gpus = [
@@ -202,8 +205,8 @@ def _build(scenario: Scenario, gpu_pids: list[int], *, one_second: bool) -> Subj
         )
         for index in range(scenario.gpus)
     ]
-    host = probes.HostProbe(top_n=5)
-    gpu = probes.GpuProbe(nvml=FakeNvml(gpus))
+    host = host_probes.HostProbe(top_n=5)
+    gpu = nvml_probes.GpuProbe(nvml=FakeNvml(gpus))
     # processes_interval: "1d" is the largest allowed (no scan after the first sample), "50ms"
     # the smallest (a scan on every sample, as the clock moves 5 s per sample).
     quiet = config.parse({"monitor": {"processes_interval": "1d"}})

@@ -31,7 +31,7 @@ from perfctl.errors import (
     InvalidArgs,
     PerfctlError,
 )
-from perfd.protocol import MAIN_SOCKET
+from perfd.wire.protocol import MAIN_SOCKET
 
 JSON_SCHEMA = 1
 

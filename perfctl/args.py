@@ -256,7 +256,7 @@ def _option(text: str) -> tuple[str, Any]:
 
 
 def _size(text: str) -> int:
-    from perfd.units import parse_size  # only here: pure and stdlib-only, but needs re
+    from perfd.wire.units import parse_size  # only here: pure and stdlib-only, but needs re
 
     try:
         value = parse_size(text)

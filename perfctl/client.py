@@ -10,7 +10,7 @@
 The exceptions are in perfctl.errors (re-exported here and by ``perfctl``); numpy arrays
 travel as raw frames (perfctl.frames).
 
-Imports only the standard library, pyzmq and perfd.protocol, so perfctl starts fast; numpy is
+Imports only the standard library, pyzmq and perfd.wire.protocol, so perfctl starts fast; numpy is
 imported only when a reply carries arrays.
 """
 
@@ -33,7 +33,7 @@ from perfctl.errors import (
     for_code,
 )
 from perfctl.frames import from_frames, has_array, nbytes, to_frames
-from perfd import paths, protocol
+from perfd.wire import paths, protocol
 
 DEFAULT_TIMEOUT = 3.0
 LONG_TIMEOUT = 300.0  # seconds: loading a model (or inferring through a load) takes long

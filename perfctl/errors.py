@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Final
 
 from perfctl import hints
-from perfd import protocol
+from perfd.wire import protocol
 
 BAD_REPLY: Final = "bad_reply"  # client-side code: perfd's answer was not a well-formed reply
 

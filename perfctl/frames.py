@@ -1,6 +1,6 @@
 """Arrays on the wire, client side: numpy arrays in and out of ``infer`` as raw frames.
 
-perfd/arrays.py describes the form: each array in the inputs becomes ``{"$frame": i}`` in the
+perfd/wire/arrays.py describes the form: each array in the inputs becomes ``{"$frame": i}`` in the
 JSON frame, with its dtype and shape in ``arrays``, and its bytes in the i-th frame after it.
 numpy is imported only when a reply carries arrays.
 """
@@ -13,7 +13,7 @@ import zmq
 
 from perfctl.errors import BAD_REPLY, BadReply
 
-FRAME_KEY: Final = "$frame"  # an array's placeholder in the JSON frame (perfd/arrays.py)
+FRAME_KEY: Final = "$frame"  # an array's placeholder in the JSON frame (perfd/wire/arrays.py)
 
 
 def is_array(value: Any) -> bool:

@@ -2,8 +2,8 @@
 
 An error's class gives a default (perfctl.errors); these pick a better one from what failed.
 perfd's error messages carry the facts the hint needs: a provider failure reads
-``provider 'NAME' (KIND, HTTP 429, 3 retries): ...`` (perfd.provider.ProviderError), and the
-cache says why a model is busy or does not fit (perfd.cache). A hint adds to the message what
+``provider 'NAME' (KIND, HTTP 429, 3 retries): ...`` (perfd.net.provider.ProviderError), and the
+cache says why a model is busy or does not fit (perfd.cache.core). A hint adds to the message what
 to do next; it never repeats it, and it is empty when the message already says it all.
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from perfd import protocol
+from perfd.wire import protocol
 
-# A provider failure's kind (perfd.provider) -> what to try.
+# A provider failure's kind (perfd.net.provider) -> what to try.
 _PROVIDER: Final = {
     "connect": "perfd could not connect to the provider: is its server running at the "
     "base_url perfctl providers shows (a local vLLM or Ollama must listen first)?",

@@ -1,7 +1,7 @@
 """Where perfd is, and whether to trust what listens there: perfctl's checks before it sends
 a request (docs/security.md, "Finding perfd").
 
-- The runtime directory is the first of perfd.paths.client_runtime_dirs() that holds a
+- The runtime directory is the first of perfd.wire.paths.client_runtime_dirs() that holds a
   socket. It must be a real directory that no one else may write to, owned by you or root,
   or sit in a directory that only root may write to (so root made it and handed it over, as
   systemd's RuntimeDirectory= does for /run/perfd). A stranger's /tmp/perfd-UID is refused.
@@ -10,7 +10,7 @@ a request (docs/security.md, "Finding perfd").
   listens; the lock is not held), instead of a timeout seconds later.
 
 Each refusal is a DaemonNotRunning (perfctl exit 3) or AccessDenied (exit 4) that says what
-is wrong and what to do. Standard library and perfd.sockprobe only.
+is wrong and what to do. Standard library and perfd.wire.sockprobe only.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import stat
 from dataclasses import dataclass
 
 from perfctl.errors import AccessDenied, DaemonNotRunning
-from perfd import paths, protocol, sockprobe
+from perfd.wire import paths, protocol, sockprobe
 
 _ELSEWHERE = "PERFD_RUNTIME_DIR=DIR perfctl ..., or perfctl --socket PATH"
 

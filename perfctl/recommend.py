@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from perfd import protocol
+from perfd.wire import protocol
 
 ENGINES = ("vllm", "llamacpp", "llama.cpp", "ollama")
 LIST_HINT = "perfctl recommend --list-models lists the models it knows, --list-gpus the GPUs"
@@ -165,7 +165,7 @@ def _fraction(text: str) -> float:
 
 def _size_text(text: str) -> str:
     """A size, checked here and sent as written: perfd parses "24GiB", "80GB", bytes."""
-    from perfd.units import TextTooLong, parse_size  # only here: pure and stdlib-only
+    from perfd.wire.units import TextTooLong, parse_size  # only here: pure and stdlib-only
 
     try:
         value = parse_size(text)

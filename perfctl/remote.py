@@ -4,7 +4,7 @@
     perfctl --host tcp://gpu-7:7710 --key ~/.config/perfd/laptop.key_secret stats
 
 perfd's public key (its ``.key`` file) comes from ``--server-key FILE``, or from
-``server.key`` beside the --key file. perfd.keys does the file work; it is imported only here,
+``server.key`` beside the --key file. perfd.wire.keys does the file work; it is imported only here,
 when a remote option is used.
 """
 
@@ -63,7 +63,7 @@ def add_keygen(sub: argparse._SubParsersAction[Any], **kw: Any) -> argparse.Argu
 
 def keygen(name: str, role: str, as_json: bool) -> int:
     """Write NAME.key and NAME.key_secret; print the public key and its authorized_keys line."""
-    from perfd import keys
+    from perfd.wire import keys
 
     if not keys.curve_available():
         print("perfctl: this libzmq was built without CURVE support", file=sys.stderr)
@@ -130,7 +130,7 @@ def curve(host: str | None, key: str | None, server_key: str | None) -> Curve | 
         raise UsageError(f"--host takes tcp://HOST:PORT, not {host!r} (local: --socket PATH)")
     if key is None:
         raise UsageError("--host needs --key FILE, this client's secret key (perfctl keygen)")
-    from perfd import keys
+    from perfd.wire import keys
 
     server_file = Path(server_key) if server_key else Path(key).parent / SERVER_KEY_NAME
     try:

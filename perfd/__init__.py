@@ -1,6 +1,6 @@
 """perfd: the performance daemon for AI inference hosts.
 
-Importing this package must stay cheap: perfctl imports ``perfd.protocol`` through it.
+Importing this package must stay cheap: perfctl imports ``perfd.wire.protocol`` through it.
 """
 
 from typing import Any

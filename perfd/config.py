@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from perfd import files, paths, protocol, schema
+from perfd import files, schema
 from perfd.errors import ConfigError
 from perfd.redaction import redact_url
 from perfd.schema import option, section, section_map
+from perfd.wire import paths, protocol
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS: Final = ("json", "console")

@@ -20,19 +20,22 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from perfd import __version__, config, handlers, log, paths, protocol, rundir, systemd
-from perfd.access import AdminPolicy
+from perfd import __version__, config, log, systemd
 from perfd.errors import CommandError, ConfigError, StartupError
-from perfd.monitor import Monitor
-from perfd.server import Server
+from perfd.handlers import table as handlers
+from perfd.monitor.sampler import Monitor
+from perfd.server import rundir
+from perfd.server.access import AdminPolicy
+from perfd.server.loop import Server
 from perfd.systemd import Liveness, Notifier, Watchdog, raise_fd_limit
+from perfd.wire import paths, protocol
 
 if TYPE_CHECKING:  # built on first use, after READY: kept off the start-up path
-    from perfd.cache import ModelCache
-    from perfd.keeper import Keeper
-    from perfd.keys import AuthorizedKey
-    from perfd.metrics import MetricsServer
-    from perfd.provider import Providers
+    from perfd.cache.core import ModelCache
+    from perfd.cache.housekeeping import Keeper
+    from perfd.metrics.exporter import MetricsServer
+    from perfd.net.provider import Providers
+    from perfd.wire.keys import AuthorizedKey
 
 _log = log.get("perfd.daemon")
 
@@ -119,7 +122,7 @@ class Daemon:
         provider, and requests with the first one, is built when a model first needs it."""
         with self._providers_lock:
             if self._providers is None:
-                from perfd.provider import Providers
+                from perfd.net.provider import Providers
 
                 self._providers = Providers(self.loaded.config.providers)
                 _log.info(
@@ -134,8 +137,8 @@ class Daemon:
         """The model cache, built on first use (with its housekeeping thread)."""
         with self._cache_lock:
             if self._cache is None:
-                from perfd import keeper
-                from perfd.cache import ModelCache
+                from perfd.cache import housekeeping as keeper
+                from perfd.cache.core import ModelCache
                 from perfd.loaders.openai import OpenAILoader
                 from perfd.loaders.registry import Registry
 
@@ -241,7 +244,7 @@ class Daemon:
 
     def _fit_connections(self, cap: int) -> int:
         """``cap`` connections per socket, lowered (with a warning) to fit the file limit."""
-        from perfd import sockwatch
+        from perfd.server import sockwatch
 
         try:
             return sockwatch.fit_to_fd_limit(cap, 3 if self._initial.remote.listen else 2)
@@ -263,7 +266,7 @@ class Daemon:
         listen = self._initial.remote.listen
         if not listen or not cfg.remote.authorized_keys:
             return None
-        from perfd import keys
+        from perfd.wire import keys
 
         try:
             return keys.read_authorized(Path(cfg.remote.authorized_keys))
@@ -293,7 +296,7 @@ class Daemon:
 
     def open(self, *, bind: bool = True) -> None:
         """Take the runtime directory, bind the sockets, start the monitor."""
-        from perfd import sockwatch
+        from perfd.server import sockwatch
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # raised by main(), not embedded
         _log.info("limits.files", soft=soft, hard=hard)
@@ -386,7 +389,7 @@ class Daemon:
 
     def _bind_remote(self) -> None:
         """The tcp endpoint, with CURVE: refuse to start without usable keys."""
-        from perfd import keys
+        from perfd.wire import keys
 
         remote = self._initial.remote
         if not keys.curve_available():
@@ -410,7 +413,7 @@ class Daemon:
     def _start_monitor(self) -> None:
         """Start sampling; READY=1 waits for the first sample (bounded by the NVML timeout)."""
         cfg = self.loaded.config
-        from perfd.sinks import Sinks  # requests is imported when the first alert is sent
+        from perfd.monitor.sinks import Sinks  # requests is imported when the first alert is sent
 
         sinks = Sinks(cfg.alerts)  # empty and idle without a url; a reload may add one
         self.monitor = Monitor(
@@ -424,8 +427,8 @@ class Daemon:
     def _start_metrics(self, listen: str) -> None:
         """Serve /metrics (prometheus_client is imported only here); a bind error is a
         StartupError. Scrapes read the parts' stats; they never build the cache or providers."""
-        from perfd.metrics import MetricsServer, Sources
-        from perfd.metrics_http import Limits
+        from perfd.metrics.exporter import MetricsServer, Sources
+        from perfd.metrics.server import Limits
 
         monitor = self.monitor
         assert monitor is not None, "the monitor starts before the metrics"
@@ -478,7 +481,7 @@ class Daemon:
             watchdog_interval_s=self.watchdog.interval,
         )
         self.preload()
-        from perfd import memory  # ctypes: after READY, off the start-up path
+        from perfd.cache import meter as memory  # ctypes: after READY, off the start-up path
 
         memory.fix_mmap_threshold()
         while self._stop_reason is None:
@@ -518,7 +521,7 @@ class Daemon:
 
 def probes_init_timeout() -> float:
     """How long the first GPU sample may take (NVML init); imported lazily with the probes."""
-    from perfd.probes import INIT_TIMEOUT
+    from perfd.probes.nvml import INIT_TIMEOUT
 
     return INIT_TIMEOUT
 

@@ -24,10 +24,11 @@ from typing import Any
 
 import structlog
 
-from perfd import config, log, paths
-from perfd.cache import ModelCache
+from perfd import config, log
+from perfd.cache.core import ModelCache
 from perfd.daemon import Daemon
-from perfd.monitor import Monitor
+from perfd.monitor.sampler import Monitor
+from perfd.wire import paths
 
 CONSOLE = "console"  # perfd's log format for an application that has not configured structlog
 

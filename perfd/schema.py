@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from perfd import redaction
 from perfd.errors import ConfigError
-from perfd.units import format_duration, format_size, parse_duration, parse_size
+from perfd.wire.units import format_duration, format_size, parse_duration, parse_size
 
 KINDS: Final = (
     "str",

@@ -349,7 +349,7 @@ def install(control: str, retry_interval: float = 0.2) -> ControlledNvml:
     """Make this process's perfd sample a ControlledNvml instead of pynvml, and retry nvmlInit
     every ``retry_interval`` seconds (not every minute) after the driver went away. Called
     from a sitecustomize.py, before perfd builds its GPU probe."""
-    from perfd import probes
+    from perfd.probes import nvml as probes
 
     nvml = ControlledNvml(control)
     probes.GpuProbe = functools.partial(  # type: ignore[assignment,misc]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from perfd.samples import GpuReading, GpuSample, HostSample, Psi
+from perfd.probes.samples import GpuReading, GpuSample, HostSample, Psi
 
 GiB = 1 << 30
 

@@ -32,9 +32,10 @@ import zmq
 from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
-from perfd import handlers, protocol
-from perfd.commands import MAX_EXTRA_FRAMES, Command
+from perfd.handlers import table as handlers
 from perfd.recommend import catalog, precision
+from perfd.server.commands import MAX_EXTRA_FRAMES, Command
+from perfd.wire import protocol
 
 SAFE_TARGET = "tests.models.toy:make_echo"
 NO_MODULE = "fuzz_no_such_module_"
@@ -889,7 +890,7 @@ class Fuzzer:
 
     def trimmed_rss(self, pid: int) -> int:
         """perfd's RSS once it has given freed heap back to the kernel: evicting a model runs
-        gc and malloc_trim (perfd.memory.release), so allocator slack does not count."""
+        gc and malloc_trim (perfd.cache.meter.release), so allocator slack does not count."""
         self.call("unpin", readonly=False, model="echo")  # not_found when not loaded
         assert self.call("load", readonly=False, timeout=30, model="echo").ok
         assert self.call("evict", readonly=False, timeout=30, model="echo").ok

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import perfctl.__main__ as cli
-from perfd.access import AdminPolicy, Peer
+from perfd.server.access import AdminPolicy, Peer
 from tests.conftest import StartPerfd
 
 NOBODY = 65534

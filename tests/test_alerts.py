@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from perfd import alerts
-from perfd.alerts import Engine, Observation, Policy
+from perfd.monitor import alerts
+from perfd.monitor.alerts import Engine, Observation, Policy
 
 
 def obs(

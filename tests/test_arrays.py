@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perfd import arrays
 from perfd.errors import CommandError
+from perfd.wire import arrays
 
 
 @pytest.mark.parametrize(

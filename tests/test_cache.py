@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from perfd import config, log
-from perfd.cache import READY, ModelCache
+from perfd.cache.core import READY, ModelCache
 from perfd.errors import CommandError
 from perfd.loaders.base import Loaded, LoaderError, ModelSpec
 from tests.daemons import wait_until

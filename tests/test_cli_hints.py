@@ -127,7 +127,7 @@ def test_hint_chosen_from_what_failed(code: str, message: str, hint: str | None)
 
 
 def test_provider_kind_is_read_from_the_message() -> None:
-    """perfd.provider's ``provider 'NAME' (KIND, ...)`` gives KIND; other text gives None."""
+    """perfd.net.provider's ``provider 'NAME' (KIND, ...)`` gives KIND; other text gives None."""
     assert hints.provider_kind("'f': provider 'a b' (rate_limited, HTTP 429): x") == "rate_limited"
     assert hints.provider_kind("provider 'p' (config): no key") == "config"
     assert hints.provider_kind("no provider here") is None

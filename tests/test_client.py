@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 import perfctl
-from perfd import paths, protocol
+from perfd.wire import paths, protocol
 from tests.conftest import StartPerfd
 
 

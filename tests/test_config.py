@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from perfd import config, schema, units
+from perfd import config, schema
 from perfd.errors import ConfigError
+from perfd.wire import units
 
 ROOT = Path(__file__).resolve().parent.parent
 

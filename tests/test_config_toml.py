@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from perfctl import format_toml
-from perfd import config, keys
+from perfd import config
+from perfd.wire import keys
 from tests.conftest import StartPerfd, clean_env, command
 from tests.httpservers import closed_port
 

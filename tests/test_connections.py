@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perfd.connections import ConnectionTable, fit_cap
+from perfd.server.connections import ConnectionTable, fit_cap
 
 
 def test_under_the_cap_nothing_is_dropped() -> None:

@@ -371,8 +371,8 @@ def test_malformed_messages_over_real_socket(start_perfd: StartPerfd) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid (CI is root)")
 def test_foreign_group_is_a_clear_startup_error(short_dir: Path) -> None:
     """A socket group perfd's user may not use gives a one-line StartupError, not a traceback."""
-    from perfd import rundir
     from perfd.errors import StartupError
+    from perfd.server import rundir
 
     path = short_dir / "perfd.sock"
     path.touch()

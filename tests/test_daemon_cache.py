@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 import perfctl
-from perfd import arrays, protocol
+from perfd.wire import arrays, protocol
 from tests.conftest import Perfd, StartPerfd
 
 ROOT = str(Path(__file__).resolve().parent.parent)

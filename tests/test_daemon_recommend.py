@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 import perfctl
-from perfd import protocol
+from perfd.wire import protocol
 from tests.conftest import Perfd, StartPerfd
 from tests.test_recommend_bounds import MAX_REPLY_BYTES, QWEN_MOE, worst_request
 

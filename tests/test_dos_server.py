@@ -28,7 +28,7 @@ import pytest
 import zmq
 
 import perfctl
-from perfd import keys, protocol
+from perfd.wire import keys, protocol
 from tests.conftest import NotifySocket, Perfd, clean_env, command
 from tests.daemons import wait_until
 

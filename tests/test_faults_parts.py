@@ -237,7 +237,7 @@ def test_load_ending_as_its_timeout_runs_out_is_kept_not_leaked() -> None:
     """A load that finishes just as load_timeout runs out stands: the model is cached, not
     dropped unreleased. In-process: only a hook inside the cache can force that interleaving."""
     from perfd import config
-    from perfd.cache import ModelCache
+    from perfd.cache.core import ModelCache
     from perfd.loaders.python import PythonLoader
 
     class RacingCache(ModelCache):

@@ -27,7 +27,7 @@ import pytest
 import zmq
 
 import perfctl
-from perfd import protocol
+from perfd.wire import protocol
 from tests.conftest import NotifySocket, Perfd, StartPerfd
 from tests.daemons import wait_until
 
@@ -398,7 +398,7 @@ def test_sighup_storm_during_traffic(start_perfd: StartPerfd, tmp_path: Path) ->
 
 REQ_CLIENT = """
 import sys, zmq
-from perfd import protocol
+from perfd.wire import protocol
 ctx = zmq.Context()
 sock = ctx.socket(zmq.REQ)
 sock.connect(sys.argv[1])
@@ -609,12 +609,12 @@ def _trends(node: Any) -> Iterator[dict[str, Any]]:
 # is the function, and the parameter whose default it is or the name it is assigned to, so a
 # `clock=time.time` beside an allowed `wall=time.time` is still caught.
 WALL_CLOCK_ALLOWED = {
-    ("cache.py", "__init__(wall=)"): "ps shows last_used and expires_at as times of day",
+    ("cache/core.py", "__init__(wall=)"): "ps shows last_used and expires_at as times of day",
     ("daemon.py", "__init__: self.started_at ="): "status.started_at (uptime is monotonic)",
     ("log.py", "_timestamp: now ="): "each log line's ts",
-    ("monitor.py", "__init__(wall=)"): "sampled_at and alert `since` stamps",
-    ("probes.py", "__init__(wall=)"): "each sample's `wall` stamp",
-    ("sinks.py", "_ends_at"): "Alertmanager's endsAt is a time of day",
+    ("monitor/sampler.py", "__init__(wall=)"): "sampled_at and alert `since` stamps",
+    ("probes/host.py", "__init__(wall=)"): "each sample's `wall` stamp",
+    ("monitor/sinks.py", "_ends_at"): "Alertmanager's endsAt is a time of day",
 }
 _WALL_CLOCK = {("time", "time"), ("time", "time_ns"), ("datetime", "now"), ("datetime", "utcnow")}
 

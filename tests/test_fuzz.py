@@ -20,7 +20,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from perfd import protocol
+from perfd.wire import protocol
 from tests import fuzzing
 from tests.conftest import Perfd, StartPerfd
 

@@ -11,10 +11,11 @@ import json
 import pytest
 import zmq
 
-from perfd import keys, log, protocol
-from perfd.access import AdminPolicy, Peer
-from perfd.gate import ADMIN, READONLY, REMOTE, Gate
-from perfd.protocol import ProtocolError
+from perfd import log
+from perfd.server.access import AdminPolicy, Peer
+from perfd.server.gate import ADMIN, READONLY, REMOTE, Gate
+from perfd.wire import keys, protocol
+from perfd.wire.protocol import ProtocolError
 
 NOBODY = 65534
 

@@ -20,7 +20,7 @@ def _modules(code: str) -> set[str]:
 
 
 def test_perfctl_imports_only_zmq_stdlib_and_protocol() -> None:
-    """perfctl's CLI pulls in pyzmq and perfd.protocol, nothing heavy."""
+    """perfctl's CLI pulls in pyzmq and perfd.wire.protocol, nothing heavy."""
     loaded = _modules("import perfctl.__main__")
     assert not loaded & HEAVY
     assert "zmq" in loaded
@@ -39,7 +39,9 @@ def test_perfctl_touches_only_light_perfd_modules() -> None:
         text=True,
         check=True,
     )
-    assert out.stdout.strip() == "['perfd', 'perfd.paths', 'perfd.protocol', 'perfd.sockprobe']"
+    assert out.stdout.strip() == (
+        "['perfd', 'perfd.wire', 'perfd.wire.paths', 'perfd.wire.protocol', 'perfd.wire.sockprobe']"
+    )
 
 
 def test_daemon_defers_heavy_modules() -> None:

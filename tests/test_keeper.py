@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from perfd import keeper
-from perfd.monitor import Subscription, VerdictChange
+from perfd.cache import housekeeping as keeper
+from perfd.monitor.sampler import Subscription, VerdictChange
 from perfd.systemd import Liveness
 from tests.test_cache import FakeLoader, make_cache
 

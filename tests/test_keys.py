@@ -1,4 +1,4 @@
-"""CURVE key files and the authorized-keys list (perfd.keys)."""
+"""CURVE key files and the authorized-keys list (perfd.wire.keys)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import zmq.auth
 
-from perfd import keys
+from perfd.wire import keys
 
 
 def test_write_pair_creates_both_files_0600_and_never_overwrites(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from perfd.loaders import Loaded, Loader, LoaderError, ModelSpec, Registry
 from perfd.loaders.onnx import OnnxLoader, OnnxModel
 from perfd.loaders.openai import OpenAILoader
 from perfd.loaders.python import PythonLoader, PythonModel
-from perfd.provider import Providers
+from perfd.net.provider import Providers
 from tests.models import toy
 
 TOY = "tests.models.toy"

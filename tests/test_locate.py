@@ -19,7 +19,8 @@ import pytest
 import zmq
 
 import perfctl.__main__ as cli
-from perfd import daemon, memory, probes, sinks  # noqa: F401  (imported before a fork drops root)
+from perfd import daemon
+from perfd.probes import host, nvml  # noqa: F401  (imported before a fork drops root)
 from tests.conftest import StartPerfd, clean_env, command
 
 NOBODY = 65534

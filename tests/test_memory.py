@@ -1,17 +1,17 @@
-"""perfd.memory: measuring this process's memory and keeping the allocator from hoarding it."""
+"""perfd.cache.meter: measuring this process's memory and keeping the allocator from hoarding it."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from perfd import memory
+from perfd.cache import meter as memory
 
 # Request-sized blocks freed between small survivors, on several threads (as perfd's socket
 # and worker threads do), after one big block has raised glibc's mmap threshold.
 WORKLOAD = """
 import sys, threading
-from perfd import memory
+from perfd.cache import meter as memory
 if sys.argv[1] == "fixed":
     assert memory.fix_mmap_threshold()
 big = bytearray(8 << 20)

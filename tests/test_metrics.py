@@ -25,12 +25,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import perfd
 from perfd import config
-from perfd.cache import ModelCache
+from perfd.cache.core import ModelCache
 from perfd.errors import ConfigError
 from perfd.loaders.base import Loaded, ModelSpec
-from perfd.metrics import MetricsServer, Sources
-from perfd.monitor import Monitor
-from perfd.samples import Psi
+from perfd.metrics.exporter import MetricsServer, Sources
+from perfd.monitor.sampler import Monitor
+from perfd.probes.samples import Psi
 from tests.conftest import StartPerfd
 from tests.daemons import ready_server, wait_until
 from tests.fakeprobes import FakeGpuProbe, FakeHostProbe, GiB, gpu_sample, host_sample
@@ -306,7 +306,8 @@ def test_a_failing_load_hook_does_not_fail_the_load() -> None:
 
 def test_eviction_reasons_match_the_cache() -> None:
     """The reasons perfd_cache_evictions_total lists are the cache's (kept apart: no import)."""
-    from perfd import cache, metrics
+    from perfd.cache import core as cache
+    from perfd.metrics import exporter as metrics
 
     assert metrics.EVICTION_REASONS == cache.REASONS
 

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
 import perfctl
-from perfd.metrics_http import (
+from perfd.metrics.server import (
     BadRequest,
     BoundedHTTPServer,
     Limits,
@@ -243,7 +243,7 @@ def test_stop_frees_the_port(serve: Serve) -> None:
 
 AT_THE_FILE_LIMIT = """
 import resource, sys
-from perfd.metrics_http import BoundedHTTPServer, Limits
+from perfd.metrics.server import BoundedHTTPServer, Limits
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
 ok = lambda request: (200, [], b"ok\\n")

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from perfd import assess, config, log
-from perfd.monitor import Monitor
-from perfd.samples import ProcessInfo, Psi
+from perfd import config, log
+from perfd.monitor import verdicts as assess
+from perfd.monitor.sampler import Monitor
+from perfd.probes.samples import ProcessInfo, Psi
 from perfd.systemd import Liveness
 from tests.fakeprobes import FakeGpuProbe, FakeHostProbe, GiB, gpu_sample, host_sample
 

@@ -13,7 +13,7 @@ import perfctl
 from perfd.config import ProviderConfig
 from perfd.loaders import LoaderError, ModelSpec
 from perfd.loaders.openai import OpenAILoader, RemoteModel, request_body
-from perfd.provider import Providers
+from perfd.net.provider import Providers
 from tests.conftest import Perfd, StartPerfd
 from tests.httpservers import Reply, ScriptedServer, sse_reply
 

@@ -20,9 +20,10 @@ import pynvml
 import pytest
 
 from perfd import log
-from perfd import probes as probes_module
-from perfd.probes import GpuProbe, HostProbe, parse_psi, parse_unit
-from perfd.samples import (
+from perfd.probes import nvml as probes_module
+from perfd.probes.host import HostProbe, parse_psi, parse_unit
+from perfd.probes.nvml import GpuProbe
+from perfd.probes.samples import (
     GPU_ABSENT,
     GPU_DRIVER_NOT_LOADED,
     GPU_ERROR,
@@ -413,7 +414,7 @@ def test_missing_library_does_not_import_pynvml() -> None:
         "import sys, ctypes\n"
         "try:\n    ctypes.CDLL('libnvidia-ml.so.1'); print('skip')\n"
         "except OSError:\n"
-        "    from perfd.probes import GpuProbe\n"
+        "    from perfd.probes.nvml import GpuProbe\n"
         "    probe = GpuProbe(); state = probe.sample().state; probe.close()\n"
         "    print(state, 'pynvml' in sys.modules)\n"
     )
@@ -739,9 +740,7 @@ def test_gpu_process_names_are_looked_up_once_per_pid(
 ) -> None:
     """A GPU process's name is read once while it runs; a pid that goes away is forgotten."""
     lookups: list[int] = []
-    monkeypatch.setattr(
-        probes_module, "_process_name", lambda pid: lookups.append(pid) or f"p{pid}"
-    )
+    monkeypatch.setattr(probes_module, "process_name", lambda pid: lookups.append(pid) or f"p{pid}")
     nvml = FakeNvml(1)
     nvml.gpus[0].compute_processes = [(101, 1 << 30), (102, 2 << 30)]
     probe = make_probe(nvml)

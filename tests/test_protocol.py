@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from perfd import protocol
-from perfd.protocol import ProtocolError, Request
+from perfd.wire import protocol
+from perfd.wire.protocol import ProtocolError, Request
 
 
 def test_request_round_trip() -> None:

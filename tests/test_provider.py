@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import trustme
 
-from perfd import http, log
+from perfd import log
 from perfd.config import ProviderConfig
-from perfd.provider import (
+from perfd.net import http
+from perfd.net.provider import (
     AuthError,
     Provider,
     ProviderConfigError,
@@ -82,8 +83,10 @@ def raised(call: Callable[[], object]) -> ProviderError:
 
 
 def test_importing_provider_and_http_does_not_import_requests() -> None:
-    """`import perfd.provider` (and perfd.http) loads neither requests nor urllib3."""
-    code = "import json, sys, perfd.provider, perfd.http; print(json.dumps(list(sys.modules)))"
+    """`import perfd.net.provider` (and perfd.net.http) loads neither requests nor urllib3."""
+    code = (
+        "import json, sys, perfd.net.provider, perfd.net.http; print(json.dumps(list(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = {name.split(".")[0] for name in json.loads(out.stdout)}
     assert not loaded & {"requests", "urllib3"}

@@ -257,7 +257,7 @@ def test_any_config_plans_fast_or_fails_with_a_recommend_error(
     """Whatever a JSON config and the request fields hold: an answer under MAX_REPLY_BYTES
     within SLOW_S, or a RecommendError; never another exception, never a long computation."""
     if "memory" in fields and isinstance(fields["memory"], str):
-        from perfd.units import parse_size
+        from perfd.wire.units import parse_size
 
         fields["memory"] = parse_size(fields["memory"])
     fields.setdefault("gpu", "H100")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from perfctl import AccessDenied, Client, Curve, Forbidden, KeyRefused
-from perfd import keys
+from perfd.wire import keys
 from tests.conftest import Perfd, StartPerfd, clean_env, command
 
 pytestmark = pytest.mark.skipif(not keys.curve_available(), reason="libzmq without CURVE")

@@ -11,9 +11,10 @@ from typing import Any
 
 import zmq
 
-from perfd import handlers, protocol
 from perfd.errors import CommandError
-from perfd.server import Command, Server, WithFrames
+from perfd.handlers import table as handlers
+from perfd.server.loop import Command, Server, WithFrames
+from perfd.wire import protocol
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perfd.shares import FairQueue, Shares
+from perfd.server.shares import FairQueue, Shares
 
 
 def test_one_caller_is_held_to_its_share() -> None:

@@ -17,11 +17,11 @@ import pytest
 import requests
 
 from perfd import config, log
-from perfd.alerts import ESCALATED, FIRING, RESOLVED, Transition, rfc3339
 from perfd.config import SinkConfig
-from perfd.monitor import Monitor
+from perfd.monitor.alerts import ESCALATED, FIRING, RESOLVED, Transition, rfc3339
+from perfd.monitor.sampler import Monitor
+from perfd.monitor.sinks import AlertmanagerSink, Sinks, WebhookSink, alertmanager_alert
 from perfd.redaction import redact_url
-from perfd.sinks import AlertmanagerSink, Sinks, WebhookSink, alertmanager_alert
 from tests.daemons import ready_server, wait_until
 from tests.fakeprobes import FakeGpuProbe, FakeHostProbe, host_sample
 from tests.httpservers import Reply, ScriptedServer, closed_port
@@ -72,8 +72,11 @@ def server() -> Iterator[ScriptedServer]:
 
 
 def test_importing_sinks_does_not_import_requests() -> None:
-    """perfd.sinks (and the monitor that imports it) load requests only on the sender thread."""
-    code = "import perfd.sinks, perfd.monitor, sys; print('requests' in sys.modules)"
+    """perfd.monitor.sinks (and the monitor that imports it) load requests only on the sender
+    thread."""
+    code = (
+        "import perfd.monitor.sinks, perfd.monitor.sampler, sys; print('requests' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

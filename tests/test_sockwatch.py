@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import zmq
 
-from perfd.gate import READONLY
-from perfd.sockwatch import CHECK_INTERVAL, Watch
+from perfd.server.gate import READONLY
+from perfd.server.sockwatch import CHECK_INTERVAL, Watch
 
 MiB = 1 << 20
 

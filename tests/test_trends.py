@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from perfd import trends
+from perfd.monitor import trends
 
 GiB = 1 << 30
 

@@ -1,4 +1,4 @@
-"""perfd.units: the linear size and duration parser, its length bound, and the formatters."""
+"""perfd.wire.units: the linear size and duration parser, its length bound, and the formatters."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from perfd import units
-from perfd.units import MAX_TEXT, TextTooLong, number_unit, parse_duration, parse_size
+from perfd.wire import units
+from perfd.wire.units import MAX_TEXT, TextTooLong, number_unit, parse_duration, parse_size
 
 # The parser perfd used before: quadratic on "1" + spaces + "!" (issue 12, finding 1). The
 # new one must accept exactly what it accepted, with the same number and unit.

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from perfd.workers import WorkerPool
+from perfd.server.workers import WorkerPool
 
 
 def test_results_and_exceptions_reach_done() -> None:

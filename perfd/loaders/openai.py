@@ -10,7 +10,7 @@
 
 A request's inputs are a chat completion body without ``model`` (``{"messages": [...],
 "temperature": 0.2}``); the loader adds the configured model id, POSTs it through the pooled
-provider client (perfd.provider) and returns the provider's response object as it came. The
+provider client (perfd.net.provider) and returns the provider's response object as it came. The
 infer option ``stream = true`` streams the completion instead and returns the chunks
 collected: ``{"stream": [chunk, ...]}``.
 
@@ -21,7 +21,7 @@ request default, which a request's own inputs override (``options = { temperatur
 "Loading" checks that the provider exists and can be built (its API key found...); it holds
 no local memory (the estimate is 0 bytes) and unloading releases nothing. The provider is
 looked up again on each request, so a reload that changes ``[providers.NAME]`` takes effect
-on the next one. perfd.provider (and requests with it) is imported on first use only.
+on the next one. perfd.net.provider (and requests with it) is imported on first use only.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from perfd.loaders.base import Loaded, LoaderError, ModelSpec
 
 if TYPE_CHECKING:
-    from perfd.provider import Provider, Providers
+    from perfd.net.provider import Provider, Providers
 
 RUN_TIME_KEYS = ("provider", "model")  # options a run-time model names its target with
 INFER_OPTIONS = frozenset({"stream"})
@@ -50,7 +50,7 @@ class RemoteModel:
 
 
 class OpenAILoader:
-    """Serve remote chat models through ``providers()`` (the daemon's perfd.provider.Providers,
+    """Serve remote chat models through ``providers()`` (the daemon's perfd.net.provider.Providers,
     built on first use); see the module docstring."""
 
     name = "openai"
@@ -81,7 +81,7 @@ class OpenAILoader:
         if not isinstance(stream, bool):
             raise LoaderError(f"option stream must be true or false, not {stream!r}")
         provider = self._provider(model.provider)
-        from perfd.provider import ProviderError
+        from perfd.net.provider import ProviderError
 
         try:
             if stream:
@@ -94,7 +94,7 @@ class OpenAILoader:
         pass  # nothing local: the provider's pooled connections belong to every model
 
     def _provider(self, name: str) -> Provider:
-        from perfd.provider import ProviderError
+        from perfd.net.provider import ProviderError
 
         try:
             return self._providers().get(name)

@@ -61,8 +61,8 @@ if TYPE_CHECKING:
     from perfd.recommend.report import recommend
     from perfd.recommend.request import RecommendError, Request, check_limits
     from perfd.recommend.resolve import list_models
-    from perfd.units import MAX_TEXT as MAX_SIZE_TEXT
-    from perfd.units import parse_size
+    from perfd.wire.units import MAX_TEXT as MAX_SIZE_TEXT
+    from perfd.wire.units import parse_size
 
 _HOMES = {
     "Gpu": "hardware",
@@ -98,7 +98,7 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     if name in ("parse_size", "MAX_SIZE_TEXT"):
-        from perfd import units
+        from perfd.wire import units
 
         return units.parse_size if name == "parse_size" else units.MAX_TEXT
     home = _HOMES.get(name)

@@ -112,7 +112,7 @@ def hardware_from_snapshot(snapshot: Mapping[str, Any]) -> Hardware:
 
 
 def _planned_gpu(text: str) -> Gpu:
-    from perfd.units import parse_size
+    from perfd.wire.units import parse_size
 
     try:
         size = parse_size(text)

@@ -9,16 +9,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from perfd import __version__, arrays, config, protocol
-from perfd.access import user_name
-from perfd.commands import Command, WithFrames
+from perfd import __version__, config
 from perfd.errors import CommandError
 from perfd.loaders.base import LoaderError, ModelSpec
-from perfd.monitor import Monitor
+from perfd.monitor.sampler import Monitor
+from perfd.server.access import user_name
+from perfd.server.commands import Command, WithFrames
+from perfd.wire import arrays, protocol
 
 if TYPE_CHECKING:  # the cache (ctypes, statistics, loaders) is imported when first used
-    from perfd.cache import ModelCache
-    from perfd.provider import Providers  # requests: imported when a provider is first used
+    from perfd.cache.core import ModelCache
+    from perfd.net.provider import Providers  # requests: imported when a provider is first used
 
 _JSON = (dict, list, str, int, float, bool, type(None))
 _DEVICE = re.compile(r"cpu|cuda:[0-9]+")  # fullmatch: "$" would let "cpu\n" through
@@ -125,10 +126,10 @@ def build(daemon: DaemonView) -> dict[str, Command]:
 def providers_command(daemon: DaemonView) -> Command:
     """providers: each [providers.NAME]'s base URL, where its API key comes from and whether it
     is set in perfd's environment (never the key), and once it has been ``used``, its client's
-    counters (perfd.provider.Provider.stats). Nothing here builds a provider."""
+    counters (perfd.net.provider.Provider.stats). Nothing here builds a provider."""
 
     def providers(_: dict[str, Any]) -> dict[str, Any]:
-        from perfd.provider import safe_url  # no requests: that comes with a built provider
+        from perfd.net.provider import safe_url  # no requests: that comes with a built provider
 
         configured = daemon.loaded.config.providers
         used = daemon.providers.stats() if daemon.providers_started else {}
@@ -231,7 +232,7 @@ def recommend_command(daemon: DaemonView) -> Command:
 
 def _size_arg(rec: Any, option: str, value: int | str | None) -> int | None:
     """Bytes from an int or a size string ("24GiB"); RecommendError for anything else, with
-    no more of the text than the limit allows (perfd.units.MAX_TEXT)."""
+    no more of the text than the limit allows (perfd.wire.units.MAX_TEXT)."""
     if value is None or isinstance(value, int):
         return value
     try:

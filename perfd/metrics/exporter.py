@@ -7,7 +7,7 @@ stats when those are started (a scrape never builds them), the alert sinks' coun
 collector turns them into metric families with pure functions (``host_families`` ...); one
 ``CollectorRegistry`` of perfd's own holds it, the cache's load-time histogram (fed by the
 cache's ``on_load`` hook) and prometheus_client's ProcessCollector (``process_*``). One
-thread serves it over HTTP within fixed bounds (perfd.metrics_http), not prometheus_client's
+thread serves it over HTTP within fixed bounds (perfd.metrics.server), not prometheus_client's
 thread-per-connection server.
 
     perfd_host_memory_total_bytes 6.7e+10
@@ -37,19 +37,20 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from perfd import __version__, assess, log
+from perfd import __version__, log
 from perfd.errors import StartupError
-from perfd.metrics_http import BoundedHTTPServer, Limits, prometheus_reply
-from perfd.samples import GPU_STATES
+from perfd.metrics.server import BoundedHTTPServer, Limits, prometheus_reply
+from perfd.monitor import verdicts as assess
+from perfd.probes.samples import GPU_STATES
 
 if TYPE_CHECKING:
-    from perfd.monitor import Monitor
+    from perfd.monitor.sampler import Monitor
 
 _log = log.get("perfd.metrics")
 
 GPU_STATE_SET: Final = (*GPU_STATES, "disabled")
 SEVERITIES: Final = ("warning", "critical")
-EVICTION_REASONS: Final = ("lru", "pressure", "ttl", "manual", "budget")  # perfd.cache.REASONS
+EVICTION_REASONS: Final = ("lru", "pressure", "ttl", "manual", "budget")  # perfd.cache.core.REASONS
 LOAD_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 Stats = Callable[[], Mapping[str, Any] | None]  # None: that part has not started
@@ -362,7 +363,7 @@ class PerfdCollector:
 
 class MetricsServer:
     """perfd's registry and the bounded HTTP thread serving it at http://LISTEN/metrics
-    (perfd.metrics_http: one thread, ``limits`` on connections, time and request size)."""
+    (perfd.metrics.server: one thread, ``limits`` on connections, time and request size)."""
 
     def __init__(self, listen: str, sources: Sources, limits: Limits | None = None) -> None:
         self.listen = listen

@@ -3,7 +3,7 @@
 Layout (a directory perfd creates is 0755, so every local user can reach the read-only
 socket)::
 
-    perfd.lock      flock held while perfd runs; holds its pid (perfd.sockprobe)
+    perfd.lock      flock held while perfd runs; holds its pid (perfd.wire.sockprobe)
     perfd.sock      admin socket, 0660, group `perfd`
     perfd-ro.sock   read-only socket, 0666
 
@@ -24,9 +24,10 @@ from pathlib import Path
 
 import zmq
 
-from perfd import protocol, sockprobe, systemd
-from perfd.access import user_name
+from perfd import systemd
 from perfd.errors import AlreadyRunning, StartupError
+from perfd.server.access import user_name
+from perfd.wire import protocol, sockprobe
 
 LOCK_FILE = sockprobe.LOCK_FILE
 DIR_MODE = 0o755

@@ -24,9 +24,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from perfd import __version__, http, log
-from perfd.alerts import rfc3339
+from perfd import __version__, log
 from perfd.config import AlertsConfig, SinkConfig
+from perfd.monitor.alerts import rfc3339
+from perfd.net import http
 from perfd.redaction import Scrubber, redact_url, url_secrets
 
 if TYPE_CHECKING:

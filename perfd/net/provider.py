@@ -4,7 +4,7 @@
     reply = providers.get("openrouter").chat({"model": "...", "messages": [...]})
     for chunk in providers.get("openrouter").chat_stream(body): ...
 
-Each Provider owns a requests.Session built by perfd.http (a connection pool, the POST-safe
+Each Provider owns a requests.Session built by perfd.net.http (a connection pool, the POST-safe
 Retry, the CA bundle) and sends ``Authorization: Bearer <key>`` when a key is configured. The
 key comes from the environment variable named by ``api_key_env`` or from ``api_key_file``
 (stripped), read once when the Provider is built; it never appears in logs, stats, reprs, error
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from perfd import __version__, log, redaction
 from perfd.errors import PerfdError
-from perfd.http import (
+from perfd.net.http import (
     Malformed,
     causes,
     error_message,
@@ -136,7 +136,7 @@ class Provider:
     def __init__(
         self, name: str, cfg: ProviderConfig, *, environ: Mapping[str, str] | None = None
     ) -> None:
-        from perfd import http
+        from perfd.net import http
 
         self.name = name
         self._cfg = cfg
@@ -261,7 +261,7 @@ class Provider:
         """Send one request (urllib3 retries it); a response that is not 2xx raises."""
         import requests
 
-        from perfd import http
+        from perfd.net import http
 
         with http.counting_retries() as tally:
             try:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from perfd import alerts
-from perfd.alerts import Observation, Policy
 from perfd.config import AlertsConfig, ExhaustionRule, ThresholdRule
-from perfd.samples import GpuReading, GpuSample, HostSample
-from perfd.trends import Trend
+from perfd.monitor import alerts
+from perfd.monitor.alerts import Observation, Policy
+from perfd.monitor.trends import Trend
+from perfd.probes.samples import GpuReading, GpuSample, HostSample
 
 HEALTHY: Final = "healthy"
 FULL_BUT_HEALTHY: Final = "full_but_healthy"

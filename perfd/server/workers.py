@@ -4,7 +4,7 @@ Unlike concurrent.futures' pool, whose threads the interpreter joins at exit (so
 command would hang SIGTERM forever), these are daemon threads: ``stop`` joins them with a
 timeout and reports the ones still busy, and perfd exits regardless.
 
-Jobs wait in a perfd.shares.FairQueue: a free thread takes admin commands first, then callers
+Jobs wait in a perfd.server.shares.FairQueue: a free thread takes admin commands first, then callers
 in turn, and one caller (or read-only commands together) never holds every thread.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from perfd.shares import FairQueue
+from perfd.server.shares import FairQueue
 
 Result = dict[str, Any]
 Done = Callable[[Result | None, BaseException | None], None]

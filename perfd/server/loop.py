@@ -22,16 +22,18 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 if TYPE_CHECKING:
-    from perfd.keys import AuthorizedKey, KeyPair
+    from perfd.wire.keys import AuthorizedKey, KeyPair
 
-from perfd import log, protocol, routers
-from perfd.commands import Command, WithFrames, command_for, id_of, runner, split
+from perfd import log
 from perfd.errors import CommandError, StartupError
-from perfd.gate import ADMIN, READONLY, REMOTE, Gate, client_of
-from perfd.protocol import ProtocolError
-from perfd.shares import Shares
-from perfd.sockwatch import Watch
-from perfd.workers import Result, WorkerPool
+from perfd.server import routers
+from perfd.server.commands import Command, WithFrames, command_for, id_of, runner, split
+from perfd.server.gate import ADMIN, READONLY, REMOTE, Gate, client_of
+from perfd.server.shares import Shares
+from perfd.server.sockwatch import Watch
+from perfd.server.workers import Result, WorkerPool
+from perfd.wire import protocol
+from perfd.wire.protocol import ProtocolError
 
 _log = log.get("perfd.server")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from perfd import protocol
 from perfd.errors import CommandError
+from perfd.wire import protocol
 
 FRAME_KEY = "$frame"
 MAX_FRAMES = 64

@@ -1,10 +1,11 @@
 """The monitor: a thread that samples the host and GPUs, keeps trends, and raises alerts.
 
-Each turn: probes (perfd.probes, the only module touching psutil and NVML) -> figures and
-verdicts (perfd.assess) -> trends (perfd.trends) -> alert transitions (perfd.alerts), logged
-at the priority of their severity, kept in a history ring and optionally appended to a JSON
-Lines alert log -> a new immutable snapshot for `stats` -> verdict changes published to
-subscribers through bounded queues that never block the monitor.
+Each turn: probes (perfd.probes.host and perfd.probes.nvml, the only modules touching psutil
+and NVML) -> figures and verdicts (perfd.monitor.verdicts) -> trends (perfd.monitor.trends) ->
+alert transitions (perfd.monitor.alerts), logged at the priority of their severity, kept in a
+history ring and optionally appended to a JSON Lines alert log -> a new immutable snapshot for
+`stats` -> verdict changes published to subscribers through bounded queues that never block the
+monitor.
 
 The thread waits on an Event, so stop() acts at once, and beats a heartbeat at least every
 few seconds so a hung probe withholds systemd's watchdog.
@@ -22,11 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from perfd import assess, log, trends
-from perfd.alerts import CRITICAL, Engine, Transition, rfc3339
+from perfd import log
 from perfd.config import AlertsConfig, MonitorConfig
-from perfd.samples import GpuReading, HostSample
-from perfd.sinks import Sinks
+from perfd.monitor import trends
+from perfd.monitor import verdicts as assess
+from perfd.monitor.alerts import CRITICAL, Engine, Transition, rfc3339
+from perfd.monitor.sinks import Sinks
+from perfd.probes.samples import GpuReading, HostSample
 from perfd.systemd import Heartbeat
 
 _log = log.get("perfd.monitor")
@@ -101,11 +104,14 @@ class Monitor:
         self.cfg, self.alerts_cfg = cfg, alerts_cfg
         self._sinks = sinks  # webhook / Alertmanager delivery; never blocks _record
         if host_probe is None or (gpu_probe is None and cfg.gpu):
-            from perfd import probes  # psutil (and later pynvml) load here, not at import
+            from perfd.probes import (  # psutil (and later pynvml) load here, not at import
+                host,
+                nvml,
+            )
 
-            host_probe = host_probe or probes.HostProbe(top_n=cfg.top_processes)
+            host_probe = host_probe or host.HostProbe(top_n=cfg.top_processes)
             if gpu_probe is None and cfg.gpu:
-                gpu_probe = probes.GpuProbe(timeout=cfg.nvml_timeout)
+                gpu_probe = nvml.GpuProbe(timeout=cfg.nvml_timeout)
         self._host_probe = host_probe
         self._gpu_probe = gpu_probe
         self._heartbeat = heartbeat

@@ -4,8 +4,8 @@ libzmq accepts connections on its own I/O thread and aborts perfd when accept() 
 want of file descriptors (ipc), so perfd keeps the count far below the limit itself: a
 socket monitor reports each accepted and closed connection by its fd, every received message
 names its fd (``zmq.SRCFD``), and this table says which connection to drop when a socket holds
-more than ``cap`` (perfd.sockwatch does the dropping). The victim is never a connection with a
-request in flight: first the oldest one that never completed a message (a bare connect, or a
+more than ``cap`` (perfd.server.sockwatch does the dropping). The victim is never a connection
+with a request in flight: first the oldest one that never completed a message (a bare connect, or a
 message that never ends), then the one idle longest.
 
 Under memory pressure (``shed``) every connection without a request in flight goes: libzmq

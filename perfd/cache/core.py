@@ -26,12 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from perfd import log, memory, protocol
-from perfd.alerts import rfc3339
+from perfd import log
+from perfd.cache import meter as memory
 from perfd.config import CacheConfig, ModelConfig
 from perfd.errors import CommandError
 from perfd.loaders.base import Loader, LoaderError, ModelSpec
+from perfd.monitor.alerts import rfc3339
 from perfd.schema import FOREVER
+from perfd.wire import protocol
 
 _log = log.get("perfd.cache")
 
@@ -49,7 +51,7 @@ LoaderFor = Callable[[str], Loader]
 
 def budget_bytes(text: str, capacity: int | None) -> int | None:
     """A "50%" or "16GiB" budget in bytes; None when a percent has no known capacity."""
-    from perfd.units import parse_size
+    from perfd.wire.units import parse_size
 
     if text.endswith("%"):
         return None if capacity is None else int(capacity * float(text[:-1]) / 100)

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from perfd import log
 
 if TYPE_CHECKING:
-    from perfd.cache import ModelCache
-    from perfd.monitor import Monitor
+    from perfd.cache.core import ModelCache
+    from perfd.monitor.sampler import Monitor
     from perfd.systemd import Heartbeat
 
 _log = log.get("perfd.keeper")

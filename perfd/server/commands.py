@@ -1,5 +1,5 @@
 """A command's description (handler, who may run it, its arguments) and the checks a request
-passes before its handler runs: pure, no ZeroMQ (perfd.server dispatches)."""
+passes before its handler runs: pure, no ZeroMQ (perfd.server.loop dispatches)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from perfd import protocol
-from perfd.protocol import ProtocolError
+from perfd.wire import protocol
+from perfd.wire.protocol import ProtocolError
 
 MAX_EXTRA_FRAMES = 64
 
@@ -26,7 +26,7 @@ class Command:
     slow: bool = False
     args: Mapping[str, tuple[type, ...]] = field(default_factory=dict)
     required: frozenset[str] = frozenset()
-    frames: bool = False  # accepts raw frames after the JSON one (perfd.arrays)
+    frames: bool = False  # accepts raw frames after the JSON one (perfd.wire.arrays)
     timeout: Callable[[], float] | None = None  # instead of the server's command_timeout
     audit: str = "info"  # the level at which an admin command's caller is logged
 

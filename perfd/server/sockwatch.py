@@ -1,6 +1,6 @@
 """The I/O side of connection limits: socket monitors, dropping a connection, the fd limit, RSS.
 
-The policy (which connection goes) is perfd.connections'. Here each ROUTER socket gets a
+The policy (which connection goes) is perfd.server.connections'. Here each ROUTER socket gets a
 monitor socket whose ACCEPTED/DISCONNECTED events carry the connection's fd; a connection is
 dropped by ``shutdown()`` on a duplicate of that fd (libzmq then sees the peer gone, closes
 its fd and forgets the peer), after checking that the fd still is a connection of that
@@ -22,7 +22,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from perfd import log
-from perfd.connections import ConnectionTable, fit_cap
+from perfd.server.connections import ConnectionTable, fit_cap
 
 _log = log.get("perfd.server")
 

@@ -1,11 +1,11 @@
 """Who may run what: the check between a decoded request and its command (docs/security.md).
 
-The server (perfd.server) asks the gate two questions about each request:
+The server (perfd.server.loop) asks the gate two questions about each request:
 
 - ``caller``: for the tcp endpoint, which authorized key sent it (``User-Id``) and whether that
   key may run admin commands; for the ipc sockets, whether the socket takes admin commands.
 - ``authorize``, for an admin command: on the admin socket, may this sender (uid, gid, pid
-  from ``Peer-Address``) run it, per perfd.access.AdminPolicy? Either way the command and its
+  from ``Peer-Address``) run it, per perfd.server.access.AdminPolicy? Either way the command and its
   caller are logged (``command.admin``), and a refusal too (``access.denied``, rate-limited).
 - ``refuse``: an admin command from a caller ``caller`` said may not run one (a read key,
   perfd-ro.sock) is logged as ``access.denied`` too (rate-limited per key or uid).
@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import zmq
 
-from perfd import log, protocol
-from perfd.access import AdminPolicy, Peer
-from perfd.protocol import ProtocolError
+from perfd import log
+from perfd.server.access import AdminPolicy, Peer
+from perfd.wire import protocol
+from perfd.wire.protocol import ProtocolError
 
 if TYPE_CHECKING:
-    from perfd.keys import AuthorizedKey
+    from perfd.wire.keys import AuthorizedKey
 
 _log = log.get("perfd.server")
 
@@ -140,7 +141,7 @@ class Gate:
 
 
 def client_of(kind: str, head: Message) -> str:
-    """Who sent a message, for the shares of ``max_in_flight`` (perfd.shares): the CURVE key
+    """Who sent a message, for the shares of ``max_in_flight`` (perfd.server.shares): the CURVE key
     on the tcp endpoint, the uid (SO_PEERCRED) on the ipc sockets."""
     if kind == REMOTE:
         return f"key:{_property(head, 'User-Id') or '?'}"

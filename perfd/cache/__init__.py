@@ -1,0 +1,1 @@
+"""The model cache: policy, locking, the process memory meter, housekeeping."""

@@ -1,0 +1,1 @@
+"""The Prometheus exporter and the small HTTP server that serves it."""

@@ -1,0 +1,1 @@
+"""The sampling thread, verdicts, trends, alerts and their sinks."""

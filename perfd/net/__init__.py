@@ -1,0 +1,1 @@
+"""Pooled HTTP: the session maker and the provider client."""
