@@ -276,7 +276,7 @@ def compute(args: argparse.Namespace, stats: dict[str, Any] | None) -> dict[str,
             utilization=0.9 if args.utilization is None else args.utilization,
         )
         rec.check_limits(request)  # the bounds perfd applies (docs/recommend.md)
-        live = None if stats is None else rec.hardware_from_snapshot(stats)
+        live = None if stats is None else rec.hardware_from_stats(stats)
         try:
             hardware = rec.plan_hardware(request, live)
         except rec.RecommendError as exc:

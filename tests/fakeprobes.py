@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from perfd.monitor.snapshot import Snapshot
 from perfd.probes.samples import GpuReading, GpuSample, HostSample, Psi
 
 GiB = 1 << 30
@@ -92,3 +93,30 @@ class FakeGpuProbe:
 
     def close(self) -> None:
         self.closed = True
+
+
+def make_snapshot(
+    host: HostSample | None = None, *gpus: GpuSample, gpu_state: str = "ok"
+) -> Snapshot:
+    """A monitor snapshot of these samples, judged with the default alert rules (no trends
+    yet, no alerts firing): what a reader of the monitor sees after one turn."""
+    from perfd import config
+    from perfd.monitor import trends, verdicts
+    from perfd.monitor.snapshot import AlertCounts, SelfUse
+
+    cfg = config.parse({}).alerts
+    host = host or host_sample()
+    flat = trends.classify([], 0, 1.0)
+    return Snapshot(
+        sampled_at="2027-01-15T08:00:00Z",
+        sampled_at_unix=host.wall,
+        interval_s=5.0,
+        host=verdicts.host_figures(host, None, cfg, (), None),
+        gpu_state=gpu_state,
+        gpu_error=None,
+        driver_version="550.54",
+        gpus=tuple(verdicts.gpu_figures(g, None, cfg) for g in gpus),
+        host_trend=flat,
+        perfd=SelfUse(host.self_rss_bytes, None),
+        alerts=AlertCounts(0, 0),
+    )

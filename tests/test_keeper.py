@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 from perfd.cache import housekeeping as keeper
 from perfd.monitor.sampler import Subscription, VerdictChange
+from perfd.monitor.snapshot import CgroupLimit, Snapshot
 from perfd.systemd import Liveness
+from tests.fakeprobes import gpu_sample, host_sample, make_snapshot
 from tests.test_cache import FakeLoader, make_cache
 
 
@@ -27,21 +30,9 @@ class FakeMonitor:
     def unsubscribe(self, sub: Subscription) -> None:
         self.subscriptions.remove(sub)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "sampled_at_unix": self.sampled_at,
-            "host": {
-                "memory": {"used_percent": self.used_percent, "total_bytes": 1 << 30},
-                "cgroup": None,
-            },
-            "gpus": [
-                {
-                    "index": 0,
-                    "state": "ok",
-                    "memory": {"used_percent": 10.0, "total_bytes": 80 << 30},
-                },
-            ],
-        }
+    def snapshot(self) -> Snapshot:
+        host = host_sample(total=1 << 30, used_percent=self.used_percent)
+        return replace(make_snapshot(host, gpu_sample(0)), sampled_at_unix=self.sampled_at)
 
 
 def test_pressure_verdict_wakes_the_keeper_and_evicts_cold_models() -> None:
@@ -89,7 +80,7 @@ def test_device_figures_from_a_snapshot() -> None:
     assert keeper.capacity(snap, "cpu") == 1 << 30
     assert keeper.capacity(snap, "cuda:0") == 80 << 30
     assert keeper.capacity(snap, "cuda:1") is None
-    snap["host"]["cgroup"] = {"limit_bytes": 1 << 29, "used_percent": 96.0}
+    snap = replace(snap, host=replace(snap.host, cgroup=CgroupLimit("/", 1 << 29, None, 96.0)))
     assert keeper.capacity(snap, "cpu") == 1 << 29
     assert keeper.used_percent(snap)["cpu"] == 96.0
     assert keeper.used_percent(None) == {}

@@ -14,6 +14,7 @@ import pytest
 from perfd import config, log
 from perfd.monitor import verdicts as assess
 from perfd.monitor.sampler import Monitor
+from perfd.monitor.snapshot import stats_reply
 from perfd.probes.samples import ProcessInfo, Psi
 from perfd.systemd import Liveness
 from tests.fakeprobes import FakeGpuProbe, FakeHostProbe, GiB, gpu_sample, host_sample
@@ -50,7 +51,14 @@ def step(
 ) -> dict[str, Any]:
     clock.now += dt
     hp.next = host_sample(clock.now, **host) if host else replace(hp.next, t=clock.now)
-    return monitor.sample_once()
+    return stats_reply(monitor.sample_once())
+
+
+def status_of(monitor: Monitor) -> str:
+    """The status line of the monitor's latest snapshot."""
+    snapshot = monitor.snapshot()
+    assert snapshot is not None
+    return assess.status_line(snapshot)
 
 
 def psi(some_us: int, full_us: int = 0, avg10: float = 0.0) -> Psi:
@@ -128,7 +136,7 @@ def test_gpu_verdict_is_capacity_only_and_unreadable_gpus_have_none() -> None:
     snap = step(monitor, hp, clock)
     assert snap["gpu_state"] == "lost"
     assert snap["gpus"][1]["verdict"] is None
-    assert "gpu1 LOST" in assess.status_line(snap)
+    assert "gpu1 LOST" in status_of(monitor)
 
 
 def test_trend_and_time_to_full_for_host_and_gpu() -> None:
@@ -142,7 +150,7 @@ def test_trend_and_time_to_full_for_host_and_gpu() -> None:
     assert host_trend["rate_bytes_per_s"] == pytest.approx(0.01 * 64 * GiB / 5, rel=1e-3)
     assert host_trend["time_to_full_s"] == pytest.approx(41 * 5, rel=0.02)
     assert snap["gpus"][0]["trend"]["direction"] == "increasing"
-    line = assess.status_line(snap)
+    line = status_of(monitor)
     assert line.startswith("mem 59% ok ↑ ")
     assert "to full" in line
 
@@ -281,8 +289,8 @@ def test_status_line_format() -> None:
     """STATUS= reads like `mem 62% ok · psi 0.0% · gpu0 71% · 0 alerts`."""
     monitor, hp, _, clock = make("", gpu_sample(0, used_percent=71))
     step(monitor, hp, clock, used_percent=62, psi=psi(0))
-    snap = step(monitor, hp, clock, used_percent=62, psi=psi(0))
-    assert assess.status_line(snap) == "mem 62% ok · psi 0.0% · gpu0 71% · 0 alerts"
+    step(monitor, hp, clock, used_percent=62, psi=psi(0))
+    assert status_of(monitor) == "mem 62% ok · psi 0.0% · gpu0 71% · 0 alerts"
 
 
 def test_unreadable_gpu_keeps_its_alerts() -> None:

@@ -12,7 +12,7 @@ from perfd.recommend import (
     Hardware,
     RecommendError,
     Request,
-    hardware_from_snapshot,
+    hardware_from_stats,
     list_gpus,
     parse_size,
     plan_hardware,
@@ -50,7 +50,7 @@ def snapshot(*gpus: dict[str, Any], cgroup: int | None = None) -> dict[str, Any]
 
 def test_snapshot_reads_host_and_gpus() -> None:
     """Host RAM, the cgroup limit, CPUs and each ok GPU's total, free and capability."""
-    hw = hardware_from_snapshot(
+    hw = hardware_from_stats(
         snapshot(
             _gpu(0, total=80 * GiB, free=70 * GiB),
             _gpu(1, total=80 * GiB, free=80 * GiB, state="lost"),
@@ -72,7 +72,7 @@ def test_snapshot_mig_instances_are_the_devices() -> None:
             {"index": 2, "uuid": "MIG-2", "total_bytes": 40 * GiB, "used_bytes": 0},
         ],
     }
-    hw = hardware_from_snapshot(snapshot(_gpu(0, total=80 * GiB, free=79 * GiB, mig=mig)))
+    hw = hardware_from_stats(snapshot(_gpu(0, total=80 * GiB, free=79 * GiB, mig=mig)))
     assert [(g.name, g.total_bytes, g.free_bytes, g.mig) for g in hw.gpus] == [
         ("NVIDIA H100 80GB HBM3 MIG 1", 20 * GiB, 19 * GiB, True),
         ("NVIDIA H100 80GB HBM3 MIG 2", 40 * GiB, 40 * GiB, True),
@@ -106,7 +106,7 @@ def test_gpu_size_plans_a_custom_gpu() -> None:
 
 def test_gpu_index_selects_live_gpus() -> None:
     """--gpu 1 picks live GPU 1; an index that is not there lists the live ones."""
-    live = hardware_from_snapshot(
+    live = hardware_from_stats(
         snapshot(_gpu(0, total=80 * GiB, free=10 * GiB), _gpu(1, total=80 * GiB, free=75 * GiB))
     )
     hw = plan_hardware(Request(model="gpt2", gpu="1"), live)
@@ -122,14 +122,14 @@ def test_memory_flag_sets_the_ram() -> None:
     """--memory alone plans a CPU-only host; with live hardware it replaces the RAM."""
     hw = plan_hardware(Request(model="gpt2", memory=32 * GiB), None)
     assert (hw.gpus, hw.ram_available_bytes, hw.source) == ((), 32 * GiB, "planned")
-    live = hardware_from_snapshot(snapshot(_gpu(0, total=80 * GiB, free=80 * GiB)))
+    live = hardware_from_stats(snapshot(_gpu(0, total=80 * GiB, free=80 * GiB)))
     mixed = plan_hardware(Request(model="gpt2", memory=16 * GiB), live)
     assert (len(mixed.gpus), mixed.ram_usable_bytes, mixed.source) == (1, 16 * GiB, "live+planned")
 
 
 def test_gpus_zero_plans_cpu_only() -> None:
     """--gpus 0 drops the GPUs: the plan is for RAM."""
-    live = hardware_from_snapshot(snapshot(_gpu(0, total=80 * GiB, free=80 * GiB)))
+    live = hardware_from_stats(snapshot(_gpu(0, total=80 * GiB, free=80 * GiB)))
     hw = plan_hardware(Request(model="gpt2", gpus=0), live)
     assert hw.gpus == ()
     assert recommend(Request(model="gpt2"), hw)["budget"]["device"] == "cpu"

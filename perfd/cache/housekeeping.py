@@ -8,45 +8,46 @@ to unload expired models and, above the high watermark, cold ones.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from perfd import log
 
 if TYPE_CHECKING:
     from perfd.cache.core import ModelCache
     from perfd.monitor.sampler import Monitor
+    from perfd.monitor.snapshot import Snapshot
     from perfd.systemd import Heartbeat
 
 _log = log.get("perfd.keeper")
 _NEVER = object()
 
 
-def used_percent(snapshot: dict[str, Any] | None) -> dict[str, float]:
-    """Each device's memory use from a stats snapshot: "cpu" and "cuda:N"."""
+def used_percent(snapshot: Snapshot | None) -> dict[str, float]:
+    """Each device's memory use from a snapshot: "cpu" and "cuda:N"."""
     if snapshot is None:
         return {}
-    host = snapshot["host"]
-    out = {"cpu": float(host["memory"]["used_percent"])}
-    cgroup = host.get("cgroup")
-    if cgroup and cgroup.get("used_percent") is not None:
-        out["cpu"] = max(out["cpu"], float(cgroup["used_percent"]))
-    for gpu in snapshot["gpus"]:
-        if gpu["state"] == "ok":
-            out[f"cuda:{gpu['index']}"] = float(gpu["memory"]["used_percent"])
+    host = snapshot.host
+    out = {"cpu": float(host.memory.used_percent)}
+    cgroup = host.cgroup
+    if cgroup is not None and cgroup.used_percent is not None:
+        out["cpu"] = max(out["cpu"], float(cgroup.used_percent))
+    for gpu in snapshot.gpus:
+        if gpu.ok:
+            out[gpu.device] = float(gpu.memory.used_percent)
     return out
 
 
-def capacity(snapshot: dict[str, Any] | None, device: str) -> int | None:
+def capacity(snapshot: Snapshot | None, device: str) -> int | None:
     """A device's size: RAM (or perfd's cgroup limit when lower), or a GPU's total."""
     if snapshot is None:
         return None
     if device == "cpu":
-        cgroup = snapshot["host"].get("cgroup")
-        total = int(snapshot["host"]["memory"]["total_bytes"])
-        return min(total, int(cgroup["limit_bytes"])) if cgroup else total
-    for gpu in snapshot["gpus"]:
-        if f"cuda:{gpu['index']}" == device and gpu["state"] == "ok":
-            return int(gpu["memory"]["total_bytes"])
+        cgroup = snapshot.host.cgroup
+        total = int(snapshot.host.memory.total_bytes)
+        return min(total, int(cgroup.limit_bytes)) if cgroup is not None else total
+    for gpu in snapshot.gpus:
+        if gpu.device == device and gpu.ok:
+            return int(gpu.memory.total_bytes)
     return None
 
 
@@ -73,7 +74,7 @@ class Keeper:
         """Expire keep-alives; act on pressure once per monitor sample, never twice on one
         (the sample predates the last evictions, so it would evict again for nothing)."""
         snapshot = self._monitor.snapshot()
-        stamp = snapshot.get("sampled_at_unix") if snapshot else None
+        stamp = snapshot.sampled_at_unix if snapshot is not None else None
         used = used_percent(snapshot) if stamp != self._acted_on else {}
         records = self._cache.housekeep(used)
         if any(r["reason"] == "pressure" for r in records):

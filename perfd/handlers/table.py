@@ -13,6 +13,7 @@ from perfd import __version__, config
 from perfd.errors import CommandError
 from perfd.loaders.base import LoaderError, ModelSpec
 from perfd.monitor.sampler import Monitor
+from perfd.monitor.snapshot import stats_reply
 from perfd.server.access import user_name
 from perfd.server.commands import Command, WithFrames
 from perfd.wire import arrays, protocol
@@ -100,7 +101,7 @@ def build(daemon: DaemonView) -> dict[str, Command]:
             cache: dict[str, Any] = {"started": True, **daemon.cache.stats()}
         else:
             cache = {"started": False, "configured": sorted(daemon.loaded.config.models)}
-        result = {**snapshot, "cache": cache}
+        result: dict[str, Any] = {**stats_reply(snapshot), "cache": cache}
         counts = provider_counts(daemon.providers.stats()) if daemon.providers_started else {}
         if counts:  # only once a provider has been used
             result["providers"] = counts

@@ -45,6 +45,7 @@ from perfd.probes.samples import GPU_STATES
 
 if TYPE_CHECKING:
     from perfd.monitor.sampler import Monitor
+    from perfd.monitor.snapshot import Gpu, Snapshot
 
 _log = log.get("perfd.metrics")
 
@@ -81,111 +82,110 @@ def _ratio(percent: float | None) -> float | None:
     return None if percent is None else percent / 100.0
 
 
-def host_families(snapshot: Mapping[str, Any]) -> Iterator[Metric]:
-    host = snapshot["host"]
-    memory, swap, psi = host["memory"], host["swap"], host["psi"]
-    yield _gauge("perfd_host_memory_total_bytes", "Host RAM.", memory["total_bytes"])
+def host_families(snapshot: Snapshot) -> Iterator[Metric]:
+    host = snapshot.host
+    memory, swap, psi = host.memory, host.swap, host.psi
+    yield _gauge("perfd_host_memory_total_bytes", "Host RAM.", memory.total_bytes)
     yield _gauge(
         "perfd_host_memory_available_bytes",
         "Host memory available (MemAvailable).",
-        memory["available_bytes"],
+        memory.available_bytes,
     )
-    total = memory["total_bytes"]
-    used = (total - memory["available_bytes"]) / total if total else 0.0
+    total = memory.total_bytes
+    used = (total - memory.available_bytes) / total if total else 0.0
     yield _gauge("perfd_host_memory_used_ratio", "(total - available) / total.", used)
     verdict = _labelled(
         "perfd_host_memory_verdict", "The host memory verdict: 1 for the current one.", "verdict"
     )
     for name in assess.VERDICTS:
-        verdict.add_metric([name], 1.0 if memory["verdict"] == name else 0.0)
+        verdict.add_metric([name], 1.0 if memory.verdict == name else 0.0)
     yield verdict
-    trend = snapshot["trends"].get("host_memory") or {}
+    trend = snapshot.host_trend
     yield _gauge(
         "perfd_host_memory_trend_bytes_per_second",
         "Slope of host memory use over the trend window.",
-        trend.get("rate_bytes_per_s", 0.0),
+        round(trend.rate_bytes_per_s, 3),  # as the stats reply shows it
     )
-    if trend.get("time_to_full_s") is not None:
+    time_to_full = assess.time_to_full(trend)
+    if time_to_full is not None:
         yield _gauge(
             "perfd_host_memory_time_to_full_seconds",
             "Host memory full in this long at the current trend (absent unless increasing).",
-            trend["time_to_full_s"],
+            time_to_full,
         )
-    yield _gauge("perfd_host_swap_total_bytes", "Swap size.", swap["total_bytes"])
-    yield _gauge("perfd_host_swap_used_bytes", "Swap used.", swap["used_bytes"])
-    if psi["available"]:
-        for kind in ("some", "full"):
-            value = _ratio(psi.get(f"{kind}_percent"))
+    yield _gauge("perfd_host_swap_total_bytes", "Swap size.", swap.total_bytes)
+    yield _gauge("perfd_host_swap_used_bytes", "Swap used.", swap.used_bytes)
+    if psi is not None:
+        for kind, stalled in (("some", psi.some_percent), ("full", psi.full_percent)):
+            value = _ratio(stalled)
             if value is not None:
                 yield _gauge(
                     f"perfd_host_psi_memory_{kind}_ratio",
                     f"Share of the last interval {kind} tasks stalled on memory (PSI).",
                     value,
                 )
-    cpu = _ratio(host.get("cpu_percent"))
+    cpu = _ratio(host.cpu_percent)
     if cpu is not None:
         yield _gauge("perfd_host_cpu_ratio", "Host CPU busy, 0..1 of all cores.", cpu)
-    yield _gauge("perfd_host_load1", "1-minute load average.", host["load_avg"][0])
-    cgroup = host.get("cgroup")
+    yield _gauge("perfd_host_load1", "1-minute load average.", host.load_avg[0])
+    cgroup = host.cgroup
     if cgroup is not None:
         yield _gauge(
             "perfd_cgroup_memory_limit_bytes",
             "perfd's cgroup memory.max (present when below RAM).",
-            cgroup["limit_bytes"],
+            cgroup.limit_bytes,
         )
-        if cgroup.get("current_bytes") is not None:
+        if cgroup.current_bytes is not None:
             yield _gauge(
                 "perfd_cgroup_memory_current_bytes",
                 "perfd's cgroup memory.current.",
-                cgroup["current_bytes"],
+                cgroup.current_bytes,
             )
 
 
-_GPU_FIGURES: Final = (  # (metric, help, how to read it from a gpu section)
-    ("memory_total_bytes", "GPU memory.", lambda g: g["memory"]["total_bytes"]),
-    ("memory_used_bytes", "GPU memory used (as nvidia-smi).", lambda g: g["memory"]["used_bytes"]),
-    ("memory_free_bytes", "GPU memory free.", lambda g: g["memory"]["free_bytes"]),
+def _used_ratio(gpu: Gpu) -> float | None:
+    total = gpu.memory.total_bytes
+    return (total - gpu.memory.free_bytes) / total if total else None
+
+
+_GPU_FIGURES: Final[tuple[tuple[str, str, Callable[[Gpu], float | None]], ...]] = (
+    # (metric, help, how to read it from a GPU)
+    ("memory_total_bytes", "GPU memory.", lambda g: g.memory.total_bytes),
+    ("memory_used_bytes", "GPU memory used (as nvidia-smi).", lambda g: g.memory.used_bytes),
+    ("memory_free_bytes", "GPU memory free.", lambda g: g.memory.free_bytes),
     (
         "memory_reserved_bytes",
         "GPU memory reserved by the driver.",
-        lambda g: g["memory"]["reserved_bytes"],
+        lambda g: g.memory.reserved_bytes,
     ),
-    (
-        "memory_used_ratio",
-        "(total - free) / total.",
-        lambda g: (
-            (g["memory"]["total_bytes"] - g["memory"]["free_bytes"]) / g["memory"]["total_bytes"]
-            if g["memory"]["total_bytes"]
-            else None
-        ),
-    ),
-    ("utilization_ratio", "GPU busy, 0..1.", lambda g: _ratio(g["utilization_percent"])),
-    ("temperature_celsius", "GPU temperature.", lambda g: g["temperature_c"]),
-    ("power_watts", "GPU power draw.", lambda g: g["power_watts"]),
+    ("memory_used_ratio", "(total - free) / total.", _used_ratio),
+    ("utilization_ratio", "GPU busy, 0..1.", lambda g: _ratio(g.utilization_percent)),
+    ("temperature_celsius", "GPU temperature.", lambda g: g.temperature_c),
+    ("power_watts", "GPU power draw.", lambda g: g.power_watts),
     (
         "memory_time_to_full_seconds",
         "GPU memory full in this long at the current trend (absent unless increasing).",
-        lambda g: (g["trend"] or {}).get("time_to_full_s"),
+        lambda g: assess.time_to_full(g.trend),
     ),
 )
 
 
-def gpu_families(snapshot: Mapping[str, Any]) -> Iterator[Metric]:
+def gpu_families(snapshot: Snapshot) -> Iterator[Metric]:
     state = _labelled(
         "perfd_gpu_state", "NVML's state for the GPUs as a whole: 1 for the current.", "state"
     )
     for name in GPU_STATE_SET:
-        state.add_metric([name], 1.0 if snapshot["gpu_state"] == name else 0.0)
+        state.add_metric([name], 1.0 if snapshot.gpu_state == name else 0.0)
     yield state
-    gpus = snapshot["gpus"]
+    gpus = snapshot.gpus
     info = InfoMetricFamily("perfd_gpu", "Each GPU's uuid and name.", labels=["gpu"])
     up = _labelled("perfd_gpu_up", "1: the GPU answers; 0: lost or in error.", "gpu")
     figures = {key: _labelled(f"perfd_gpu_{key}", doc, "gpu") for key, doc, _ in _GPU_FIGURES}
     for gpu in gpus:
-        index = str(gpu["index"])
-        info.add_metric([index], {"uuid": gpu["uuid"], "name": gpu["name"]})
-        up.add_metric([index], 1.0 if gpu["state"] == "ok" else 0.0)
-        if gpu["state"] != "ok":
+        index = str(gpu.index)
+        info.add_metric([index], {"uuid": gpu.uuid, "name": gpu.name})
+        up.add_metric([index], 1.0 if gpu.ok else 0.0)
+        if not gpu.ok:
             continue  # a lost GPU has no figures: absent, not zero
         for key, _, read in _GPU_FIGURES:
             value = read(gpu)

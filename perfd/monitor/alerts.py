@@ -23,6 +23,10 @@ WARNING: Final = "warning"
 CRITICAL: Final = "critical"
 _RANK: Final = {None: 0, WARNING: 1, CRITICAL: 2}
 
+# An alert as the `alerts` reply, the log and the sinks show it: id, rule, resource, severity,
+# value, threshold, unit, since, and the observation's labels (uuid, free_percent).
+AlertRecord = dict[str, Any]
+
 FIRING: Final = "firing"
 ESCALATED: Final = "escalated"
 DEESCALATED: Final = "deescalated"
@@ -47,7 +51,7 @@ class Observation:
     threshold: float  # the threshold of ``level``, or of warning when level is None
     unit: str
     policy: Policy
-    labels: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, object] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -70,12 +74,12 @@ class _State:
 @dataclass(frozen=True)
 class Transition:
     kind: str  # FIRING, ESCALATED, DEESCALATED, RESOLVED; repeats are FIRING with repeat > 0
-    alert: dict[str, Any]
+    alert: AlertRecord
     at: float  # wall clock
     repeat: int = 0
     previous: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> AlertRecord:
         out = {"event": f"alert.{self.kind}", "at": rfc3339(self.at), **self.alert}
         if self.repeat:
             out["repeat"] = self.repeat
@@ -89,7 +93,7 @@ def rfc3339(wall: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
-class Engine:
+class AlertMachine:
     """The alert states of every (rule, resource) seen so far."""
 
     def __init__(self) -> None:
@@ -158,14 +162,14 @@ class Engine:
                 out.append(Transition(RESOLVED, self._alert(state), wall))
         return out
 
-    def firing(self) -> list[dict[str, Any]]:
+    def firing(self) -> list[AlertRecord]:
         """Firing alerts, most severe first, then oldest first."""
         states = [s for s in self._states.values() if s.firing]
         states.sort(key=lambda s: (-_RANK[s.severity], s.since_wall))
         return [self._alert(s) for s in states]
 
     @staticmethod
-    def _alert(state: _State, value: float | None = None) -> dict[str, Any]:
+    def _alert(state: _State, value: float | None = None) -> AlertRecord:
         obs = state.obs
         shown = obs.value if value is None else value
         return {

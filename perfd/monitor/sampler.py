@@ -14,6 +14,7 @@ few seconds so a hung probe withholds systemd's watchdog.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import queue
@@ -21,14 +22,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from perfd import log
 from perfd.config import AlertsConfig, MonitorConfig
 from perfd.monitor import trends
 from perfd.monitor import verdicts as assess
-from perfd.monitor.alerts import CRITICAL, Engine, Transition, rfc3339
+from perfd.monitor.alerts import CRITICAL, AlertMachine, AlertRecord, Transition, rfc3339
 from perfd.monitor.sinks import Sinks
+from perfd.monitor.snapshot import AlertCounts, Gpu, SelfUse, Snapshot, TopProcess
 from perfd.probes.samples import GpuReading, HostSample
 from perfd.systemd import Heartbeat
 
@@ -120,10 +122,8 @@ class Monitor:
         self.first_sample = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._engine = Engine()
-        self._history: collections.deque[dict[str, Any]] = collections.deque(
-            maxlen=alerts_cfg.history
-        )
+        self._machine = AlertMachine()
+        self._history: collections.deque[AlertRecord] = collections.deque(maxlen=alerts_cfg.history)
         self._alert_file = (
             log.AppendFile(alerts_cfg.log_file, "alert log") if alerts_cfg.log_file else None
         )
@@ -131,9 +131,9 @@ class Monitor:
         self._verdicts: dict[str, str] = {}
         self._subscribers: list[Subscription] = []
         self._prev_host: HostSample | None = None
-        self._processes: list[dict[str, Any]] = []
+        self._processes: tuple[TopProcess, ...] = ()
         self._processes_at: tuple[float, str] | None = None
-        self._snapshot: dict[str, Any] | None = None
+        self._snapshot: Snapshot | None = None
         self.samples = 0
         self.sample_seconds = 0.0
 
@@ -188,7 +188,7 @@ class Monitor:
 
     # -- one turn ---------------------------------------------------------------------------
 
-    def sample_once(self) -> dict[str, Any]:
+    def sample_once(self) -> Snapshot:
         """Sample, assess, alert, publish; return the new snapshot."""
         started = time.perf_counter()
         with self._lock:
@@ -199,15 +199,15 @@ class Monitor:
         reading = self._gpu_probe.sample() if self._gpu_probe is not None and cfg.gpu else None
         wall = self._wall()
         if host.processes is not None:
-            self._processes = [
-                {"pid": p.pid, "name": p.name, "rss_bytes": p.rss_bytes, "unit": p.unit}
+            self._processes = tuple(
+                TopProcess(p.pid, p.name, p.rss_bytes, p.unit)
                 for p in host.processes[: cfg.top_processes]
-            ]
+            )
             self._processes_at = (now, rfc3339(wall))
 
-        snapshot = self._assess(host, reading, cfg=cfg, alerts_cfg=alerts_cfg, now=now, wall=wall)
-        transitions = self._alert(snapshot, alerts_cfg, now, wall)
-        snapshot["alerts"] = self._alert_counts()
+        judged = self._assess(host, reading, cfg=cfg, alerts_cfg=alerts_cfg, now=now, wall=wall)
+        transitions = self._alert(judged, alerts_cfg, now, wall)
+        snapshot = dataclasses.replace(judged, alerts=self._alert_counts())
         self._publish(snapshot, wall)
         self._prev_host = host
         self.samples += 1
@@ -227,39 +227,42 @@ class Monitor:
         alerts_cfg: AlertsConfig,
         now: float,
         wall: float,
-    ) -> dict[str, Any]:
+    ) -> Snapshot:
+        """The snapshot of this turn, its alert counts still zero (alerts judge it next)."""
         processes_at = self._processes_at[1] if self._processes_at else None
-        host_part = assess.host_section(
+        host_part = assess.host_figures(
             host, self._prev_host, alerts_cfg, self._processes, processes_at
         )
-        memory = host_part["memory"]
-        host_trend = self._trend(
-            "host_memory", now, memory["used_bytes"], memory["total_bytes"], cfg
-        )
-        gpus = []
+        memory = host_part.memory
+        host_trend = self._trend("host_memory", now, memory.used_bytes, memory.total_bytes, cfg)
+        gpus: list[Gpu] = []
         for gpu in reading.gpus if reading is not None else ():
             trend = None
             if gpu.state == "ok":
                 trend = self._trend(
                     f"gpu:{gpu.uuid}", now, assess.gpu_unavailable(gpu), gpu.mem_total_bytes, cfg
                 )
-            gpus.append(assess.gpu_section(gpu, trend, alerts_cfg))
+            gpus.append(assess.gpu_figures(gpu, trend, alerts_cfg))
         prev = self._prev_host
         cpu = None
         if prev is not None and host.t > prev.t:
             cpu = round(
                 100 * (host.self_cpu_seconds - prev.self_cpu_seconds) / (host.t - prev.t), 3
             )
-        return {
-            "sampled_at": rfc3339(wall),
-            "sampled_at_unix": wall,
-            "interval_s": cfg.interval,
-            "host": host_part,
-            **assess.gpu_fields(reading),
-            "gpus": gpus,
-            "trends": {"host_memory": host_trend.as_dict()},
-            "perfd": {"rss_bytes": host.self_rss_bytes, "cpu_percent": cpu},
-        }
+        gpu_state, gpu_error, driver_version = assess.gpu_fields(reading)
+        return Snapshot(
+            sampled_at=rfc3339(wall),
+            sampled_at_unix=wall,
+            interval_s=cfg.interval,
+            host=host_part,
+            gpu_state=gpu_state,
+            gpu_error=gpu_error,
+            driver_version=driver_version,
+            gpus=tuple(gpus),
+            host_trend=host_trend,
+            perfd=SelfUse(host.self_rss_bytes, cpu),
+            alerts=AlertCounts(0, 0),
+        )
 
     def _trend(
         self, key: str, now: float, used: float, capacity: float, cfg: MonitorConfig
@@ -271,25 +274,22 @@ class Monitor:
         return trends.classify(series.window(cfg.trend_window), capacity, cfg.trend_noise_percent)
 
     def _alert(
-        self, snapshot: dict[str, Any], alerts_cfg: AlertsConfig, now: float, wall: float
+        self, snapshot: Snapshot, alerts_cfg: AlertsConfig, now: float, wall: float
     ) -> list[Transition]:
         observations = assess.observations(snapshot, alerts_cfg)
         out = []
-        with self._lock:  # the socket thread reads the engine for `alerts`
+        with self._lock:  # the socket thread reads the machine for `alerts`
             for obs in observations:
-                out.extend(self._engine.observe(obs, now, wall))
+                out.extend(self._machine.observe(obs, now, wall))
             # A resource that could not be read this time (a lost GPU, an NVML timeout) keeps
             # its alerts as they are: unknown is not recovered. Only a disabled rule retires.
-            out.extend(self._engine.retire(_enabled_rules(alerts_cfg), wall))
+            out.extend(self._machine.retire(_enabled_rules(alerts_cfg), wall))
         return out
 
-    def _alert_counts(self) -> dict[str, int]:
+    def _alert_counts(self) -> AlertCounts:
         with self._lock:
-            firing = self._engine.firing()
-        return {
-            "firing": len(firing),
-            "critical": sum(1 for a in firing if a["severity"] == CRITICAL),
-        }
+            firing = self._machine.firing()
+        return AlertCounts(len(firing), sum(1 for a in firing if a["severity"] == CRITICAL))
 
     def _record(self, transition: Transition) -> None:
         entry = transition.as_dict()
@@ -322,16 +322,12 @@ class Monitor:
             if sub in self._subscribers:
                 self._subscribers.remove(sub)
 
-    def _publish(self, snapshot: dict[str, Any], wall: float) -> None:
-        current = {
-            "host": (
-                snapshot["host"]["memory"]["verdict"],
-                snapshot["host"]["memory"]["used_percent"],
-            )
-        }
-        for gpu in snapshot["gpus"]:
-            if gpu["verdict"] is not None:
-                current[f"gpu{gpu['index']}"] = (gpu["verdict"], gpu["memory"]["used_percent"])
+    def _publish(self, snapshot: Snapshot, wall: float) -> None:
+        memory = snapshot.host.memory
+        current = {"host": (memory.verdict, memory.used_percent)}
+        for gpu in snapshot.gpus:
+            if gpu.verdict is not None:
+                current[f"gpu{gpu.index}"] = (gpu.verdict, gpu.memory.used_percent)
         with self._lock:
             subscribers = list(self._subscribers)
         for resource, (verdict, used) in current.items():
@@ -361,13 +357,15 @@ class Monitor:
         """The alert sinks this monitor delivers to (for their metrics)."""
         return self._sinks
 
-    def snapshot(self) -> dict[str, Any] | None:
+    def snapshot(self) -> Snapshot | None:
+        """The latest sample, judged; None before the first."""
         return self._snapshot
 
-    def alerts(self) -> dict[str, Any]:
+    def alerts(self) -> dict[str, list[AlertRecord]]:
+        """The `alerts` reply: firing alerts and the history, newest first."""
         with self._lock:
             history = list(self._history)
-            firing = self._engine.firing()
+            firing = self._machine.firing()
         return {"firing": firing, "history": history[::-1]}
 
     def status_line(self) -> str | None:

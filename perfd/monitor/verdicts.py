@@ -1,4 +1,4 @@
-"""From samples to judgements: figures, verdicts, alert observations and the stats snapshot.
+"""From samples to judgements: figures, verdicts, alert observations and the status line.
 
 Pure functions of values (samples, trends, config); the monitor thread calls them.
 
@@ -14,12 +14,25 @@ Verdicts, per resource:
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 from perfd.config import AlertsConfig, ExhaustionRule, ThresholdRule
 from perfd.monitor import alerts
 from perfd.monitor.alerts import Observation, Policy
-from perfd.monitor.trends import Trend
+from perfd.monitor.snapshot import (
+    CgroupLimit,
+    Gpu,
+    GpuMemory,
+    GpuProcessUse,
+    Host,
+    HostMemory,
+    MigSlice,
+    PsiFigures,
+    Snapshot,
+    Swap,
+    TopProcess,
+)
+from perfd.monitor.trends import STABLE, Trend
 from perfd.probes.samples import GpuReading, GpuSample, HostSample
 
 HEALTHY: Final = "healthy"
@@ -73,19 +86,19 @@ def gpu_verdict(used_percent: float, state: str, rule: ThresholdRule) -> str | N
     return HEALTHY
 
 
-def host_section(
+def host_figures(
     cur: HostSample,
     prev: HostSample | None,
     cfg: AlertsConfig,
-    processes: list[dict[str, Any]],
+    processes: tuple[TopProcess, ...],
     processes_at: str | None,
-) -> dict[str, Any]:
+) -> Host:
     used = cur.mem_total_bytes - cur.mem_available_bytes
     used_percent = percent(used, cur.mem_total_bytes)
     some, full = psi_percent(prev, cur)
-    psi: dict[str, Any] = {"available": cur.psi is not None}
+    psi = None
     if cur.psi is not None:
-        psi.update(
+        psi = PsiFigures(
             some_percent=some,
             full_percent=full,
             some_avg10=cur.psi.some_avg10,
@@ -98,33 +111,33 @@ def host_section(
         limit = cur.cgroup.memory_max_bytes
         if limit < cur.mem_total_bytes:
             current = cur.cgroup.memory_current_bytes
-            cgroup = {
-                "path": cur.cgroup.path,
-                "limit_bytes": limit,
-                "current_bytes": current,
-                "used_percent": None if current is None else percent(current, limit),
-            }
-    return {
-        "memory": {
-            "total_bytes": cur.mem_total_bytes,
-            "available_bytes": cur.mem_available_bytes,
-            "used_bytes": used,
-            "used_percent": used_percent,
-            "verdict": host_verdict(used_percent, some, full, cfg.host_memory, cfg.psi),
-        },
-        "swap": {
-            "total_bytes": cur.swap_total_bytes,
-            "used_bytes": cur.swap_used_bytes,
-            "used_percent": percent(cur.swap_used_bytes, cur.swap_total_bytes),
-        },
-        "psi": psi,
-        "cgroup": cgroup,
-        "cpu_percent": cur.cpu_percent,
-        "load_avg": list(cur.load_avg),
-        "cpu_count": cur.cpu_count,
-        "top_processes": processes,
-        "top_processes_at": processes_at,
-    }
+            cgroup = CgroupLimit(
+                path=cur.cgroup.path,
+                limit_bytes=limit,
+                current_bytes=current,
+                used_percent=None if current is None else percent(current, limit),
+            )
+    return Host(
+        memory=HostMemory(
+            total_bytes=cur.mem_total_bytes,
+            available_bytes=cur.mem_available_bytes,
+            used_bytes=used,
+            used_percent=used_percent,
+            verdict=host_verdict(used_percent, some, full, cfg.host_memory, cfg.psi),
+        ),
+        swap=Swap(
+            total_bytes=cur.swap_total_bytes,
+            used_bytes=cur.swap_used_bytes,
+            used_percent=percent(cur.swap_used_bytes, cur.swap_total_bytes),
+        ),
+        psi=psi,
+        cgroup=cgroup,
+        cpu_percent=cur.cpu_percent,
+        load_avg=cur.load_avg,
+        cpu_count=cur.cpu_count,
+        top_processes=processes,
+        top_processes_at=processes_at,
+    )
 
 
 def gpu_unavailable(gpu: GpuSample) -> int:
@@ -134,70 +147,67 @@ def gpu_unavailable(gpu: GpuSample) -> int:
     return gpu.mem_total_bytes - gpu.mem_free_bytes
 
 
-def gpu_section(gpu: GpuSample, trend: Trend | None, cfg: AlertsConfig) -> dict[str, Any]:
+def gpu_figures(gpu: GpuSample, trend: Trend | None, cfg: AlertsConfig) -> Gpu:
     used_percent = percent(gpu_unavailable(gpu), gpu.mem_total_bytes)
-    return {
-        "index": gpu.index,
-        "uuid": gpu.uuid,
-        "name": gpu.name,
-        "state": gpu.state,
-        "error": gpu.error,
-        "memory": {
-            "total_bytes": gpu.mem_total_bytes,
-            "used_bytes": gpu.mem_used_bytes,
-            "free_bytes": gpu.mem_free_bytes,
-            "reserved_bytes": gpu.mem_reserved_bytes,
-            "used_percent": used_percent,
-        },
-        "utilization_percent": gpu.utilization_percent,
-        "memory_utilization_percent": gpu.memory_utilization_percent,
-        "temperature_c": gpu.temperature_c,
-        "power_watts": gpu.power_watts,
-        "power_limit_watts": gpu.power_limit_watts,
-        "persistence_mode": gpu.persistence_mode,
-        "compute_capability": (
+    return Gpu(
+        index=gpu.index,
+        uuid=gpu.uuid,
+        name=gpu.name,
+        state=gpu.state,
+        error=gpu.error,
+        memory=GpuMemory(
+            total_bytes=gpu.mem_total_bytes,
+            used_bytes=gpu.mem_used_bytes,
+            free_bytes=gpu.mem_free_bytes,
+            reserved_bytes=gpu.mem_reserved_bytes,
+            used_percent=used_percent,
+        ),
+        utilization_percent=gpu.utilization_percent,
+        memory_utilization_percent=gpu.memory_utilization_percent,
+        temperature_c=gpu.temperature_c,
+        power_watts=gpu.power_watts,
+        power_limit_watts=gpu.power_limit_watts,
+        persistence_mode=gpu.persistence_mode,
+        compute_capability=(
             None if gpu.compute_capability is None else ".".join(map(str, gpu.compute_capability))
         ),
-        "processes": [
-            {"pid": p.pid, "used_bytes": p.used_bytes, "name": p.name} for p in gpu.processes
-        ],
-        "mig": {
-            "enabled": gpu.mig_enabled,
-            "instances": [
-                {
-                    "index": m.index,
-                    "uuid": m.uuid,
-                    "total_bytes": m.mem_total_bytes,
-                    "used_bytes": m.mem_used_bytes,
-                }
-                for m in gpu.mig
-            ],
-        },
-        "verdict": gpu_verdict(used_percent, gpu.state, cfg.gpu_memory),
-        "trend": None if trend is None else trend.as_dict(),
-    }
+        processes=tuple(GpuProcessUse(p.pid, p.used_bytes, p.name) for p in gpu.processes),
+        mig_enabled=gpu.mig_enabled,
+        mig=tuple(MigSlice(m.index, m.uuid, m.mem_total_bytes, m.mem_used_bytes) for m in gpu.mig),
+        verdict=gpu_verdict(used_percent, gpu.state, cfg.gpu_memory),
+        trend=trend,
+    )
 
 
-def gpu_fields(reading: GpuReading | None) -> dict[str, Any]:
+def gpu_fields(reading: GpuReading | None) -> tuple[str, str | None, str | None]:
+    """(gpu_state, gpu_error, driver_version) of a reading; "disabled" without one."""
     if reading is None:
-        return {"gpu_state": "disabled", "gpu_error": None, "driver_version": None}
-    return {
-        "gpu_state": reading.state,
-        "gpu_error": reading.error,
-        "driver_version": reading.driver_version,
-    }
+        return "disabled", None, None
+    return reading.state, reading.error, reading.driver_version
+
+
+def time_to_full(trend: Trend | None) -> float | None:
+    """A trend's time to full as the reply shows it (0.1 s), which alerts judge."""
+    if trend is None or trend.time_to_full_s is None:
+        return None
+    return round(trend.time_to_full_s, 1)
 
 
 def _policy(rule: ThresholdRule | ExhaustionRule) -> Policy:
     return Policy(rule.for_, rule.clear, rule.repeat)
 
 
-def observations(snapshot: dict[str, Any], cfg: AlertsConfig) -> list[Observation]:
-    """One observation per enabled rule and resource in a stats snapshot."""
+def observations(snapshot: Snapshot, cfg: AlertsConfig) -> list[Observation]:
+    """One observation per enabled rule and resource in a snapshot."""
     out: list[Observation] = []
 
     def above(
-        rule: str, spec: ThresholdRule, resource: str, value: float | None, unit: str, **labels: Any
+        rule: str,
+        spec: ThresholdRule,
+        resource: str,
+        value: float | None,
+        unit: str,
+        **labels: object,
     ) -> None:
         if spec.enabled:
             level, threshold = alerts.level_above(value, spec.warn, spec.crit)
@@ -206,12 +216,12 @@ def observations(snapshot: dict[str, Any], cfg: AlertsConfig) -> list[Observatio
             )
 
     def exhaustion(
-        resource: str, free_percent: float, trend: dict[str, Any] | None, **labels: Any
+        resource: str, free_percent: float, trend: Trend | None, **labels: object
     ) -> None:
         spec = cfg.exhaustion
         if not spec.enabled:
             return
-        ttf = trend.get("time_to_full_s") if trend else None
+        ttf = time_to_full(trend)
         value = ttf if free_percent < spec.free_below else None
         level, threshold = alerts.level_below(value, spec.warn, spec.crit)
         out.append(
@@ -227,24 +237,22 @@ def observations(snapshot: dict[str, Any], cfg: AlertsConfig) -> list[Observatio
             )
         )
 
-    host = snapshot["host"]
-    memory = host["memory"]
-    above("host_memory", cfg.host_memory, "host", memory["used_percent"], "%")
-    above("swap", cfg.swap, "host", host["swap"]["used_percent"], "%")  # no swap: 0 %
-    if host["psi"]["available"]:
-        above("psi", cfg.psi, "host", host["psi"]["some_percent"], "%")
-    exhaustion(
-        "host", round(100 - memory["used_percent"], 2), snapshot["trends"].get("host_memory")
-    )
-    for gpu in snapshot["gpus"]:
-        if gpu["state"] != "ok":
+    host = snapshot.host
+    memory = host.memory
+    above("host_memory", cfg.host_memory, "host", memory.used_percent, "%")
+    above("swap", cfg.swap, "host", host.swap.used_percent, "%")  # no swap: 0 %
+    if host.psi is not None:
+        above("psi", cfg.psi, "host", host.psi.some_percent, "%")
+    exhaustion("host", round(100 - memory.used_percent, 2), snapshot.host_trend)
+    for gpu in snapshot.gpus:
+        if not gpu.ok:
             continue
-        resource = f"gpu{gpu['index']}"
-        labels = {"uuid": gpu["uuid"]}
-        above("gpu_memory", cfg.gpu_memory, resource, gpu["memory"]["used_percent"], "%", **labels)
-        above("gpu_temperature", cfg.gpu_temperature, resource, gpu["temperature_c"], "C", **labels)
-        free = round(100 - gpu["memory"]["used_percent"], 2)
-        exhaustion(resource, free, gpu["trend"], **labels)
+        resource = f"gpu{gpu.index}"
+        labels = {"uuid": gpu.uuid}
+        above("gpu_memory", cfg.gpu_memory, resource, gpu.memory.used_percent, "%", **labels)
+        above("gpu_temperature", cfg.gpu_temperature, resource, gpu.temperature_c, "C", **labels)
+        free = round(100 - gpu.memory.used_percent, 2)
+        exhaustion(resource, free, gpu.trend, **labels)
     return out
 
 
@@ -260,35 +268,33 @@ def _until(seconds: float) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
-def _with_trend(text: str, trend: dict[str, Any] | None) -> str:
-    if trend is None or trend["direction"] == "stable":
+def _with_trend(text: str, trend: Trend | None) -> str:
+    if trend is None or trend.direction == STABLE:
         return text
-    text += " " + _ARROW[trend["direction"]]
-    if trend["time_to_full_s"] is not None:
-        text += f" {_until(trend['time_to_full_s'])} to full"
+    text += " " + _ARROW[trend.direction]
+    ttf = time_to_full(trend)
+    if ttf is not None:
+        text += f" {_until(ttf)} to full"
     return text
 
 
-def status_line(snapshot: dict[str, Any]) -> str:
+def status_line(snapshot: Snapshot) -> str:
     """systemd's STATUS=: `mem 62% ok · psi 0.0% · gpu0 71% ↑ 42m to full · 2 alerts`."""
-    memory = snapshot["host"]["memory"]
+    memory = snapshot.host.memory
     parts = [
-        _with_trend(
-            f"mem {memory['used_percent']:.0f}% {_SHORT[memory['verdict']]}",
-            snapshot["trends"].get("host_memory"),
-        )
+        _with_trend(f"mem {memory.used_percent:.0f}% {_SHORT[memory.verdict]}", snapshot.host_trend)
     ]
-    psi = snapshot["host"]["psi"]
-    if psi["available"]:
-        parts.append(f"psi {psi['some_percent'] or 0:.1f}%")
-    for gpu in snapshot["gpus"]:
-        if gpu["state"] != "ok":
-            parts.append(f"gpu{gpu['index']} {gpu['state'].upper()}")
+    psi = snapshot.host.psi
+    if psi is not None:
+        parts.append(f"psi {psi.some_percent or 0:.1f}%")
+    for gpu in snapshot.gpus:
+        if not gpu.ok:
+            parts.append(f"gpu{gpu.index} {gpu.state.upper()}")
             continue
-        text = f"gpu{gpu['index']} {gpu['memory']['used_percent']:.0f}%"
-        parts.append(_with_trend(text, gpu["trend"]))
-    if not snapshot["gpus"] and snapshot["gpu_state"] not in ("ok", "disabled", "absent"):
-        parts.append(f"gpu {snapshot['gpu_state']}")
-    firing = snapshot["alerts"]["firing"]
+        text = f"gpu{gpu.index} {gpu.memory.used_percent:.0f}%"
+        parts.append(_with_trend(text, gpu.trend))
+    if not snapshot.gpus and snapshot.gpu_state not in ("ok", "disabled", "absent"):
+        parts.append(f"gpu {snapshot.gpu_state}")
+    firing = snapshot.alerts.firing
     parts.append(f"{firing} alert{'s' if firing != 1 else ''}")
     return " · ".join(parts)

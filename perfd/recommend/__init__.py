@@ -1,7 +1,7 @@
 """How much context and concurrency a model gets on a machine: pure memory math.
 
 Standard library only, and cheap to import: ``perfctl recommend --offline`` imports it.
-The daemon command passes live hardware (``hardware_from_snapshot(stats)``); perfctl
+The daemon command passes live hardware (``hardware_from_snapshot(snapshot)``); perfctl
 offline plans for ``--gpu NAME`` / ``--gpus N`` / ``--memory SIZE`` (``plan_hardware``)::
 
     from perfd.recommend import Request, plan_hardware, recommend
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         Gpu,
         Hardware,
         hardware_from_snapshot,
+        hardware_from_stats,
         list_gpus,
         plan_hardware,
     )
@@ -68,6 +69,7 @@ _HOMES = {
     "Gpu": "hardware",
     "Hardware": "hardware",
     "hardware_from_snapshot": "hardware",
+    "hardware_from_stats": "hardware",
     "list_gpus": "hardware",
     "plan_hardware": "hardware",
     "recommend": "report",
@@ -85,6 +87,7 @@ __all__ = [
     "Request",
     "check_limits",
     "hardware_from_snapshot",
+    "hardware_from_stats",
     "list_gpus",
     "list_models",
     "parse_size",

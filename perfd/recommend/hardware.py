@@ -1,9 +1,11 @@
 """The machine a recommendation is for: live (perfd's ``stats`` snapshot) or planned.
 
-``hardware_from_snapshot`` reads perfd's stats result: host memory, the cgroup limit (perfd
-reports one only when it is below the host's memory), CPU count, and each GPU in state "ok"
-with its total and live free memory. A MIG-enabled GPU contributes its MIG instances instead
-(free = instance total - used), since a process sees one instance, not the whole GPU.
+``hardware_from_snapshot`` reads the monitor's typed snapshot, ``hardware_from_stats`` the
+same figures from a ``stats`` reply (perfctl's side of the wire): host memory, the cgroup
+limit (perfd reports one only when it is below the host's memory), CPU count, and each GPU
+in state "ok" with its total and live free memory. A MIG-enabled GPU contributes its MIG
+instances instead (free = instance total - used), since a process sees one instance, not
+the whole GPU.
 
 ``plan_hardware`` applies ``--gpu``/``--gpus``/``--memory``: a catalog GPU name (or a size
 such as "48GiB") plans for that GPU with all its memory free; an index ("0" or "0,1") picks
@@ -15,10 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perfd.recommend.catalog import GPUS, gpu_model
 from perfd.recommend.request import MAX_BYTES, RecommendError, Request, check_limits
+
+if TYPE_CHECKING:  # a type only: the recommender imports no part of the daemon
+    from perfd.monitor.snapshot import Snapshot
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,42 @@ class Hardware:
         }
 
 
-def hardware_from_snapshot(snapshot: Mapping[str, Any]) -> Hardware:
-    """Hardware from perfd's ``stats`` result (its ``host`` and ``gpus`` sections)."""
+def hardware_from_snapshot(snapshot: Snapshot) -> Hardware:
+    """Hardware from the monitor's typed snapshot (the daemon's side)."""
+    host = snapshot.host
+    gpus: list[Gpu] = []
+    for gpu in snapshot.gpus:
+        if not gpu.ok:
+            continue
+        capability = gpu.compute_capability
+        if gpu.mig_enabled and gpu.mig:
+            for inst in gpu.mig:
+                free = max(0, inst.total_bytes - inst.used_bytes)
+                name = f"{gpu.name} MIG {inst.index}"
+                gpus.append(Gpu(gpu.index, name, inst.total_bytes, free, capability, True))
+            continue
+        gpus.append(
+            Gpu(
+                index=gpu.index,
+                name=gpu.name or "GPU",
+                total_bytes=gpu.memory.total_bytes,
+                free_bytes=gpu.memory.free_bytes,
+                compute_capability=capability,
+            )
+        )
+    return Hardware(
+        gpus=tuple(gpus),
+        ram_total_bytes=host.memory.total_bytes,
+        ram_available_bytes=host.memory.available_bytes,
+        cgroup_limit_bytes=None if host.cgroup is None else host.cgroup.limit_bytes,
+        cpu_count=host.cpu_count or 1,
+        source="live",
+    )
+
+
+def hardware_from_stats(snapshot: Mapping[str, Any]) -> Hardware:
+    """Hardware from a ``stats`` reply as it came over the wire (perfctl's side): its
+    ``host`` and ``gpus`` sections, read leniently (a field missing is a zero)."""
     host = snapshot.get("host") or {}
     memory = host.get("memory") or {}
     cgroup = host.get("cgroup") or {}
