@@ -169,7 +169,7 @@ def flush(timeout: float = 2.0) -> bool:
     return True if writer is None else writer.flush(timeout)
 
 
-class Sink:
+class LineSink:
     """Writes rendered lines to stdout (never blocking: StreamWriter) and, optionally, to an
     AppendFile."""
 
@@ -207,7 +207,7 @@ class _SinkLogger:
     debug = info = warning = error = critical = exception = msg
 
 
-_sink = Sink()
+_sink = LineSink()
 
 
 def _filter(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -317,7 +317,7 @@ def configure(
     # failing file again.
     old = _sink
     same = old.file if old.file is not None and old.file.path == file else None
-    _sink = Sink(stream, file, same)
+    _sink = LineSink(stream, file, same)
     if same is None:
         old.close()
     structlog.configure(

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from perfd import __version__, config
+from perfd import __version__, config, redaction
 from perfd.errors import CommandError
 from perfd.loaders.base import LoaderError, ModelSpec
 from perfd.monitor.sampler import Monitor
@@ -130,15 +130,13 @@ def providers_command(daemon: DaemonView) -> Command:
     counters (perfd.net.provider.Provider.stats). Nothing here builds a provider."""
 
     def providers(_: dict[str, Any]) -> dict[str, Any]:
-        from perfd.net.provider import safe_url  # no requests: that comes with a built provider
-
         configured = daemon.loaded.config.providers
         used = daemon.providers.stats() if daemon.providers_started else {}
         out: dict[str, Any] = {}
         for name in sorted(configured):
             cfg = configured[name]
             out[name] = {
-                "base_url": safe_url(cfg.base_url),
+                "base_url": redaction.redact_url(cfg.base_url),
                 **_key_facts(cfg, os.environ),
                 "used": False,
                 **used.get(name, {}),

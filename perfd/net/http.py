@@ -24,7 +24,7 @@ Callers pass ``allow_redirects=False``: a 3xx answer is an error naming its targ
 host. Its sessions honour ``ca_bundle`` even when $REQUESTS_CA_BUNDLE is set (requests would
 let the variable win) and the proxy variables, and never read ~/.netrc (it would replace an
 Authorization header). Also shared: ``read_secret`` (a key from an environment variable or a
-file, never echoed), ``BearerAuth`` (a repr without the key), ``safe_url``,
+file, never echoed), ``BearerAuth`` (a repr without the key),
 ``redirect_message`` and ``causes`` (for messages), ``error_message`` (of an error body),
 ``parse_stream`` (Server-Sent Events). Importing this module is cheap: requests and urllib3
 come when a session or Retry is built.
@@ -271,11 +271,6 @@ class BearerAuth:
 
     def __repr__(self) -> str:
         return "BearerAuth(<redacted>)"
-
-
-def safe_url(url: str) -> str:
-    """``url`` with its secret parts redacted, fit for logs and replies (perfd.redaction)."""
-    return redaction.redact_url(url)
 
 
 def redirect_message(response: requests.Response, setting: str) -> str:

@@ -45,7 +45,6 @@ from perfd.net.http import (
     parse_stream,
     read_secret,
     redirect_message,
-    safe_url,
 )
 from perfd.redaction import Scrubber, url_secrets
 
@@ -65,7 +64,6 @@ __all__ = [
     "Providers",
     "RateLimited",
     "read_api_key",
-    "safe_url",
 ]
 
 T = TypeVar("T")
@@ -141,7 +139,7 @@ class Provider:
         self.name = name
         self._cfg = cfg
         self._base = cfg.base_url.rstrip("/")
-        self._shown_url = safe_url(self._base)
+        self._shown_url = redaction.redact_url(self._base)
         if cfg.ca_bundle and not os.path.exists(cfg.ca_bundle):
             raise ProviderConfigError(name, f"ca_bundle {cfg.ca_bundle} does not exist")
         self._key = read_api_key(name, cfg, os.environ if environ is None else environ)
