@@ -33,7 +33,7 @@ def feed(
     for i, value in enumerate(values):
         now = start + i * step
         for t in machine.observe(obs(value, **kw), now, 1e9 + now):
-            out.append((now, t.kind + ("+repeat" if t.repeat else ""), t.alert["severity"]))
+            out.append((now, t.kind + ("+repeat" if t.repeat else ""), t.alert.severity))
     return out
 
 
@@ -93,7 +93,7 @@ def test_firing_list_and_stable_ids() -> None:
         "gpu_memory", "gpu1", "critical", 99.0, 98.0, "%", Policy(0, 3, 3600), {"uuid": "GPU-1"}
     )
     machine.observe(crit, 1, 1e9 + 1)
-    firing = machine.firing()
+    firing = [a.as_dict() for a in machine.firing()]
     assert [a["id"] for a in firing] == ["gpu_memory/gpu1", "host_memory/host"]
     assert firing[0]["uuid"] == "GPU-1"
     assert firing[1]["since"] == "2001-09-09T01:46:40Z"

@@ -44,6 +44,7 @@ from perfd.monitor import verdicts as assess
 from perfd.probes.samples import GPU_STATES
 
 if TYPE_CHECKING:
+    from perfd.monitor.alerts import Alert
     from perfd.monitor.sampler import Monitor
     from perfd.monitor.snapshot import Gpu, Snapshot
 
@@ -197,12 +198,12 @@ def gpu_families(snapshot: Snapshot) -> Iterator[Metric]:
         yield from (family for family in figures.values() if family.samples)
 
 
-def alert_families(firing: Iterable[Mapping[str, Any]]) -> Iterator[Metric]:
+def alert_families(firing: Iterable[Alert]) -> Iterator[Metric]:
     counts = dict.fromkeys(SEVERITIES, 0)
     each = _labelled("perfd_alert_firing", "1 per firing alert.", "rule", "resource", "severity")
     for alert in firing:
-        counts[alert["severity"]] = counts.get(alert["severity"], 0) + 1
-        each.add_metric([alert["rule"], alert["resource"], alert["severity"]], 1.0)
+        counts[alert.severity] = counts.get(alert.severity, 0) + 1
+        each.add_metric([alert.rule, alert.resource, alert.severity], 1.0)
     total = _labelled("perfd_alerts_firing", "Firing alerts by severity.", "severity")
     for severity, count in counts.items():
         total.add_metric([severity], count)
@@ -348,7 +349,7 @@ class PerfdCollector:
         if snapshot is not None:
             yield from host_families(snapshot)
             yield from gpu_families(snapshot)
-        yield from alert_families(monitor.alerts()["firing"])
+        yield from alert_families(monitor.firing())
         cache = src.cache()
         configured = set(cache["configured"] if cache is not None else src.configured_models())
         counters = cache["counters"] if cache is not None else {}

@@ -16,16 +16,17 @@ Pure logic: times come in as arguments; no I/O.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 WARNING: Final = "warning"
 CRITICAL: Final = "critical"
 _RANK: Final = {None: 0, WARNING: 1, CRITICAL: 2}
 
-# An alert as the `alerts` reply, the log and the sinks show it: id, rule, resource, severity,
-# value, threshold, unit, since, and the observation's labels (uuid, free_percent).
-AlertRecord = dict[str, Any]
+# An alert or a transition as the `alerts` reply, the alert log and the sinks carry it
+# (Alert.as_dict, Transition.as_dict): JSON values only.
+AlertRecord = dict[str, object]
 
 FIRING: Final = "firing"
 ESCALATED: Final = "escalated"
@@ -72,15 +73,43 @@ class _State:
 
 
 @dataclass(frozen=True)
+class Alert:
+    """One alert as it stands: firing now, or as a transition left it."""
+
+    id: str  # "rule/resource"
+    rule: str
+    resource: str
+    severity: str  # WARNING or CRITICAL
+    value: float | None  # rounded to 0.001
+    threshold: float
+    unit: str
+    since: str  # RFC 3339: when it fired
+    labels: Mapping[str, object]  # the observation's: uuid, free_percent
+
+    def as_dict(self) -> AlertRecord:
+        return {
+            "id": self.id,
+            "rule": self.rule,
+            "resource": self.resource,
+            "severity": self.severity,
+            "value": self.value,
+            "threshold": self.threshold,
+            "unit": self.unit,
+            "since": self.since,
+            **self.labels,
+        }
+
+
+@dataclass(frozen=True)
 class Transition:
     kind: str  # FIRING, ESCALATED, DEESCALATED, RESOLVED; repeats are FIRING with repeat > 0
-    alert: AlertRecord
+    alert: Alert
     at: float  # wall clock
     repeat: int = 0
     previous: str | None = None
 
     def as_dict(self) -> AlertRecord:
-        out = {"event": f"alert.{self.kind}", "at": rfc3339(self.at), **self.alert}
+        out = {"event": f"alert.{self.kind}", "at": rfc3339(self.at), **self.alert.as_dict()}
         if self.repeat:
             out["repeat"] = self.repeat
         if self.previous:
@@ -162,27 +191,28 @@ class AlertMachine:
                 out.append(Transition(RESOLVED, self._alert(state), wall))
         return out
 
-    def firing(self) -> list[AlertRecord]:
+    def firing(self) -> list[Alert]:
         """Firing alerts, most severe first, then oldest first."""
         states = [s for s in self._states.values() if s.firing]
         states.sort(key=lambda s: (-_RANK[s.severity], s.since_wall))
         return [self._alert(s) for s in states]
 
     @staticmethod
-    def _alert(state: _State, value: float | None = None) -> AlertRecord:
+    def _alert(state: _State, value: float | None = None) -> Alert:
         obs = state.obs
         shown = obs.value if value is None else value
-        return {
-            "id": obs.id,
-            "rule": obs.rule,
-            "resource": obs.resource,
-            "severity": state.severity,
-            "value": None if shown is None else round(shown, 3),
-            "threshold": obs.threshold,
-            "unit": obs.unit,
-            "since": rfc3339(state.since_wall),
-            **obs.labels,
-        }
+        assert state.severity is not None, "an alert exists once its state has fired"
+        return Alert(
+            id=obs.id,
+            rule=obs.rule,
+            resource=obs.resource,
+            severity=state.severity,
+            value=None if shown is None else round(shown, 3),
+            threshold=obs.threshold,
+            unit=obs.unit,
+            since=rfc3339(state.since_wall),
+            labels=obs.labels,
+        )
 
 
 def _keep_level(state: _State, obs: Observation) -> Observation:

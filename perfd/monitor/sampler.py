@@ -28,7 +28,14 @@ from perfd import log
 from perfd.config import AlertsConfig, MonitorConfig
 from perfd.monitor import trends
 from perfd.monitor import verdicts as assess
-from perfd.monitor.alerts import CRITICAL, AlertMachine, AlertRecord, Transition, rfc3339
+from perfd.monitor.alerts import (
+    CRITICAL,
+    Alert,
+    AlertMachine,
+    AlertRecord,
+    Transition,
+    rfc3339,
+)
 from perfd.monitor.sinks import Sinks
 from perfd.monitor.snapshot import AlertCounts, Gpu, SelfUse, Snapshot, TopProcess
 from perfd.probes.samples import GpuReading, HostSample
@@ -289,7 +296,7 @@ class Monitor:
     def _alert_counts(self) -> AlertCounts:
         with self._lock:
             firing = self._machine.firing()
-        return AlertCounts(len(firing), sum(1 for a in firing if a["severity"] == CRITICAL))
+        return AlertCounts(len(firing), sum(1 for a in firing if a.severity == CRITICAL))
 
     def _record(self, transition: Transition) -> None:
         entry = transition.as_dict()
@@ -297,10 +304,10 @@ class Monitor:
             self._history.append(entry)
             alert_file = self._alert_file
         fields = dict(entry)
-        event = fields.pop("event")
+        event = str(fields.pop("event"))
         if transition.kind == "resolved":
             _log.info(event, **fields)
-        elif transition.alert["severity"] == CRITICAL:
+        elif transition.alert.severity == CRITICAL:
             _log.critical(event, **fields)
         else:
             _log.warning(event, **fields)
@@ -361,12 +368,17 @@ class Monitor:
         """The latest sample, judged; None before the first."""
         return self._snapshot
 
+    def firing(self) -> list[Alert]:
+        """The firing alerts, most severe first, then oldest first."""
+        with self._lock:
+            return self._machine.firing()
+
     def alerts(self) -> dict[str, list[AlertRecord]]:
         """The `alerts` reply: firing alerts and the history, newest first."""
         with self._lock:
             history = list(self._history)
             firing = self._machine.firing()
-        return {"firing": firing, "history": history[::-1]}
+        return {"firing": [a.as_dict() for a in firing], "history": history[::-1]}
 
     def status_line(self) -> str | None:
         snapshot = self._snapshot
