@@ -18,7 +18,7 @@ import requests
 
 from perfd import config, log
 from perfd.config import SinkConfig
-from perfd.monitor.alerts import ESCALATED, FIRING, RESOLVED, Transition, rfc3339
+from perfd.monitor.alerts import ESCALATED, FIRING, RESOLVED, Alert, Transition, rfc3339
 from perfd.monitor.sampler import Monitor
 from perfd.monitor.sinks import AlertmanagerSink, Sinks, WebhookSink, alertmanager_alert
 from perfd.redaction import redact_url
@@ -39,16 +39,17 @@ def transition(
     previous: str | None = None,
     resource: str = "host",
 ) -> dict[str, Any]:
-    alert = {
-        "id": f"host_memory/{resource}",
-        "rule": "host_memory",
-        "resource": resource,
-        "severity": severity,
-        "value": value,
-        "threshold": 80.0 if severity == "warning" else 95.0,
-        "unit": "%",
-        "since": rfc3339(since),
-    }
+    alert = Alert(
+        id=f"host_memory/{resource}",
+        rule="host_memory",
+        resource=resource,
+        severity=severity,
+        value=value,
+        threshold=80.0 if severity == "warning" else 95.0,
+        unit="%",
+        since=rfc3339(since),
+        labels={},
+    )
     return Transition(kind, alert, at, previous=previous).as_dict()
 
 
