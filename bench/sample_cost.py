@@ -136,15 +136,18 @@ class Subject:
     def _check(self) -> None:
         """The scan monitor scanned, and every fake GPU answered with named processes."""
         snap = self.monitors[SAMPLE_SCAN].monitor.snapshot()
-        at = snap["host"]["top_processes_at"]
-        if at == self.last_scan_at or not snap["host"]["top_processes"]:
+        assert snap is not None, "sampled above"
+        at = snap.host.top_processes_at
+        if at == self.last_scan_at or not snap.host.top_processes:
             raise RuntimeError(
                 f"scenario {self.scenario.name}: the forced process scan did not run"
             )
         self.last_scan_at = at
-        gpus = self.monitors[SAMPLE].monitor.snapshot()["gpus"]
+        latest = self.monitors[SAMPLE].monitor.snapshot()
+        assert latest is not None, "sampled above"
+        gpus = latest.gpus
         if len(gpus) != self.scenario.gpus or any(
-            g["state"] != "ok" or any(p["name"] is None for p in g["processes"]) for g in gpus
+            not g.ok or any(p.name is None for p in g.processes) for g in gpus
         ):
             raise RuntimeError(f"scenario {self.scenario.name}: unexpected GPU reading {gpus}")
 

@@ -3,9 +3,9 @@
 Each turn: probes (perfd.probes.host and perfd.probes.nvml, the only modules touching psutil
 and NVML) -> figures and verdicts (perfd.monitor.verdicts) -> trends (perfd.monitor.trends) ->
 alert transitions (perfd.monitor.alerts), logged at the priority of their severity, kept in a
-history ring and optionally appended to a JSON Lines alert log -> a new immutable snapshot for
-`stats` -> verdict changes published to subscribers through bounded queues that never block the
-monitor.
+history ring and optionally appended to a JSON Lines alert log -> a new typed, frozen snapshot
+(perfd.monitor.snapshot; ``stats_reply`` is its wire view) -> verdict changes published to
+subscribers through bounded queues that never block the monitor.
 
 The thread waits on an Event, so stop() acts at once, and beats a heartbeat at least every
 few seconds so a hung probe withholds systemd's watchdog.
