@@ -10,6 +10,7 @@ report as load_failed and infer_failed.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any, Final
@@ -92,5 +93,4 @@ def run(handler: Callable[..., Any], view: Any) -> Callable[..., Any]:
                 raise
             raise to_wire(exc) from None
 
-    call.__name__ = call.__qualname__ = getattr(handler, "__name__", "handler")
-    return call
+    return functools.update_wrapper(call, handler)  # __wrapped__: the handler itself
