@@ -141,3 +141,30 @@ def test_no_monitor_yet_still_plans_named_hardware() -> None:
     with pytest.raises(CommandError) as caught:
         call(view, model="llama-3.1-8b")
     assert caught.value.code == protocol.INVALID_ARGS
+
+
+def offline(*argv: str) -> dict[str, Any]:
+    """``perfctl recommend ARGV --offline``'s computation, in process."""
+    import argparse
+
+    from perfctl import recommend as ctl_recommend
+
+    parser = argparse.ArgumentParser()
+    ctl_recommend.add_arguments(parser)
+    return ctl_recommend.compute(parser.parse_args([*argv, "--offline"]), None)
+
+
+def test_perfctl_offline_builds_the_same_request() -> None:
+    """perfctl --offline and the daemon command build their request with one function
+    (perfd.recommend.build_request): the same words give the same answer and errors."""
+    from perfctl.errors import InvalidArgs
+
+    no_live = FakeView(monitor=False)  # planned hardware only, as --offline plans
+    assert offline("llama-3.1-8b", "--gpu", "H100", "--memory", "64GiB") == call(
+        no_live, model="llama-3.1-8b", gpu="H100", memory="64GiB"
+    )
+    with pytest.raises(InvalidArgs) as ctl:
+        offline("llama-9", "--gpu", "H100")
+    with pytest.raises(CommandError) as daemon:
+        call(model="llama-9", gpu="H100")
+    assert str(ctl.value) == daemon.value.message
