@@ -261,7 +261,7 @@ def compute(args: argparse.Namespace, stats: dict[str, Any] | None) -> dict[str,
 
     config = read_config(args.config_json) if args.config_json is not None else None
     try:
-        request = rec.Request(
+        request = rec.build_request(  # the one builder perfd's command uses too
             model=display_name(args, config) if config is not None else args.model,
             config=config,
             weights_path=args.weights,
@@ -270,12 +270,11 @@ def compute(args: argparse.Namespace, stats: dict[str, Any] | None) -> dict[str,
             context=args.context,
             gpu=args.gpu,
             gpus=args.gpus,
-            memory=None if args.memory is None else rec.parse_size(args.memory),
-            kv_budget=None if args.kv_budget is None else rec.parse_size(args.kv_budget),
+            memory=args.memory,
+            kv_budget=args.kv_budget,
             engine=args.engine or "vllm",
             utilization=0.9 if args.utilization is None else args.utilization,
         )
-        rec.check_limits(request)  # the bounds perfd applies (docs/recommend.md)
         live = None if stats is None else rec.hardware_from_stats(stats)
         try:
             hardware = rec.plan_hardware(request, live)
@@ -288,9 +287,8 @@ def compute(args: argparse.Namespace, stats: dict[str, Any] | None) -> dict[str,
         if exc.option in ("weights_path", "config_json"):
             raise UsageError(str(exc)) from None
         raise InvalidArgs(protocol.INVALID_ARGS, str(exc)) from None
-    except (ArithmeticError, TypeError, ValueError, KeyError, AttributeError) as exc:
-        message = f"this model description cannot be used: {type(exc).__name__}: {exc}"
-        raise InvalidArgs(protocol.INVALID_ARGS, message) from None
+    except rec.UNUSABLE as exc:
+        raise InvalidArgs(protocol.INVALID_ARGS, str(rec.unusable(exc))) from None
 
 
 def _undescribed(exc: Exception) -> bool:

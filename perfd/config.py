@@ -7,6 +7,7 @@ table in docs/config.md, which a test keeps identical.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Mapping
@@ -551,8 +552,9 @@ class ModelConfig:
     )
 
     def problems(self) -> list[tuple[str, str]]:
-        if not _DEVICE.fullmatch(self.device):
-            return [("device", f'must be "cpu" or "cuda:N", not "{self.device}"')]
+        problem = device_problem(self.device)
+        if problem is not None:
+            return [("device", problem)]
         if self.loader == "python" and ":" not in self.target:
             return [("target", 'the python loader needs target = "module:callable"')]
         if self.loader == "onnx" and not self.path:
@@ -560,6 +562,26 @@ class ModelConfig:
         if self.loader == "openai" and not (self.provider and self.model):
             return [("model", 'the openai loader needs provider = "NAME" and model = "id"')]
         return []
+
+
+def device_problem(device: str) -> str | None:
+    """What is wrong with a model's ``device``, or None: a [models.NAME] table's and a
+    run-time ``load``'s (check_model_fields) are checked by this one rule."""
+    if _DEVICE.fullmatch(device):
+        return None
+    return f'must be "cpu" or "cuda:N", not {schema.shown(device)}'
+
+
+def check_model_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The [models.NAME] settings in ``values`` (a run-time ``load``'s loader, target, path,
+    device, options, size_hint), each checked and converted as the config file's are, the
+    device by device_problem; ConfigError (no file) naming the key otherwise."""
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    checked = {key: schema.check(fields[key].metadata, v, None, key) for key, v in values.items()}
+    problem = device_problem(checked.get("device", "cpu"))
+    if problem is not None:
+        raise ConfigError(None, "device", problem, value=checked["device"])
+    return checked
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """`perfctl providers` and the providers line of `perfctl stats`: pure formatting of replies
-shaped like perfd's (perfd.handlers.table.providers_command, perfd.net.http.HttpStats.as_dict)."""
+shaped like perfd's (perfd.handlers.providers.providers, perfd.net.http.HttpStats.as_dict)."""
 
 from __future__ import annotations
 

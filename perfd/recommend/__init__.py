@@ -10,7 +10,8 @@ offline plans for ``--gpu NAME`` / ``--gpus N`` / ``--memory SIZE`` (``plan_hard
     result["recommended"]  # {'context': 32768, 'max_sequences': 13, 'rule': ...}
     result["flags"]["vllm"]  # '--max-model-len 32768 --max-num-seqs 13 ...'
 
-Modules: ``request`` (Request, RecommendError, check_limits: every field bounded),
+Modules: ``request`` (Request, RecommendError, check_limits: every field bounded; build_request,
+the one way a caller's words become a Request),
 ``bounds`` (the range of every config.json number), ``catalog`` (built-in models and GPUs),
 ``arch`` (config.json -> shape, parameter counts, KV elements), ``precision`` (bits per weight
 and per KV element), ``weights`` (safetensors and GGUF headers), ``resolve`` (request ->
@@ -60,7 +61,14 @@ if TYPE_CHECKING:
         plan_hardware,
     )
     from perfd.recommend.report import recommend
-    from perfd.recommend.request import RecommendError, Request, check_limits
+    from perfd.recommend.request import (
+        UNUSABLE,
+        RecommendError,
+        Request,
+        build_request,
+        check_limits,
+        unusable,
+    )
     from perfd.recommend.resolve import list_models
     from perfd.wire.units import MAX_TEXT as MAX_SIZE_TEXT
     from perfd.wire.units import parse_size
@@ -76,15 +84,20 @@ _HOMES = {
     "RecommendError": "request",
     "Request": "request",
     "check_limits": "request",
+    "build_request": "request",
+    "UNUSABLE": "request",
+    "unusable": "request",
     "list_models": "resolve",
 }
 
 __all__ = [
     "MAX_SIZE_TEXT",
+    "UNUSABLE",
     "Gpu",
     "Hardware",
     "RecommendError",
     "Request",
+    "build_request",
     "check_limits",
     "hardware_from_snapshot",
     "hardware_from_stats",
@@ -93,6 +106,7 @@ __all__ = [
     "parse_size",
     "plan_hardware",
     "recommend",
+    "unusable",
 ]
 
 

@@ -188,3 +188,68 @@ def check(request: Request) -> str:
             option="model",
         )
     return engine_name(request.engine)
+
+
+# A config.json whose fields make no sense (zero heads, wrong types) fails the math with one
+# of these: the caller's input, not a bug (anyone on the read-only socket can send one).
+UNUSABLE: Final = (ArithmeticError, TypeError, ValueError, KeyError, AttributeError)
+
+
+def unusable(exc: BaseException) -> RecommendError:
+    """The error a model description that fails the math (UNUSABLE) becomes."""
+    return RecommendError(f"this model description cannot be used: {type(exc).__name__}: {exc}")
+
+
+def size_arg(option: str, value: int | str | None) -> int | None:
+    """Bytes from an int or a size string ("24GiB"); RecommendError for anything else, with
+    no more of the text than the limit allows (perfd.wire.units.MAX_TEXT)."""
+    from perfd.wire.units import MAX_TEXT, parse_size  # pure, stdlib-only
+
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return int(parse_size(value))
+    except ValueError as exc:
+        if len(value) > MAX_TEXT:
+            raise RecommendError(f"{option}: {exc}", option=option) from None
+        raise RecommendError(
+            f"{option}: not a size: {value!r} (use bytes or 24GiB, 512MiB, 80GB)", option=option
+        ) from None
+
+
+def build_request(
+    *,
+    model: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    weights_path: str | None = None,
+    quant: str | None = None,
+    kv_dtype: str | None = None,
+    context: int | None = None,
+    gpu: str | int | None = None,
+    gpus: int | None = None,
+    memory: int | str | None = None,
+    kv_budget: int | str | None = None,
+    engine: str = "vllm",
+    utilization: float = 0.9,
+) -> Request:
+    """The Request for a caller's words (the daemon command's arguments, perfctl's flags),
+    every field bounded (check_limits); RecommendError when a size is not one or no model is
+    named. The daemon and ``perfctl recommend --offline`` both build theirs here."""
+    request = Request(
+        model=model,
+        config=config,
+        weights_path=weights_path,
+        quant=quant,
+        kv_dtype=kv_dtype,
+        context=context,
+        gpu=None if gpu is None else str(gpu),
+        gpus=gpus,
+        memory=size_arg("memory", memory),
+        kv_budget=size_arg("kv_budget", kv_budget),
+        engine=engine,
+        utilization=utilization,
+    )
+    check_limits(request)  # every field bounded before anything reads it
+    if model is None and config is None and weights_path is None:
+        raise RecommendError("name a model (perfctl recommend --list-models)", option="model")
+    return request
