@@ -32,7 +32,7 @@ class DaemonView(Protocol):
     started_at: float  # time.time() at start
     started_monotonic: float
     runtime_dir: Path
-    loaded: config.Loaded
+    loaded: config.LoadedConfig
     monitor: Monitor | None
 
     @property
