@@ -45,7 +45,7 @@ _SIGNALS: dict[int, str] = {signal.SIGTERM: "term", signal.SIGINT: "int", signal
 class Daemon:
     def __init__(
         self,
-        loaded: config.Loaded,
+        loaded: config.LoadedConfig,
         *,
         config_arg: str | None,
         runtime_dir: Path,
@@ -208,7 +208,7 @@ class Daemon:
             "restart_required": restart,
         }
 
-    def _apply(self, new: config.Loaded) -> None:
+    def _apply(self, new: config.LoadedConfig) -> None:
         cfg = new.config
         if self._configure_logging:
             log.configure(cfg.log.level, self._log_format or cfg.log.format, cfg.log.file)

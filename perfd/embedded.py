@@ -70,14 +70,14 @@ def embed(
     ``serve=False`` runs the monitor and cache without sockets.
     """
     if isinstance(settings, config.Config):
-        loaded = config.Loaded(settings, Path("<embedded>"), exists=False)
+        loaded = config.LoadedConfig(settings, Path("<embedded>"), exists=False)
         config_arg = None
     else:
         config_arg = None if settings is None else str(settings)
         loaded = (
             config.load(config_arg)
             if config_arg
-            else config.Loaded(config.Config(), Path("<embedded>"), exists=False)
+            else config.LoadedConfig(config.Config(), Path("<embedded>"), exists=False)
         )
     where = Path(
         paths.runtime_dir(str(runtime_dir) if runtime_dir else None, loaded.config.runtime_dir)

@@ -34,7 +34,7 @@ from perfd.errors import ConfigError
 from perfd.logstream import StreamWriter
 
 if TYPE_CHECKING:
-    from perfd.config import Loaded
+    from perfd.config import LoadedConfig
 
 LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _SYSLOG_PRIORITY: Final = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
@@ -329,7 +329,7 @@ def configure(
     )
 
 
-def check_files(loaded: Loaded) -> None:
+def check_files(loaded: LoadedConfig) -> None:
     """ConfigError when ``[log] file`` or ``[alerts] log_file`` names something other than a
     regular file (a FIFO, a symlink, a directory, a device): at start and at reload, before
     anything is opened. A missing file is fine (it is created); opening it later is safe too."""

@@ -195,6 +195,19 @@ def start_perfd(short_dir: Path, tmp_path: Path) -> Iterator[StartPerfd]:
         perfd.notify.close()
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m "not slow" deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The quick loop's rule: a test that starts a real perfd (``start_perfd``, directly or
+    through a fixture) is slow, unless it is marked ``smoke``: a few such tests keep the daemon,
+    its sockets and perfctl in ``pytest -m "not slow"``. tests/test_quick_loop.py checks that
+    the quick tests still import every module."""
+    for item in items:
+        if "start_perfd" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
+            "smoke"
+        ):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> Iterator[None]:
     """Tests that configure perfd's logging must not leak it into the next test."""

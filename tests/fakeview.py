@@ -24,7 +24,7 @@ HOST_SNAPSHOT: Snapshot = make_snapshot(host_sample(total=64 << 30, used_percent
 
 
 def loaded(data: dict[str, Any] | None = None, path: str = "/etc/perfd/perfd.toml") -> Any:
-    return config.Loaded(config.parse(data or {}, path), Path(path), data is not None)
+    return config.LoadedConfig(config.parse(data or {}, path), Path(path), data is not None)
 
 
 class FakeMonitor:

@@ -487,7 +487,7 @@ class CacheMachine(RuleBasedStateMachine):
 
 
 CacheMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
-test_cache_state_machine = CacheMachine.TestCase
+test_cache_state_machine = pytest.mark.slow(CacheMachine.TestCase)  # hypothesis, 60 runs
 
 
 def test_gpu_model_measured_by_nvml_beside_estimate(log_lines: io.StringIO) -> None:
@@ -517,6 +517,7 @@ def test_gpu_model_measured_by_nvml_beside_estimate(log_lines: io.StringIO) -> N
     assert (line["model"], line["measured_bytes"]) == ("g", 300 * MiB)
 
 
+@pytest.mark.slow
 def test_the_tests_here_print_no_log_line() -> None:
     """pytest's output for this file's tests has no raw perfd log line in it: each test whose
     load thread logs after the test's own calls returned captures and waits for the line."""

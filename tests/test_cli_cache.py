@@ -311,6 +311,7 @@ def test_long_commands_wait_longer() -> None:
     assert perfctl.Client("/x", timeout=900).timeout_for("infer") == 900
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("cmd", "args", "sent"), [("infer", {"model": "m"}, 1), ("ps", {}, 2)])
 def test_only_retryable_commands_are_sent_again(
     short_dir: Path, cmd: str, args: dict[str, str], sent: int

@@ -8,6 +8,8 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
 import perfctl
 from tests.conftest import Perfd, StartPerfd, clean_env, command
 
@@ -81,6 +83,7 @@ def test_stats_screen(start_perfd: StartPerfd) -> None:
     assert "\033[" not in out.stdout  # not a TTY: no colour
 
 
+@pytest.mark.smoke
 def test_stats_json(start_perfd: StartPerfd) -> None:
     """`perfctl stats --json` is the result plus schema 1, with the documented keys."""
     perfd = start_perfd(FAST)

@@ -42,6 +42,7 @@ def test_not_running(short_dir: Path) -> None:
     assert "systemctl status perfd" in e.value.hint
 
 
+@pytest.mark.slow
 def test_timeout_retries_once_then_raises(short_dir: Path) -> None:
     """A silent peer: the request is sent twice (one retry), then DaemonTimeout."""
     path = short_dir / "perfd.sock"

@@ -74,6 +74,7 @@ def test_bad_config_refuses_to_start(tmp_path: Path, short_dir: Path) -> None:
     assert '"loud"' in out.stderr
 
 
+@pytest.mark.smoke
 def test_ping_status_config_through_perfctl(start_perfd: StartPerfd) -> None:
     """perfctl talks to a real perfd: ping, status, config, reload, human and JSON."""
     perfd = start_perfd('[log]\nlevel = "debug"\n')
@@ -175,6 +176,7 @@ def test_restart_only_keys_are_reported(start_perfd: StartPerfd) -> None:
     assert perfd.log_entry("config.restart_required")["keys"] == ["server.workers"]
 
 
+@pytest.mark.smoke
 def test_sigterm_cleans_up(start_perfd: StartPerfd) -> None:
     """SIGTERM and SIGINT exit 0 and leave no socket or lock file behind."""
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,6 +9,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from perfctl import format as fmt
 from perfd import __version__
 from perfd.loaders.registry import WIRED_BY_DAEMON, Registry
@@ -85,6 +87,7 @@ def region(name: str, tmp_path: Path) -> str:
     return "\n".join(blocks)
 
 
+@pytest.mark.slow
 def test_config_md_messages_are_perfds_own(tmp_path: Path) -> None:
     """Each `perfd --check-config` example in docs/config.md is what perfd prints for that
     file, exit status included (on a mismatch the assertion shows the region to paste)."""
@@ -97,6 +100,7 @@ def test_config_md_messages_are_perfds_own(tmp_path: Path) -> None:
         assert match.group(1) == region(name, tmp_path), "run: python -m tests.test_docs"
 
 
+@pytest.mark.slow
 def test_config_md_across_keys_table_has_perfds_messages(tmp_path: Path) -> None:
     """Each row of the "Checks across keys" table shows the message perfd gives a file that
     fails that check."""
@@ -110,6 +114,7 @@ def test_config_md_across_keys_table_has_perfds_messages(tmp_path: Path) -> None
         assert real == f"perfd: {SHOWN_PATH}: {message}"
 
 
+@pytest.mark.slow
 def test_unknown_key_suggests_the_near_miss(tmp_path: Path) -> None:
     """A typo of a key gets "did you mean" with the key it was probably meant to be."""
     code, message = check_config("[server]\nworker = 8\n", tmp_path)

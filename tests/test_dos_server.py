@@ -202,6 +202,7 @@ def close_all(socks: list[socket.socket]) -> None:
         sock.close()
 
 
+@pytest.mark.slow
 def test_1100_bare_connections_to_the_read_only_socket(start_capped: Start) -> None:
     """1,100 bare connections to perfd-ro.sock under a 1024-file limit: perfd drops the
     oldest idle ones past max_connections and keeps serving (it used to abort in accept)."""
@@ -219,6 +220,7 @@ def test_1100_bare_connections_to_the_read_only_socket(start_capped: Start) -> N
         close_all(held)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not keys.curve_available(), reason="libzmq without CURVE")
 def test_1100_plain_tcp_connections_to_the_curve_port(start_capped: Start, tmp_path: Path) -> None:
     """1,100 keyless TCP connections to the CURVE endpoint: perfd stays up; a keyed client
@@ -285,6 +287,7 @@ def zmtp_dealer(path: Path) -> socket.socket:
     return sock
 
 
+@pytest.mark.slow
 def test_a_message_of_one_mib_frames_never_finished(start_capped: Start) -> None:
     """A message of 1 MiB frames that never ends (written raw: 534 MiB held before, for as
     long as the connection stayed open): perfd drops the sender past the bound; meanwhile
@@ -308,6 +311,7 @@ def test_a_message_of_one_mib_frames_never_finished(start_capped: Start) -> None
         attacker.close()
 
 
+@pytest.mark.slow
 def test_one_message_of_400_one_mib_frames(start_capped: Start) -> None:
     """400 x 1 MiB frames in one message: perfd's RSS stays under the bound (it peaked at
     434 MiB), the sender is dropped or answered `bad_request`, others are served."""
@@ -410,6 +414,7 @@ def assert_admin_prompt(admin: perfctl.Client, ping: Callable[[], float]) -> Non
         assert time.monotonic() - began < 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not keys.curve_available(), reason="libzmq without CURVE")
 def test_one_key_flooding_slow_requests_gets_busy_others_run(
     start_capped: Start, tmp_path: Path
@@ -478,6 +483,7 @@ def flood_as(uid: int, gid: int, endpoint: str, count: int) -> tuple[int, int]:
     return pid, read
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as user nobody")
 def test_one_uid_flooding_slow_requests_gets_busy_root_runs(start_capped: Start) -> None:
     """User nobody (let in as an admin user) sends 24 slow infers on perfd.sock: past its

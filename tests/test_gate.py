@@ -5,13 +5,16 @@ tests/test_access.py and tests/test_remote.py drive the same checks through a re
 
 from __future__ import annotations
 
+import ast
 import io
 import json
+from pathlib import Path
 
 import pytest
 import zmq
 
 from perfd import log
+from perfd import server as server_package
 from perfd.server.access import AdminPolicy, Peer
 from perfd.server.gate import ADMIN, READONLY, REMOTE, Gate
 from perfd.wire import keys, protocol
@@ -155,3 +158,25 @@ def test_refusals_of_read_only_callers_are_logged_per_key_and_uid() -> None:
     )
     assert remote["reason"] == reason
     assert (ipc["uid"], ipc["pid"], ipc["socket"]) == (NOBODY, 99, READONLY)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, function-level imports included."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_access_decides_and_the_gate_applies_it_to_messages() -> None:
+    """The split of perfd.server: access.py (who a sender is, the admin policy) knows no
+    socket, no wire format and no log; gate.py, which applies it per message, does the logging."""
+    server = Path(server_package.__file__).parent
+    access, gate = _imports(server / "access.py"), _imports(server / "gate.py")
+    forbidden = ("zmq", "perfd.log", "perfd.wire", "perfd.server.gate", "perfd.server.loop")
+    assert not {name for name in access if name.startswith(forbidden)}
+    assert {"zmq", "perfd.log", "perfd.server.access"} <= gate

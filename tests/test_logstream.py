@@ -44,6 +44,7 @@ def test_in_memory_streams_and_regular_files_are_written_at_once(tmp_path: Path)
         assert (tmp_path / "f").read_text() == "two\n"
 
 
+@pytest.mark.slow
 def test_a_full_pipe_never_blocks_the_caller_and_drops_are_counted(
     pipe: tuple[int, int],
 ) -> None:
@@ -143,6 +144,7 @@ def ping_times(client: perfctl.Client, pid: int, count: int = 5) -> list[float]:
 # -- a real perfd ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_perfd_with_a_full_stdout_pipe_keeps_answering_and_stops_on_sigterm(
     short_dir: Path, tmp_path: Path
 ) -> None:

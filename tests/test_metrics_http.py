@@ -175,6 +175,7 @@ def _dropped_after(sock: socket.socket, drip: bytes, every: float, limit: float)
     raise AssertionError("ran out of bytes")
 
 
+@pytest.mark.slow
 def test_a_slowloris_client_is_dropped_after_the_timeout(serve: Serve) -> None:
     """Headers sent byte by byte keep no connection beyond ``timeout``; others are served."""
     server = serve(Limits(timeout=1.0))

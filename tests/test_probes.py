@@ -670,6 +670,7 @@ def test_hints(make_probe: Callable[..., GpuProbe], fail_init: int, hint: str) -
     assert entry["hint"].startswith(hint)
 
 
+@pytest.mark.slow
 def test_timeout_hint(make_probe: Callable[..., GpuProbe]) -> None:
     """A timeout is logged once, naming the timeout; recovery is logged."""
     out = io.StringIO()

@@ -100,6 +100,7 @@ def test_decode_never_raises_anything_else(frame: bytes) -> None:
         assert exc.code in protocol.ERROR_CODES
 
 
+@pytest.mark.slow
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

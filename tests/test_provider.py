@@ -111,6 +111,7 @@ def test_models_returns_the_data_list(server: ScriptedServer, make_provider: Mak
     assert [(r.method, r.path) for r in server.requests] == [("GET", "/v1/models")]
 
 
+@pytest.mark.slow
 def test_429_retry_after_is_honoured(server: ScriptedServer, make_provider: MakeProvider) -> None:
     """A 429 with Retry-After: 1 is retried once, about a second later, and counted."""
     server.enqueue(Reply(429, {"error": {"message": "slow down"}}, {"Retry-After": "1"}))
@@ -363,6 +364,7 @@ def test_openrouter_headers_only_when_set(
     assert "x-title" not in without.headers
 
 
+@pytest.mark.slow
 def test_sequential_calls_reuse_one_connection(
     server: ScriptedServer, make_provider: MakeProvider
 ) -> None:

@@ -244,6 +244,7 @@ _REQUESTS = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(
     max_examples=400,
     derandomize=True,

@@ -70,6 +70,7 @@ def test_a_private_dir_stays_private(start_perfd: StartPerfd, short_dir: Path) -
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
 
 
+@pytest.mark.slow
 def test_a_missing_dir_is_created_0755_whatever_the_umask(short_dir: Path) -> None:
     """perfd creates a missing directory (and its parents) 0755 even under umask 077, so every
     user reaches the read-only socket; the check stops it before it binds (a symlink, here)."""

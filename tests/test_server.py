@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 
 from perfd.errors import CommandError
@@ -103,6 +104,7 @@ def test_ping_answers_while_a_slow_command_runs(short_dir: Path) -> None:
         peer.sock.close()
 
 
+@pytest.mark.slow
 def test_slow_command_timeout(short_dir: Path) -> None:
     """A slow command past command_timeout gets `timeout`, and its late result is dropped."""
     gate = threading.Event()

@@ -126,6 +126,7 @@ def test_dead_sink_never_blocks_and_stays_bounded(logs: io.StringIO) -> None:
     assert len(events(logs, "alert_sink.failed")) == 1
 
 
+@pytest.mark.slow
 def test_full_queue_drops_the_oldest(server: ScriptedServer) -> None:
     """While the sender is stuck, the newest `queue` entries are kept and sent in order."""
     server.enqueue(Reply(stall=True))
@@ -270,6 +271,7 @@ def test_alertmanager_alert_shape() -> None:
     }
 
 
+@pytest.mark.slow
 def test_alertmanager_sink_resends_firing_and_ends_resolved(server: ScriptedServer) -> None:
     """Firing alerts are re-sent every `resend`; escalation ends the old severity; resolved
     is sent once with endsAt = when it resolved."""

@@ -30,6 +30,7 @@ def _old(text: str) -> tuple[str, str] | None:
     return None if match is None else (match.group(1), match.group(2))
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, derandomize=True)
 @given(st.one_of(_NEAR, st.text(max_size=MAX_TEXT)))
 @example("1" + " " * (MAX_TEXT - 2) + "!")

@@ -20,7 +20,7 @@ class ConfigView(Protocol):
     """The config in force (``config``, and every group's view of its settings)."""
 
     @property
-    def loaded(self) -> config.Loaded: ...
+    def loaded(self) -> config.LoadedConfig: ...
 
 
 class StatusView(ConfigView, Protocol):

@@ -1,4 +1,9 @@
-"""Who is asking, and may they change perfd? (docs/security.md draws the whole picture.)
+"""Who a sender is, and whether perfd's admin policy lets them change perfd (docs/security.md).
+
+This module holds the decisions only: ``Peer`` (a sender's identity, parsed from what libzmq
+reports), ``AdminPolicy`` (may this uid run admin commands?) and ``user_name``. It reads the
+user database and /proc, but knows no socket, no message and no log: perfd.server.gate applies
+it to each message on the sockets, logs the outcome and rate-limits the refusals.
 
 Every message on an ipc socket carries the sender's credentials, which the kernel took when
 the client connected (SO_PEERCRED); libzmq exposes them as the ``Peer-Address`` property,

@@ -1,4 +1,9 @@
-"""Who may run what: the check between a decoded request and its command (docs/security.md).
+"""Who may run what, per message: the check between a decoded request and its command.
+
+The gate applies perfd.server.access (who a sender is, the admin policy) to each message on
+the sockets: it reads the message's properties, knows which socket took it, logs every admin
+command and every refusal (``command.admin``, ``access.denied``) and holds the remote keys
+(docs/security.md draws the whole picture).
 
 The server (perfd.server.loop) asks the gate two questions about each request:
 
