@@ -287,6 +287,22 @@ def _runtime_spec(args: dict[str, Any]) -> ModelSpec | None:
     )
 
 
+def _infer_inputs(args: dict[str, Any], frames: list[bytes]) -> Any:
+    """infer's inputs, with each {"$frame": i} read from frame i."""
+    try:
+        return arrays.decode(args.get("inputs"), args.get("arrays"), frames)
+    except arrays.ArrayError as exc:
+        raise CommandError(protocol.INVALID_ARGS, str(exc)) from None
+    except ImportError:
+        raise CommandError(
+            protocol.INVALID_ARGS,
+            "array frames need numpy in perfd's environment (pip install numpy); "
+            "send JSON inputs instead",
+        ) from None
+    except RecursionError:
+        raise CommandError(protocol.INVALID_ARGS, "'inputs' is nested too deeply") from None
+
+
 def _infer_reply(name: str, outputs: Any, *, as_frames: bool) -> Any:
     """infer's result: outputs as JSON, or as raw frames when the request sent frames."""
     try:
@@ -294,6 +310,8 @@ def _infer_reply(name: str, outputs: Any, *, as_frames: bool) -> Any:
             value, meta, frames = arrays.to_frames(outputs)
             return WithFrames({"model": name, "outputs": value, "arrays": meta}, frames)
         return {"model": name, "outputs": arrays.to_json(outputs)}
+    except arrays.ArrayError as exc:  # an array of Python objects
+        raise CommandError(protocol.INFER_FAILED, f"'{name}': {exc}") from None
     except RecursionError:  # an echo of deeply nested inputs, or a model's own structure
         raise CommandError(
             protocol.INFER_FAILED, f"'{name}': its outputs are nested too deeply to send"
@@ -353,16 +371,7 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
         return daemon.cache.pin(args["model"], False)
 
     def infer(args: dict[str, Any], frames: list[bytes]) -> Any:
-        try:
-            inputs = arrays.decode(args.get("inputs"), args.get("arrays"), frames)
-        except ImportError:
-            raise CommandError(
-                protocol.INVALID_ARGS,
-                "array frames need numpy in perfd's environment (pip install numpy); "
-                "send JSON inputs instead",
-            ) from None
-        except RecursionError:
-            raise CommandError(protocol.INVALID_ARGS, "'inputs' is nested too deeply") from None
+        inputs = _infer_inputs(args, frames)
         name = args["model"]
         with daemon.cache.lease(name) as lease:
             try:
