@@ -1,5 +1,5 @@
-"""The arrows of docs/architecture.md, checked statically: every import in the source, function-level
-ones and ``importlib.import_module("...")`` strings included, read with ast (nothing is imported).
+"""The arrows of docs/architecture.md, checked statically: every import in the source,
+function-level ones and ``importlib.import_module("...")`` strings included, read with ast.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def within(module: str, *prefixes: str) -> bool:
 
 
 def stdlib(module: str) -> bool:
-    return module.split(".")[0] in STDLIB
+    return module.split(".", maxsplit=1)[0] in STDLIB
 
 
 def offending(folder: str, bad: Callable[[Import], bool]) -> str:
