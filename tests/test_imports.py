@@ -43,7 +43,7 @@ def test_perfctl_start_loads_only_light_wire_modules() -> None:
     )
     assert out.stdout.strip() == (
         "['perfd', 'perfd.wire', 'perfd.wire.arrays', 'perfd.wire.paths', 'perfd.wire.protocol', "
-        "'perfd.wire.sockprobe']"
+        "'perfd.wire.sockprobe', 'perfd.wire.values']"
     )
 
 
