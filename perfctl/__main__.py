@@ -27,6 +27,7 @@ from perfctl.errors import (
     Forbidden,
     InvalidArgs,
     PerfctlError,
+    UsageError,
 )
 from perfctl.format import alerts as fmt_alerts
 from perfctl.format import cache as fmt_cache
@@ -134,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             return remote.keygen(args.name, args.role, as_json)
         curve = remote.curve(host, getattr(args, "key", None), getattr(args, "server_key", None))
         if host is not None and socket is not None:
-            raise remote.UsageError("give --host or --socket, not both")
-    except remote.UsageError as exc:
+            raise UsageError("give --host or --socket, not both")
+    except UsageError as exc:
         getattr(args, "parser", parser).error(str(exc))
 
     def connect() -> Client:
@@ -228,7 +229,7 @@ def _recommend(
             request = rec.daemon_args(args)
             with connect() as client:
                 result = client.recommend(**request)
-    except rec.UsageError as exc:  # may quote a --weights or --config-json file's contents
+    except UsageError as exc:  # may quote a --weights or --config-json file's contents
         args.parser.error(safe.text(str(exc)))
     except DaemonNotRunning as exc:
         return _fail(exc, as_json, f"{exc.hint}; {rec.OFFLINE_HINT}")

@@ -775,9 +775,9 @@ def test_infer_output_is_json() -> None:
 
 def _recommend(**fields: Any) -> dict[str, Any]:
     """A real recommend() result, planned for the hardware ``fields`` name."""
-    from perfd.recommend import Request, plan_hardware, recommend
+    from perfd.recommend import Query, plan_hardware, recommend
 
-    request = Request(**fields)
+    request = Query(**fields)
     return recommend(request, plan_hardware(request, None))
 
 

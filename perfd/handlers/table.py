@@ -180,7 +180,7 @@ def recommend_command(daemon: DaemonView) -> Command:
         from perfd import recommend as rec  # pure, stdlib-only; loaded on first use
 
         try:
-            request = rec.Request(
+            request = rec.Query(
                 model=args.get("model"),
                 config=args.get("config"),
                 quant=args.get("quant"),

@@ -4,13 +4,13 @@ Standard library only, and cheap to import: ``perfctl recommend --offline`` impo
 The daemon command passes live hardware (``hardware_from_snapshot(stats)``); perfctl
 offline plans for ``--gpu NAME`` / ``--gpus N`` / ``--memory SIZE`` (``plan_hardware``)::
 
-    from perfd.recommend import Request, plan_hardware, recommend
-    request = Request(model="llama-3.1-8b", gpu="H100")
+    from perfd.recommend import Query, plan_hardware, recommend
+    request = Query(model="llama-3.1-8b", gpu="H100")
     result = recommend(request, plan_hardware(request, None))
     result["recommended"]  # {'context': 32768, 'max_sequences': 13, 'rule': ...}
     result["flags"]["vllm"]  # '--max-model-len 32768 --max-num-seqs 13 ...'
 
-Modules: ``request`` (Request, RecommendError, check_limits: every field bounded),
+Modules: ``request`` (Query, RecommendError, check_limits: every field bounded),
 ``bounds`` (the range of every config.json number), ``catalog`` (built-in models and GPUs),
 ``arch`` (config.json -> shape, parameter counts, KV elements), ``precision`` (bits per weight
 and per KV element), ``weights`` (safetensors and GGUF headers), ``resolve`` (request ->
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
         plan_hardware,
     )
     from perfd.recommend.report import recommend
-    from perfd.recommend.request import RecommendError, Request, check_limits
+    from perfd.recommend.request import Query, RecommendError, check_limits
     from perfd.recommend.resolve import list_models
     from perfd.wire.units import MAX_TEXT as MAX_SIZE_TEXT
     from perfd.wire.units import parse_size
@@ -72,7 +72,7 @@ _HOMES = {
     "plan_hardware": "hardware",
     "recommend": "report",
     "RecommendError": "request",
-    "Request": "request",
+    "Query": "request",
     "check_limits": "request",
     "list_models": "resolve",
 }
@@ -81,8 +81,8 @@ __all__ = [
     "MAX_SIZE_TEXT",
     "Gpu",
     "Hardware",
+    "Query",
     "RecommendError",
-    "Request",
     "check_limits",
     "hardware_from_snapshot",
     "list_gpus",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from perfd.recommend.catalog import GPUS, gpu_model
-from perfd.recommend.request import MAX_BYTES, RecommendError, Request, check_limits
+from perfd.recommend.request import MAX_BYTES, Query, RecommendError, check_limits
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def _live_gpus(text: str, live: Hardware | None) -> tuple[Gpu, ...]:
     return picked
 
 
-def plan_hardware(request: Request, live: Hardware | None) -> Hardware:
+def plan_hardware(request: Query, live: Hardware | None) -> Hardware:
     """The hardware to plan for: ``live`` changed by the request's --gpu/--gpus/--memory."""
     check_limits(request)  # before a text is matched or the GPU repeated that many times
     if request.kv_budget is not None and live is None and request.gpu is None:
