@@ -10,8 +10,8 @@
 The exceptions are in perfctl.errors (re-exported here and by ``perfctl``); numpy arrays
 travel as raw frames (perfd.wire.arrays).
 
-Imports only the standard library, pyzmq and perfd.wire.protocol, so perfctl starts fast; numpy is
-imported only when a reply carries arrays.
+Imports only the standard library, pyzmq and perfd.wire (protocol, paths, arrays), so perfctl
+starts fast; numpy is imported only when a reply carries arrays.
 """
 
 from __future__ import annotations
