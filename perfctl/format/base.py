@@ -39,6 +39,7 @@ LABEL = 7  # width of the host lines' labels: "mem", "swap", "psi", ...
 
 
 def glyph(style: Style, text: str) -> str:
+    """``text`` as drawn: itself, or its ASCII stand-in when the stream has no unicode."""
     return text if style.unicode else _ASCII.get(text, text)
 
 
@@ -153,10 +154,12 @@ def grid(
 
 
 def join(style: Style, cells: list[Cell], sep: str = "  ") -> str:
+    """The non-empty cells on one line, ``sep`` apart, each in its colour."""
     return sep.join(style.paint(t, c) if c else t for t, c in cells if t)
 
 
 def line_width(cells: list[Cell], sep: str = "  ") -> int:
+    """How many columns ``join`` takes for ``cells`` (colour takes none)."""
     shown = [t for t, _ in cells if t]
     return sum(map(len, shown)) + len(sep) * max(len(shown) - 1, 0)
 
