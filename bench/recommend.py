@@ -65,10 +65,10 @@ def _pair(
 
 def measure(quick: bool) -> tuple[dict[str, Any], list[Check]]:
     """Time the figures (see the module docstring); print a table; the data and checks."""
-    from perfd.recommend import Request, list_gpus, list_models, plan_hardware, recommend
+    from perfd.recommend import Query, list_gpus, list_models, plan_hardware, recommend
 
     def one(model: str, gpu: str) -> Callable[[], dict[str, Any]]:
-        request = Request(model=model, gpu=gpu)
+        request = Query(model=model, gpu=gpu)
         hardware = plan_hardware(request, None)
         return lambda: recommend(request, hardware)
 
@@ -76,7 +76,7 @@ def measure(quick: bool) -> tuple[dict[str, Any], list[Check]]:
         out = []
         for model in list_models():
             for gpu in list_gpus():
-                request = Request(model=model["name"], gpu=gpu["name"])
+                request = Query(model=model["name"], gpu=gpu["name"])
                 out.append(recommend(request, plan_hardware(request, None)))
         return out
 

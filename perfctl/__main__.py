@@ -16,11 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from perfctl import format as fmt
-from perfctl import format_cache as fmt_cache
-from perfctl import format_providers as fmt_providers
 from perfctl import recommend as rec
-from perfctl import remote, safe
+from perfctl import remote
 from perfctl.args import ALERT_HISTORY, build_parser
 from perfctl.client import DEFAULT_TIMEOUT, LONG_TIMEOUT, Client
 from perfctl.errors import (
@@ -30,7 +27,15 @@ from perfctl.errors import (
     Forbidden,
     InvalidArgs,
     PerfctlError,
+    UsageError,
 )
+from perfctl.format import alerts as fmt_alerts
+from perfctl.format import cache as fmt_cache
+from perfctl.format import providers as fmt_providers
+from perfctl.format import safe
+from perfctl.format import stats as fmt_stats
+from perfctl.format import status as fmt_status
+from perfctl.format.base import Style
 from perfd.wire.protocol import MAIN_SOCKET
 
 JSON_SCHEMA = 1
@@ -39,14 +44,14 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_DENIED = 0, 1, 2, 3, 4
 
 GLYPHS = "█░↑↓→°·…"  # what the stats screen draws when the stream can encode it
 
-Formatter = Callable[[dict[str, Any], fmt.Style], str]
+Formatter = Callable[[dict[str, Any], Style], str]
 
 _FORMATTERS: dict[str, Formatter] = {
-    "status": fmt.format_status,
-    "config": fmt.format_config,
-    "reload": fmt.format_reload,
-    "stats": fmt.format_stats,
-    "alerts": fmt.format_alerts,
+    "status": fmt_status.format_status,
+    "config": fmt_status.format_config,
+    "reload": fmt_status.format_reload,
+    "stats": fmt_stats.format_stats,
+    "alerts": fmt_alerts.format_alerts,
     "ps": fmt_cache.format_ps,
     "load": fmt_cache.format_load,
     "evict": fmt_cache.format_evict,
@@ -57,8 +62,8 @@ _FORMATTERS: dict[str, Formatter] = {
 }
 
 
-def _style() -> fmt.Style:
-    return fmt.Style(
+def _style() -> Style:
+    return Style(
         colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ,
         unicode=_encodes(getattr(sys.stdout, "encoding", None), GLYPHS),
     )
@@ -72,11 +77,11 @@ def _encodes(encoding: str | None, text: str) -> bool:
     return True
 
 
-def _render(args: argparse.Namespace, style: fmt.Style) -> Callable[[dict[str, Any]], str]:
+def _render(args: argparse.Namespace, style: Style) -> Callable[[dict[str, Any]], str]:
     """The human output of ``args.command``'s result."""
     if args.command == "alerts":
         limit = None if args.all else ALERT_HISTORY
-        return lambda result: fmt.format_alerts(result, style, history_limit=limit)
+        return lambda result: fmt_alerts.format_alerts(result, style, history_limit=limit)
     if args.command == "load":
         return lambda result: fmt_cache.format_load(result, style, name=args.name)
     if args.command == "infer":
@@ -130,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             return remote.keygen(args.name, args.role, as_json)
         curve = remote.curve(host, getattr(args, "key", None), getattr(args, "server_key", None))
         if host is not None and socket is not None:
-            raise remote.UsageError("give --host or --socket, not both")
-    except remote.UsageError as exc:
+            raise UsageError("give --host or --socket, not both")
+    except UsageError as exc:
         getattr(args, "parser", parser).error(str(exc))
 
     def connect() -> Client:
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 from perfctl import watch as watching
 
                 def screen(result: dict[str, Any]) -> str:
-                    return _human(result, lambda r: fmt.format_stats(r, style, redraw=watch))
+                    return _human(result, lambda r: fmt_stats.format_stats(r, style, redraw=watch))
 
                 return watching.run(client.stats, watch, as_json, screen, schema=JSON_SCHEMA)
             started = time.perf_counter()
@@ -160,16 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     except PerfctlError as exc:
         return _fail(exc, as_json, _admin_socket_hint(exc, socket))
     if args.command == "ping":
-        return _print(result, as_json, lambda r: fmt.format_ping(r, style, elapsed_ms))
+        return _print(result, as_json, lambda r: fmt_status.format_ping(r, style, elapsed_ms))
     if args.command == "status":  # whose perfd answered: its pid and user, and where we asked
-        return _print(result, as_json, lambda r: fmt.format_status(r, style, socket=asked))
+        return _print(result, as_json, lambda r: fmt_status.format_status(r, style, socket=asked))
     # infer's outputs are printed as JSON, made terminal-safe as JSON (format_infer)
     return _print(result, as_json, _render(args, style), escape=args.command != "infer")
 
 
 def _human(result: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> str:
     """``result`` as ``render`` draws it, every string in it (names, units, messages: text
-    from outside) escaped for the terminal first (perfctl.safe)."""
+    from outside) escaped for the terminal first (perfctl.format.safe)."""
     return render(safe.tree(result))
 
 
@@ -198,20 +203,22 @@ def _print(
 
 
 def _recommend(
-    args: argparse.Namespace, style: fmt.Style, as_json: bool, connect: Callable[[], Client]
+    args: argparse.Namespace, style: Style, as_json: bool, connect: Callable[[], Client]
 ) -> int:
     """perfd's answer, or one computed here (--offline, --weights, --list-*: perfctl.recommend).
 
     A model that does not fit is an answer (exit 0); usage mistakes exit 2 with the usage line.
     """
-    from perfctl import format_recommend as fmt_rec  # only here: perfctl's other commands skip it
+    # only here: perfctl's other commands skip them
+    from perfctl.format import catalog
+    from perfctl.format import recommend as fmt_rec
 
     formatter: Formatter = fmt_rec.format_recommend
     try:
         rec.check(args)
         if args.list_models or args.list_gpus:
             result = rec.listing(args)
-            formatter = fmt_rec.format_models if args.list_models else fmt_rec.format_gpus
+            formatter = catalog.format_models if args.list_models else catalog.format_gpus
         elif args.offline:
             result = rec.compute(args, None)
         elif args.weights is not None:  # perfd never opens client files: its stats, our math
@@ -222,7 +229,7 @@ def _recommend(
             request = rec.daemon_args(args)
             with connect() as client:
                 result = client.recommend(**request)
-    except rec.UsageError as exc:  # may quote a --weights or --config-json file's contents
+    except UsageError as exc:  # may quote a --weights or --config-json file's contents
         args.parser.error(safe.text(str(exc)))
     except DaemonNotRunning as exc:
         return _fail(exc, as_json, f"{exc.hint}; {rec.OFFLINE_HINT}")

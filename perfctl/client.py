@@ -8,10 +8,10 @@
         vectors = perfd.infer("embedder", ["hello", "world"])
 
 The exceptions are in perfctl.errors (re-exported here and by ``perfctl``); numpy arrays
-travel as raw frames (perfctl.frames).
+travel as raw frames (perfd.wire.arrays).
 
-Imports only the standard library, pyzmq and perfd.wire.protocol, so perfctl starts fast; numpy is
-imported only when a reply carries arrays.
+Imports only the standard library, pyzmq and perfd.wire (protocol, paths, arrays), so perfctl
+starts fast; numpy is imported only when a reply carries arrays.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from perfctl.errors import (
     KeyRefused,
     for_code,
 )
-from perfctl.frames import from_frames, has_array, nbytes, to_frames
 from perfd.wire import paths, protocol
+from perfd.wire.arrays import ArrayError, decode, has_array, nbytes, to_frames
 
 DEFAULT_TIMEOUT = 3.0
 LONG_TIMEOUT = 300.0  # seconds: loading a model (or inferring through a load) takes long
@@ -217,14 +217,14 @@ class Client:
         if not has_array(inputs):
             args["inputs"] = inputs
             return self.call("infer", **args)["outputs"]
-        frames: list[Any] = []
-        meta: list[dict[str, Any]] = []
-        args["inputs"] = to_frames(inputs, meta, frames)
-        args["arrays"] = meta
+        try:
+            args["inputs"], args["arrays"], frames = to_frames(inputs, zero_copy=True)
+        except ArrayError as exc:  # an array of Python objects
+            raise TypeError(str(exc)) from None
         result, extra = self._exchange("infer", args, frames)
         if not extra:
             return result.get("outputs")
-        return from_frames(result, extra)
+        return _outputs(result, extra)
 
     def providers(self) -> dict[str, Any]:
         """Each configured provider (``providers``: name -> facts): its ``base_url``, where its
@@ -390,3 +390,17 @@ class Client:
 
 def _usable(path: str) -> bool:
     return os.access(path, os.R_OK | os.W_OK)
+
+
+def _outputs(result: dict[str, Any], frames: list[zmq.Frame]) -> Any:
+    """The reply's outputs with each {"$frame": i} replaced by frame i as a numpy array."""
+    try:
+        return decode(result.get("outputs"), result.get("arrays"), list(frames))
+    except ArrayError as exc:
+        if exc.problem == "undescribed":
+            message = f"'arrays' does not describe the reply's {exc.count} frames"
+        elif exc.problem == "no_frame":
+            message = f"reply names frame {exc.index!r}; it has {exc.count}"
+        else:
+            message = f"reply array {exc.index}: {exc.detail}"
+        raise BadReply(BAD_REPLY, message) from None

@@ -12,6 +12,7 @@ PerfctlError
     ├── LoadFailed      the model's loader raised
     ├── InferFailed     the model raised, or a remote model's provider failed
     └── BadReply        the answer was not a well-formed perfd reply
+UsageError              a command-line mistake argparse cannot see (perfctl exit 2)
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from perfctl import hints
 from perfd.wire import protocol
 
 BAD_REPLY: Final = "bad_reply"  # client-side code: perfd's answer was not a well-formed reply
+
+
+class UsageError(Exception):
+    """A command-line mistake found after parsing (a remote option that cannot work, recommend
+    without hardware, an unreadable --weights file): perfctl prints it with the usage line and
+    exits 2. Not a PerfctlError: perfd was not asked."""
 
 
 class PerfctlError(Exception):

@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from perfctl.errors import UsageError
 from perfd.wire import protocol
 
 ENGINES = ("vllm", "llamacpp", "llama.cpp", "ollama")
@@ -50,10 +51,6 @@ why, by how much, and the smallest change that fits); 1 perfd (or, with
 or format; 2 usage: bad flags, --offline without hardware, an unreadable
 --config-json or --weights; 3 perfd not running (or use --offline); 4
 permission denied"""
-
-
-class UsageError(Exception):
-    """A command-line mistake found after parsing: perfctl exits 2 with the usage line."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

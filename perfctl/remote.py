@@ -18,12 +18,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from perfctl.client import Curve
+from perfctl.errors import UsageError
 
 SERVER_KEY_NAME: Final = "server.key"
-
-
-class UsageError(Exception):
-    """A remote option that cannot work; perfctl prints it with the usage line (exit 2)."""
 
 
 def add_arguments(common: argparse._ActionsContainer) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Final
 from perfd import redaction
 from perfd.errors import ConfigError
 from perfd.wire.units import format_duration, format_size, parse_duration, parse_size
+from perfd.wire.values import FOREVER
 
 KINDS: Final = (
     "str",
@@ -34,7 +35,6 @@ KINDS: Final = (
     "table",  # free-form key/value table (loader options)
     "names",  # a list of names (users, groups): kept as a tuple of strings
 )
-FOREVER: Final = -1.0
 SECRET_MARKS: Final = (False, True, "url", "table")
 
 

@@ -34,8 +34,9 @@ from zmq.utils.monitor import recv_monitor_message
 
 from perfd.handlers import table as handlers
 from perfd.recommend import catalog, precision
-from perfd.server.commands import MAX_EXTRA_FRAMES, Command
+from perfd.server.commands import Command
 from perfd.wire import protocol
+from perfd.wire.values import MAX_FRAMES
 
 SAFE_TARGET = "tests.models.toy:make_echo"
 NO_MODULE = "fuzz_no_such_module_"
@@ -392,7 +393,7 @@ class Generator(random.Random):
         return self.envelope(self.request("infer", args))
 
     def _extra_frames(self) -> list[bytes]:
-        count = self.choice((1, 2, 3, MAX_EXTRA_FRAMES, MAX_EXTRA_FRAMES + 1))
+        count = self.choice((1, 2, 3, MAX_FRAMES, MAX_FRAMES + 1))
         if self.random() < 0.5:  # infer, the one command that takes frames
             frames = [self.randbytes(self.choice((0, 3, 4, 8, 16, 24))) for _ in range(count)]
             arrays = [self.array_meta() for _ in range(count + self.choice((0, 0, 0, -1, 1)))]
@@ -627,7 +628,7 @@ def expect(frames: list[bytes], readonly: bool) -> Expect:
     ):
         return Expect(rid, delimited, protocol.INVALID_ARGS)
     extra = len(body) - 1
-    if extra and (not command.frames or extra > MAX_EXTRA_FRAMES):
+    if extra and (not command.frames or extra > MAX_FRAMES):
         return Expect(rid, delimited, protocol.BAD_REQUEST)
     return Expect(rid, delimited, None, command, extra)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perfd.errors import CommandError
 from perfd.wire import arrays
 
 
@@ -46,7 +45,28 @@ def test_json_form_turns_arrays_and_scalars_into_lists_and_numbers() -> None:
     ],
 )
 def test_bad_array_metadata(value: object, meta: list[object], words: str) -> None:
-    """Wrong metadata gives invalid_args naming the problem."""
-    with pytest.raises(CommandError, match=words) as caught:
+    """Wrong metadata gives an ArrayError naming the problem (perfd answers it as invalid_args
+    with these words: tests/test_daemon_cache.py::test_numpy_outputs_as_json_and_as_frames)."""
+    with pytest.raises(arrays.ArrayError, match=words):
         arrays.decode(value, meta, [b"\0\0\0\0"])
-    assert caught.value.code == "invalid_args"
+
+
+def test_zero_copy_frames_are_views_and_objects_are_refused() -> None:
+    """perfctl's zero_copy frames are memoryviews of C-contiguous arrays (a copy otherwise);
+    an array of Python objects is refused; other values are kept."""
+    value = np.arange(6, dtype=np.float32).reshape(2, 3)
+    placeholder, meta, frames = arrays.to_frames([value, value.T, 2.5], zero_copy=True)
+    assert placeholder == [{"$frame": 0}, {"$frame": 1}, 2.5]
+    assert isinstance(frames[0], memoryview)
+    assert arrays.nbytes(frames[0]) == 24
+    assert np.array_equal(arrays.decode(placeholder, meta, frames)[1], value.T)
+    with pytest.raises(arrays.ArrayError, match="Python objects") as caught:
+        arrays.to_frames({"x": np.array([object()])})
+    assert caught.value.problem == "object_dtype"
+
+
+def test_has_array_and_placeholder_walk_without_numpy_import() -> None:
+    """has_array finds arrays in dicts, lists and tuples; decode without frames keeps the value."""
+    assert arrays.has_array({"a": [1, (2, np.zeros(1))]})
+    assert not arrays.has_array({"a": [1, (2, "x")]})
+    assert arrays.decode({"$frame": 0}, None, []) == {"$frame": 0}

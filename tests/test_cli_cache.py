@@ -16,7 +16,7 @@ import zmq
 
 import perfctl
 from perfctl import client as perfctl_client
-from perfctl import format as fmt
+from perfctl.format import base
 from tests.conftest import Perfd, StartPerfd, clean_env, command
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -113,7 +113,7 @@ def test_load_then_ps_shows_the_measured_size(start_perfd: StartPerfd) -> None:
     assert ballast["measured_bytes"] >= 48 << 20
     name, state, size, device, _hits, until = row(text, "ballast")
     assert (name, state, device) == ("ballast", "ready", "cpu")
-    assert size == f"- / {fmt.size(ballast['measured_bytes'])} rss"
+    assert size == f"- / {base.size(ballast['measured_bytes'])} rss"
     assert CLOCK.match(until), until
     assert row(text, "upper")[-1] == "PINNED"  # preloaded and pinned by the config
     assert text.splitlines()[-1] == "not loaded: broken, doubler, echo, huge"
@@ -261,7 +261,7 @@ def test_stats_shows_the_cache(start_perfd: StartPerfd) -> None:
     assert any(line.startswith("       evictions lru 0 ") for line in lines)
     assert any(line.startswith("       cpu  ") and line.endswith(" budget") for line in lines)
     assert lines[-1].startswith("perfd  rss ")
-    assert max(map(len, lines)) <= fmt.WIDTH
+    assert max(map(len, lines)) <= base.WIDTH
 
 
 def test_client_infer_numpy_both_ways(start_perfd: StartPerfd) -> None:

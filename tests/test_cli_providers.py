@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 
-from perfctl import format as fmt
-from perfctl.format_providers import format_providers, ms, provider_items, reuse
+from perfctl.format import base
+from perfctl.format import stats as fmt_stats
+from perfctl.format.providers import format_providers, ms, provider_items, reuse
 from tests.test_format import STATS  # a real stats reply
 
 USED = {
@@ -99,7 +100,7 @@ def test_colour_only_on_a_tty_style() -> None:
     """Plain style has no escapes; colour marks retries, failures and notes."""
     plain = format_providers({"providers": {"openrouter": USED}})
     assert "\033[" not in plain
-    coloured = format_providers({"providers": {"openrouter": USED}}, fmt.Style(colour=True))
+    coloured = format_providers({"providers": {"openrouter": USED}}, base.Style(colour=True))
     assert "\033[33m3\033[0m" in coloured  # retries, yellow
     assert "\033[31m2\033[0m" in coloured  # failures, red
     assert coloured.count("\n") == plain.count("\n")
@@ -123,9 +124,9 @@ def test_stats_line_lists_used_providers() -> None:
 
 def test_stats_screen_shows_providers_only_when_present() -> None:
     """The stats screen gets a providers line once perfd reports the section."""
-    assert "providers" not in fmt.format_stats(STATS)
-    shown = fmt.format_stats({**STATS, "providers": {"openrouter": USED, "local": USED}})
+    assert "providers" not in fmt_stats.format_stats(STATS)
+    shown = fmt_stats.format_stats({**STATS, "providers": {"openrouter": USED, "local": USED}})
     (line,) = [entry for entry in shown.splitlines() if entry.startswith("providers")]
     assert line.startswith("providers openrouter 120 req")
     assert "local 120 req" in shown
-    assert all(len(entry) <= fmt.WIDTH for entry in shown.splitlines())
+    assert all(len(entry) <= base.WIDTH for entry in shown.splitlines())

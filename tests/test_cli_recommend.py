@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import perfctl
-from perfd.recommend import Request, plan_hardware, recommend
+from perfd.recommend import Query, plan_hardware, recommend
 from tests.conftest import Perfd, StartPerfd, clean_env, command
 from tests.test_recommend_weights import tiny_llama_gguf
 
@@ -56,7 +56,7 @@ def test_offline_plans_for_a_named_gpu(tmp_path: Path) -> None:
     """--offline --gpu H100: exit 0 without perfd, and vLLM's flags alone on their line."""
     out = ctl(tmp_path, "recommend", "--offline", "--gpu", "H100", "llama-3.1-8b")
     assert out.returncode == 0, out.stderr
-    request = Request(model="llama-3.1-8b", gpu="H100")
+    request = Query(model="llama-3.1-8b", gpu="H100")
     flags = recommend(request, plan_hardware(request, None))["flags"]
     lines = out.stdout.splitlines()
     assert flags["vllm"].startswith("--max-model-len 32768 --max-num-seqs 13")

@@ -150,3 +150,41 @@ def test_client_runtime_dirs_match_perfds_defaults(monkeypatch: pytest.MonkeyPat
     assert paths.client_runtime_dirs()[0][0] == "/tmp/perfd-1000"
     monkeypatch.setattr(paths.os, "geteuid", lambda: 0)
     assert [d for d, _ in paths.client_runtime_dirs()] == [paths.SYSTEM_RUNTIME_DIR]
+
+
+@pytest.mark.parametrize(
+    ("result", "frames", "words"),
+    [
+        ({"outputs": {"$frame": 0}, "arrays": []}, [b"\0" * 4], "does not describe the reply's 1"),
+        (
+            {"outputs": {"$frame": 2}, "arrays": [{"dtype": "<f4", "shape": [1]}]},
+            [b"\0" * 4],
+            "reply names frame 2; it has 1",
+        ),
+        (
+            {"outputs": {"$frame": 0}, "arrays": [{"dtype": "<f4", "shape": [9]}]},
+            [b"\0" * 4],
+            "reply array 0:",
+        ),
+    ],
+)
+def test_a_reply_with_bad_arrays_is_a_bad_reply(
+    result: dict[str, object], frames: list[bytes], words: str
+) -> None:
+    """Reply frames their 'arrays' do not describe raise BadReply in the client's words."""
+    from perfctl.client import _outputs
+
+    with pytest.raises(perfctl.BadReply, match=words) as caught:
+        _outputs(result, [zmq.Frame(f) for f in frames])
+    assert caught.value.code == "bad_reply"
+
+
+def test_an_array_of_python_objects_is_refused_before_sending() -> None:
+    """infer with an object-dtype array raises TypeError naming its dtype; nothing is sent."""
+    import numpy as np
+
+    with (
+        perfctl.Client(socket="/nonexistent/perfd.sock") as client,
+        pytest.raises(TypeError, match="Python objects"),
+    ):
+        client.infer("m", {"x": np.array([object()])})

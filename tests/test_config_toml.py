@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from perfctl import format_toml
+from perfctl.format import toml as format_toml
 from perfd import config
 from perfd.wire import keys
 from tests.conftest import StartPerfd, clean_env, command

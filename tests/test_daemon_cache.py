@@ -69,6 +69,18 @@ def test_numpy_outputs_as_json_and_as_frames(start_perfd: StartPerfd) -> None:
     out = arrays.decode(result["outputs"], result["arrays"], reply[1:])
     assert out.dtype == np.float32
     assert out.tolist() == [[0, 2, 4], [6, 8, 10]]
+    # Frames their 'arrays' do not describe: invalid_args with perfd.wire.arrays' words.
+    request = protocol.Request("n", "infer", {"model": "doubler", "inputs": value, "arrays": []})
+    with zmq.Context() as ctx, ctx.socket(zmq.REQ) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"ipc://{perfd.admin_socket}")
+        sock.send_multipart([protocol.encode_request(request), *frames])
+        assert sock.poll(20000)
+        error = json.loads(sock.recv())["error"]
+    assert error == {
+        "code": "invalid_args",
+        "message": "'arrays' must describe each of the 1 extra frames (dtype, shape)",
+    }
 
 
 def test_explicit_load_evict_and_memory_comes_back(start_perfd: StartPerfd) -> None:

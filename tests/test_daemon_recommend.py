@@ -29,7 +29,7 @@ def test_q4_0_kv_with_vllm_is_planned_as_fp8() -> None:
     from perfd import recommend as r
 
     def plan(kv: str) -> dict[str, Any]:
-        req = r.Request(model="llama-3.1-8b", gpu="H100", kv_dtype=kv)
+        req = r.Query(model="llama-3.1-8b", gpu="H100", kv_dtype=kv)
         return r.recommend(req, r.plan_hardware(req, None))
 
     assert plan("q4_0")["kv_bytes_per_token"] == plan("fp8")["kv_bytes_per_token"]

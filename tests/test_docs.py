@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from perfctl import format as fmt
+from perfctl.format import status as fmt_status
 from perfd import __version__
 from perfd.loaders.registry import WIRED_BY_DAEMON, Registry
 from tests.conftest import StartPerfd, clean_env, command
@@ -164,7 +164,9 @@ def test_readme_status_example_is_perfctls_output(start_perfd: StartPerfd) -> No
         "components": components,
         "requests": {"total": 12, "errors": 0, "dropped": 0},
     }
-    assert fmt.format_status(reply, socket="/run/perfd/perfd-ro.sock") == example.rstrip("\n")
+    assert fmt_status.format_status(reply, socket="/run/perfd/perfd-ro.sock") == example.rstrip(
+        "\n"
+    )
 
 
 def test_readme_timeout_paragraph_matches_the_client() -> None:

@@ -6,9 +6,12 @@ import copy
 import re
 from typing import Any
 
-from perfctl import format as fmt
-from perfctl import format_cache as fmt_cache
-from perfctl import format_recommend as fmt_rec
+from perfctl.format import alerts as fmt_alerts
+from perfctl.format import base, catalog
+from perfctl.format import cache as fmt_cache
+from perfctl.format import recommend as fmt_rec
+from perfctl.format import stats as fmt_stats
+from perfctl.format import status as fmt_status
 
 STATUS = {
     "version": "0.1.0",
@@ -24,7 +27,7 @@ STATUS = {
 
 def test_duration() -> None:
     """Durations read as 45s, 3m 12s, 2h 05m, 3d 4h."""
-    assert [fmt.duration(s) for s in (45, 192, 7500, 273600)] == [
+    assert [base.duration(s) for s in (45, 192, 7500, 273600)] == [
         "45s",
         "3m 12s",
         "2h 05m",
@@ -34,7 +37,7 @@ def test_duration() -> None:
 
 def test_status_is_aligned_text() -> None:
     """The status screen is a headline plus aligned rows, without colour by default."""
-    text = fmt.format_status(STATUS)
+    text = fmt_status.format_status(STATUS)
     lines = text.splitlines()
     assert lines[0] == "perfd 0.1.0 · running · pid 4242 · up 1h 02m"
     values = [line.index("/") for line in lines[1:3]]
@@ -45,7 +48,7 @@ def test_status_is_aligned_text() -> None:
 
 def test_colour_only_when_asked() -> None:
     """Colour codes appear only with a colour Style."""
-    assert "\033[32m" in fmt.format_status(STATUS, fmt.Style(colour=True))
+    assert "\033[32m" in fmt_status.format_status(STATUS, base.Style(colour=True))
 
 
 def test_config_is_toml() -> None:
@@ -57,12 +60,12 @@ def test_config_is_toml() -> None:
         "file_present": True,
         "config": {"runtime_dir": "", "log": {"level": "info"}, "server": {"workers": 4}},
     }
-    assert tomllib.loads(fmt.format_config(result)) == result["config"]
+    assert tomllib.loads(fmt_status.format_config(result)) == result["config"]
 
 
 def test_reload_mentions_restart() -> None:
     """Reload output lists changed keys and those that need a restart."""
-    text = fmt.format_reload(
+    text = fmt_status.format_reload(
         {
             "path": "/p",
             "changed": ["log.level", "server.workers"],
@@ -71,14 +74,14 @@ def test_reload_mentions_restart() -> None:
     )
     assert "log.level, server.workers" in text
     assert "restart perfd to apply: server.workers" in text
-    assert "nothing changed" in fmt.format_reload(
+    assert "nothing changed" in fmt_status.format_reload(
         {"path": "/p", "changed": [], "restart_required": []}
     )
 
 
 def test_ping() -> None:
     """Ping shows the version, pid and round trip."""
-    assert fmt.format_ping({"version": "0.1.0", "pid": 7}, elapsed_ms=0.5) == (
+    assert fmt_status.format_ping({"version": "0.1.0", "pid": 7}, elapsed_ms=0.5) == (
         "pong from perfd 0.1.0 (pid 7) in 0.50 ms"
     )
 
@@ -247,38 +250,38 @@ def line(text: str, start: str) -> str:
 
 def test_sizes_are_binary_with_one_decimal() -> None:
     """Sizes read 512 B, 1.5 KiB, 40.4 GiB, 2.0 TiB; pairs use the total's unit."""
-    assert [fmt.size(n) for n in (512, 1536, 43430709298, 2 << 40)] == [
+    assert [base.size(n) for n in (512, 1536, 43430709298, 2 << 40)] == [
         "512 B",
         "1.5 KiB",
         "40.4 GiB",
         "2.0 TiB",
     ]
-    assert fmt.size(1024**2 - 1) == "1.0 MiB"  # never "1024.0 KiB"
-    assert fmt.size_pair(43430709298, 64 << 30) == "40.4/64.0 GiB"
-    assert fmt.size_pair(0, 8 << 30) == "0.0/8.0 GiB"
-    assert fmt.size_pair(1 << 39, 1 << 40) == "0.5/1.0 TiB"
+    assert base.size(1024**2 - 1) == "1.0 MiB"  # never "1024.0 KiB"
+    assert base.size_pair(43430709298, 64 << 30) == "40.4/64.0 GiB"
+    assert base.size_pair(0, 8 << 30) == "0.0/8.0 GiB"
+    assert base.size_pair(1 << 39, 1 << 40) == "0.5/1.0 TiB"
 
 
 def test_until_is_short_and_rounds_down() -> None:
     """Times to full read 45s, 15m, 2.5h, 3.1d, never more than the truth."""
-    assert [fmt.until(s) for s in (45.9, 920, 9000, 267840)] == ["45s", "15m", "2.5h", "3.1d"]
+    assert [base.until(s) for s in (45.9, 920, 9000, 267840)] == ["45s", "15m", "2.5h", "3.1d"]
 
 
 def test_bar_rounds_and_clamps() -> None:
     """A bar has a fixed width; out-of-range or missing percentages clamp."""
-    assert fmt.bar(62.5, 10) == "[██████░░░░]"
-    assert fmt.bar(150, 4) == "[████]"
-    assert fmt.bar(None, 4) == "[░░░░]"
-    assert fmt.bar(62.5, 10, fmt.Style(unicode=False)) == "[######....]"
+    assert base.bar(62.5, 10) == "[██████░░░░]"
+    assert base.bar(150, 4) == "[████]"
+    assert base.bar(None, 4) == "[░░░░]"
+    assert base.bar(62.5, 10, base.Style(unicode=False)) == "[######....]"
 
 
 def test_gpu_names_are_shortened() -> None:
     """Vendor and memory-type words go; long names are cut to 14 characters."""
-    assert fmt.short_gpu_name("NVIDIA H100 80GB HBM3") == "H100 80GB"
-    assert fmt.short_gpu_name("NVIDIA GeForce RTX 4090") == "RTX 4090"
-    assert fmt.short_gpu_name("NVIDIA RTX 6000 Ada Generation") == "RTX 6000 Ada"
-    assert fmt.short_gpu_name("Tesla V100-SXM2-32GB-LS") == "V100-SXM2-32GB"
-    assert fmt.short_gpu_name("") == "?"
+    assert fmt_stats.short_gpu_name("NVIDIA H100 80GB HBM3") == "H100 80GB"
+    assert fmt_stats.short_gpu_name("NVIDIA GeForce RTX 4090") == "RTX 4090"
+    assert fmt_stats.short_gpu_name("NVIDIA RTX 6000 Ada Generation") == "RTX 6000 Ada"
+    assert fmt_stats.short_gpu_name("Tesla V100-SXM2-32GB-LS") == "V100-SXM2-32GB"
+    assert fmt_stats.short_gpu_name("") == "?"
 
 
 def test_trend_text() -> None:
@@ -286,17 +289,17 @@ def test_trend_text() -> None:
     up = {"direction": "increasing", "rate_bytes_per_s": 1258291.2, "time_to_full_s": 2520.0}
     down = {"direction": "decreasing", "rate_bytes_per_s": -1048576.0, "time_to_full_s": None}
     flat = {"direction": "stable", "rate_bytes_per_s": 3.0, "time_to_full_s": None}
-    assert fmt.trend_text(up) == "↑ 1.2 MiB/s  42m to full"
-    assert fmt.trend_text(up, rate=False) == "↑ 42m to full"
-    assert fmt.trend_text(down) == "↓ 1.0 MiB/s"
-    assert fmt.trend_text(flat) == "→"
-    assert fmt.trend_text(None) == ""
-    assert fmt.trend_text(up, fmt.Style(unicode=False)) == "^ 1.2 MiB/s  42m to full"
+    assert fmt_stats.trend_text(up) == "↑ 1.2 MiB/s  42m to full"
+    assert fmt_stats.trend_text(up, rate=False) == "↑ 42m to full"
+    assert fmt_stats.trend_text(down) == "↓ 1.0 MiB/s"
+    assert fmt_stats.trend_text(flat) == "→"
+    assert fmt_stats.trend_text(None) == ""
+    assert fmt_stats.trend_text(up, base.Style(unicode=False)) == "^ 1.2 MiB/s  42m to full"
 
 
 def test_stats_screen_from_real_example() -> None:
     """The example host: headline, memory bar and trend, swap, PSI, CPU, one line per GPU."""
-    text = fmt.format_stats(STATS)
+    text = fmt_stats.format_stats(STATS)
     assert text.splitlines()[0] == (
         "perfd stats · 2027-01-15T08:02:40Z · every 5s · 1 alert firing"
     )
@@ -346,10 +349,10 @@ def test_stats_fits_80_columns_for_two_gpus() -> None:
         gpu["memory"].update(total_bytes=151397597184, used_bytes=151397597184, used_percent=100.0)
         gpu["power_watts"] = 1000.0
         gpu["trend"] = {"direction": "increasing", "rate_bytes_per_s": 1e9, "time_to_full_s": 9e4}
-    for style in (fmt.PLAIN, fmt.Style(colour=True), fmt.Style(unicode=False)):
-        text = ANSI.sub("", fmt.format_stats(wide, style))
-        assert max(len(row) for row in text.splitlines()) <= fmt.WIDTH, text
-    text = fmt.format_stats(wide)
+    for style in (base.PLAIN, base.Style(colour=True), base.Style(unicode=False)):
+        text = ANSI.sub("", fmt_stats.format_stats(wide, style))
+        assert max(len(row) for row in text.splitlines()) <= base.WIDTH, text
+    text = fmt_stats.format_stats(wide)
     assert "full_but_healthy" in line(text, "mem ")
     assert "15m to full" in line(text, "mem ")  # the rate gave way, the time to full stayed
     cgroup = line(text, "cgroup ")
@@ -361,7 +364,7 @@ def test_stats_fits_80_columns_for_two_gpus() -> None:
 
 def test_stats_ascii_fallback() -> None:
     """Without unicode the screen is plain ASCII: # and . bars, ^ v -> arrows, C for °C."""
-    text = fmt.format_stats(STATS, fmt.Style(unicode=False))
+    text = fmt_stats.format_stats(STATS, base.Style(unicode=False))
     assert text.isascii()
     assert "[######....]" in line(text, "mem ")
     assert "^ 26.2 MiB/s" in line(text, "mem ")
@@ -373,32 +376,32 @@ def test_stats_ascii_fallback() -> None:
 
 def test_stats_colour_only_with_colour_on() -> None:
     """Verdict words are green, yellow or red with colour on, and no escape appears without."""
-    assert "\033[" not in fmt.format_stats(STATS)
-    text = fmt.format_stats(STATS, fmt.Style(colour=True))
+    assert "\033[" not in fmt_stats.format_stats(STATS)
+    text = fmt_stats.format_stats(STATS, base.Style(colour=True))
     assert "\033[32mhealthy\033[0m" in line(text, "mem ")
     assert "\033[33mpressure\033[0m" in line(text, "1 ")
     critical = stats()
     critical["gpus"][1]["verdict"] = "critical"
-    assert "\033[31mcritical\033[0m" in fmt.format_stats(critical, fmt.Style(colour=True))
+    assert "\033[31mcritical\033[0m" in fmt_stats.format_stats(critical, base.Style(colour=True))
     # Colour does not shift the columns: the lines match the plain ones once escapes are gone.
-    assert ANSI.sub("", text) == fmt.format_stats(STATS)
+    assert ANSI.sub("", text) == fmt_stats.format_stats(STATS)
 
 
 def test_stats_without_psi() -> None:
     """A host without /proc/pressure says so instead of showing percentages."""
     snap = stats()
     snap["host"]["psi"] = {"available": False}
-    assert line(fmt.format_stats(snap), "psi ") == "psi    absent"
+    assert line(fmt_stats.format_stats(snap), "psi ") == "psi    absent"
 
 
 def test_stats_without_gpus() -> None:
     """gpu_state absent with no GPUs: the headline and a gpu line say why, no GPU table."""
     snap = stats(gpu_state="absent", gpu_error="NVML_ERROR_LIBRARY_NOT_FOUND", gpus=[])
-    text = fmt.format_stats(snap)
+    text = fmt_stats.format_stats(snap)
     assert " · gpu absent · " in text.splitlines()[0]
     assert line(text, "gpu ") == "gpu    absent  NVML_ERROR_LIBRARY_NOT_FOUND"
     assert "GPU " not in text
-    disabled = fmt.format_stats(stats(gpu_state="disabled", gpu_error=None, gpus=[]))
+    disabled = fmt_stats.format_stats(stats(gpu_state="disabled", gpu_error=None, gpus=[]))
     assert line(disabled, "gpu ") == "gpu    disabled"
 
 
@@ -409,11 +412,11 @@ def test_stats_lost_gpu() -> None:
     lost.update(state="lost", error="NVML_ERROR_GPU_IS_LOST", verdict=None, trend=None)
     lost.update(temperature_c=None, power_watts=None, utilization_percent=None)
     lost["memory"].update(total_bytes=0, used_bytes=0, free_bytes=0, used_percent=0.0)
-    text = fmt.format_stats(snap)
+    text = fmt_stats.format_stats(snap)
     assert " · gpu lost · " in text.splitlines()[0]
     assert line(text, "1 ") == "1 H100 80GB lost: NVML_ERROR_GPU_IS_LOST"
     assert "73.0%" in line(text, "0 ")
-    coloured = fmt.format_stats(snap, fmt.Style(colour=True))
+    coloured = fmt_stats.format_stats(snap, base.Style(colour=True))
     assert "\033[31mlost: NVML_ERROR_GPU_IS_LOST\033[0m" in coloured
 
 
@@ -421,7 +424,7 @@ def test_stats_missing_gpu_readings() -> None:
     """Null temperature, power and utilization show as '-', never 'None'."""
     snap = stats()
     snap["gpus"][0].update(temperature_c=None, power_watts=None, utilization_percent=None)
-    row = line(fmt.format_stats(snap), "0 ")
+    row = line(fmt_stats.format_stats(snap), "0 ")
     assert "None" not in row
     assert row.split()[7:11] == ["-", "-", "-", "healthy"]
 
@@ -433,7 +436,7 @@ def test_stats_top_processes() -> None:
         {"pid": 2101, "name": "vllm", "rss_bytes": 12 << 30, "unit": "vllm.service"},
         {"pid": 77, "name": "python3", "rss_bytes": 300 << 20, "unit": None},
     ]
-    text = fmt.format_stats(snap)
+    text = fmt_stats.format_stats(snap)
     assert line(text, " PID ").split() == ["PID", "NAME", "RSS", "UNIT"]
     assert line(text, "2101 ").split() == ["2101", "vllm", "12.0", "GiB", "vllm.service"]
     assert line(text, "  77 ").split() == ["77", "python3", "300.0", "MiB", "-"]
@@ -449,11 +452,11 @@ def test_stats_cgroup_limit() -> None:
         "current_bytes": 20 << 30,
         "used_percent": 62.5,
     }
-    assert line(fmt.format_stats(snap), "cgroup ") == (
+    assert line(fmt_stats.format_stats(snap), "cgroup ") == (
         "cgroup [██████░░░░]  62.5%  20.0/32.0 GiB  /system.slice/perfd.service"
     )
     snap["host"]["cgroup"].update(current_bytes=None, used_percent=None)
-    assert line(fmt.format_stats(snap), "cgroup ") == (
+    assert line(fmt_stats.format_stats(snap), "cgroup ") == (
         "cgroup limit 32.0 GiB  /system.slice/perfd.service"
     )
 
@@ -462,16 +465,16 @@ def test_stats_first_sample_and_critical_alerts() -> None:
     """perfd's CPU before a second sample is '-'; critical alerts are counted in red."""
     snap = stats(perfd={"rss_bytes": 31457280, "cpu_percent": None})
     snap["alerts"] = {"firing": 3, "critical": 2}
-    text = fmt.format_stats(snap, fmt.Style(colour=True))
+    text = fmt_stats.format_stats(snap, base.Style(colour=True))
     assert line(text, "perfd  ") == "perfd  rss 30.0 MiB  cpu -"
     assert "\033[31m3 alerts firing (2 critical)\033[0m" in text.splitlines()[0]
     quiet = stats(alerts={"firing": 0, "critical": 0})
-    assert fmt.format_stats(quiet).splitlines()[0].endswith(" · no alerts firing")
+    assert fmt_stats.format_stats(quiet).splitlines()[0].endswith(" · no alerts firing")
 
 
 def test_alerts_table_and_history() -> None:
     """Firing alerts are an aligned table with units; the history lists each event."""
-    text = fmt.format_alerts(ALERTS)
+    text = fmt_alerts.format_alerts(ALERTS)
     lines = text.splitlines()
     assert lines[0].split() == ["SEVERITY", "ID", "VALUE", "THRESHOLD", "SINCE"]
     assert lines[1].split() == ["warning", "gpu_memory/gpu1", "93.0%", "90.0%", ALERTS_SINCE]
@@ -480,12 +483,12 @@ def test_alerts_table_and_history() -> None:
     assert lines[4].split() == ["TIME", "EVENT", "ID", "SEVERITY", "VALUE"]
     assert lines[5].split() == [ALERTS_SINCE, "firing", "gpu_memory/gpu1", "warning", "93.0%"]
     assert "\033[" not in text
-    assert "\033[33mwarning\033[0m" in fmt.format_alerts(ALERTS, fmt.Style(colour=True))
+    assert "\033[33mwarning\033[0m" in fmt_alerts.format_alerts(ALERTS, base.Style(colour=True))
 
 
 def test_alerts_none_firing() -> None:
     """No alerts: says so, and says there is no history."""
-    assert fmt.format_alerts({"firing": [], "history": []}) == (
+    assert fmt_alerts.format_alerts({"firing": [], "history": []}) == (
         "no alerts firing\n\nno alert history"
     )
 
@@ -507,7 +510,7 @@ def test_alerts_history_events_and_limit() -> None:
             "at": "T09",
         },
     ] + [{**base, "event": "alert.firing", "at": f"T0{i}"} for i in range(8, 0, -1)]
-    text = fmt.format_alerts({"firing": [], "history": events})
+    text = fmt_alerts.format_alerts({"firing": [], "history": events})
     rows = text.splitlines()[4:]
     assert rows[0].split() == ["T13", "resolved", "gpu_temperature/gpu0", "critical", "70°C"]
     assert rows[1].split()[1] == "deescalated"
@@ -516,7 +519,7 @@ def test_alerts_history_events_and_limit() -> None:
     assert rows[4].split() == ["T09", "firing", "exhaustion/host", "warning", "15m"]
     assert rows[9].startswith("T04")
     assert rows[10] == "3 older; perfctl alerts --all shows them"
-    everything = fmt.format_alerts({"firing": [], "history": events}, history_limit=None)
+    everything = fmt_alerts.format_alerts({"firing": [], "history": events}, history_limit=None)
     assert everything.splitlines()[-1].startswith("T01")
     assert "older" not in everything
 
@@ -626,9 +629,9 @@ def test_ps_fits_80_columns() -> None:
         "models": [model("m" * 60, device="cuda:12", measured_by="torch")],
         "configured": [f"model-number-{i}" for i in range(20)],
     }
-    for style in (fmt.PLAIN, fmt.Style(colour=True)):
+    for style in (base.PLAIN, base.Style(colour=True)):
         text = ANSI.sub("", fmt_cache.format_ps(wide, style))
-        assert max(len(row) for row in text.splitlines()) <= fmt.WIDTH, text
+        assert max(len(row) for row in text.splitlines()) <= base.WIDTH, text
     text = fmt_cache.format_ps(wide)
     assert text.splitlines()[2].startswith("not loaded: model-number-0, ")
     assert text.splitlines()[3].startswith("            model-number-")
@@ -637,7 +640,7 @@ def test_ps_fits_80_columns() -> None:
 
 def test_ps_colours() -> None:
     """ready is green, PINNED bold, IN USE yellow, with colour on; columns do not shift."""
-    text = fmt_cache.format_ps(PS, fmt.Style(colour=True))
+    text = fmt_cache.format_ps(PS, base.Style(colour=True))
     assert "\033[32mready\033[0m" in text
     assert "\033[1mPINNED\033[0m" in text
     assert "\033[33mIN USE\033[0m" in text
@@ -658,7 +661,7 @@ def test_model_size_and_clock() -> None:
 def test_stats_cache_section() -> None:
     """stats shows the cache's counts, its evictions by reason, then each device's budget use
     (measured sizes, the estimate of one still loading), before perfd's own line."""
-    text = fmt.format_stats(stats(cache=CACHE))
+    text = fmt_stats.format_stats(stats(cache=CACHE))
     lines = text.splitlines()
     start = lines.index(line(text, "cache "))
     assert lines[start : start + 4] == [
@@ -668,16 +671,16 @@ def test_stats_cache_section() -> None:
         "       cuda:0  [░░░░░░░░░░]   0.1%  0.1/72.0 GiB budget",
     ]
     assert lines[-1].startswith("perfd  rss ")
-    assert "cache" not in fmt.format_stats(STATS)  # a perfd without a cache: no section
+    assert "cache" not in fmt_stats.format_stats(STATS)  # a perfd without a cache: no section
 
 
 def test_stats_cache_not_started_and_no_budget() -> None:
     """A cache not started yet says so; a device without a budget shows its bytes only."""
-    idle = fmt.format_stats(stats(cache={"started": False, "configured": ["a"]}))
+    idle = fmt_stats.format_stats(stats(cache={"started": False, "configured": ["a"]}))
     assert line(idle, "cache ") == "cache  not started"
     cache = {**CACHE, "hit_ratio": None, "devices": {"cpu": {**CACHE["devices"]["cpu"]}}}
     cache["devices"]["cpu"]["budget_bytes"] = 0
-    text = fmt.format_stats(stats(cache=cache))
+    text = fmt_stats.format_stats(stats(cache=cache))
     assert "hit ratio -" in line(text, "cache ")
     assert "       cpu  256.3 MiB  (no budget)" in text.splitlines()
 
@@ -686,12 +689,12 @@ def test_stats_cache_fits_80_columns_and_ascii() -> None:
     """The cache lines fit 80 columns with big counts, and fall back to ASCII."""
     cache = {**CACHE, "hits": 10**9, "misses": 10**9, "loaded": 999}
     cache["evictions"] = dict.fromkeys(CACHE["evictions"], 10**9)
-    wrapped = fmt.format_stats(stats(cache=cache)).splitlines()
+    wrapped = fmt_stats.format_stats(stats(cache=cache)).splitlines()
     assert " " * 17 + "manual 1000000000 budget 1000000000" in wrapped  # under the first reason
-    for style in (fmt.PLAIN, fmt.Style(colour=True), fmt.Style(unicode=False)):
-        text = ANSI.sub("", fmt.format_stats(stats(cache=cache), style))
-        assert max(len(row) for row in text.splitlines()) <= fmt.WIDTH, text
-    ascii_text = fmt.format_stats(stats(cache=cache), fmt.Style(unicode=False))
+    for style in (base.PLAIN, base.Style(colour=True), base.Style(unicode=False)):
+        text = ANSI.sub("", fmt_stats.format_stats(stats(cache=cache), style))
+        assert max(len(row) for row in text.splitlines()) <= base.WIDTH, text
+    ascii_text = fmt_stats.format_stats(stats(cache=cache), base.Style(unicode=False))
     assert ascii_text.isascii()
     assert line(ascii_text, "cache ").startswith("cache  999 loaded | hits ")
 
@@ -752,7 +755,7 @@ def test_evict_all_says_what_it_skipped() -> None:
     many = [{"model": f"model-{i:02d}", "why": "pinned"} for i in range(12)]
     lines = fmt_cache.format_evict({"evicted": ["a"], "skipped": many, "dry_run": True})
     assert lines.splitlines()[0] == "would evict: a"
-    assert all(len(line) <= fmt.WIDTH for line in lines.splitlines())
+    assert all(len(line) <= base.WIDTH for line in lines.splitlines())
     assert lines.count("(pinned)") == 12
 
 
@@ -762,7 +765,9 @@ def test_infer_output_is_json() -> None:
     result = {"model": "echo", "outputs": {"a": 1, "text": "é"}}
     assert fmt_cache.format_infer(result) == '{"a": 1, "text": "é"}'
     assert fmt_cache.format_infer(result, pretty=True) == '{\n  "a": 1,\n  "text": "é"\n}'
-    assert fmt_cache.format_infer(result, fmt.Style(unicode=False)) == '{"a": 1, "text": "\\u00e9"}'
+    assert (
+        fmt_cache.format_infer(result, base.Style(unicode=False)) == '{"a": 1, "text": "\\u00e9"}'
+    )
 
 
 # -- recommend ------------------------------------------------------------------------------
@@ -770,9 +775,9 @@ def test_infer_output_is_json() -> None:
 
 def _recommend(**fields: Any) -> dict[str, Any]:
     """A real recommend() result, planned for the hardware ``fields`` name."""
-    from perfd.recommend import Request, plan_hardware, recommend
+    from perfd.recommend import Query, plan_hardware, recommend
 
-    request = Request(**fields)
+    request = Query(**fields)
     return recommend(request, plan_hardware(request, None))
 
 
@@ -826,7 +831,7 @@ def test_recommend_table_is_aligned_with_the_point_marked() -> None:
     (marked,) = [row for row in rows if row.startswith("→")]
     assert marked.split()[1:3] == ["32768", "13"]
     assert marked.endswith("recommended")
-    assert fmt_rec.format_recommend(result, fmt.Style(unicode=False)).count("\n->") == 1
+    assert fmt_rec.format_recommend(result, base.Style(unicode=False)).count("\n->") == 1
 
 
 def test_recommend_tips_are_ranked_with_bytes_saved() -> None:
@@ -847,7 +852,7 @@ def test_recommend_settings_lines_are_exact_copyable_text() -> None:
     """vLLM, llama.cpp and Ollama settings each stand alone on a line, exactly as given."""
     for fields in (FITS, CPU, BUDGET):
         result = _recommend(**fields)
-        lines = fmt_rec.format_recommend(result, fmt.Style(colour=True)).splitlines()
+        lines = fmt_rec.format_recommend(result, base.Style(colour=True)).splitlines()
         for setting in _settings(result["flags"]):
             assert setting in lines
     lines = fmt_rec.format_recommend(_recommend(**FITS)).splitlines()
@@ -905,7 +910,7 @@ def test_recommend_lines_fit_80_columns() -> None:
         result = _recommend(**fields)
         exempt = set(_settings(result["flags"]))
         exempt |= set(_settings((result.get("smallest_change") or {}).get("flags") or {}))
-        for style in (fmt.PLAIN, fmt.Style(unicode=False)):
+        for style in (base.PLAIN, base.Style(unicode=False)):
             for line in fmt_rec.format_recommend(result, style).splitlines():
                 assert line in exempt or len(line) <= 80, (fields, line)
 
@@ -914,7 +919,7 @@ def test_recommend_colour_changes_no_text() -> None:
     """With colour, the same text: only paint codes are added."""
     for fields in (FITS, SHORT):
         result = _recommend(**fields)
-        coloured = fmt_rec.format_recommend(result, fmt.Style(colour=True))
+        coloured = fmt_rec.format_recommend(result, base.Style(colour=True))
         assert "\033[" in coloured
         assert ANSI.sub("", coloured) == fmt_rec.format_recommend(result)
 
@@ -922,7 +927,7 @@ def test_recommend_colour_changes_no_text() -> None:
 def test_recommend_ascii_only_without_unicode() -> None:
     """Without unicode the output is plain ASCII (| for ·, -> for →)."""
     for fields in (FITS, SHORT, CPU):
-        fmt_rec.format_recommend(_recommend(**fields), fmt.Style(unicode=False)).encode("ascii")
+        fmt_rec.format_recommend(_recommend(**fields), base.Style(unicode=False)).encode("ascii")
 
 
 def test_recommend_tolerates_absent_keys() -> None:
@@ -938,7 +943,7 @@ def test_model_list_is_an_aligned_table() -> None:
     attention; aligned."""
     from perfd.recommend import list_models
 
-    lines = fmt_rec.format_models({"models": list_models()}).splitlines()
+    lines = catalog.format_models({"models": list_models()}).splitlines()
     assert re.split(r"\s{2,}", lines[0]) == [
         "NAME",
         "PARAMS(B)",
@@ -959,7 +964,7 @@ def test_gpu_list_is_an_aligned_table() -> None:
     """--list-gpus: name, memory in GiB, compute capability, aliases."""
     from perfd.recommend import list_gpus
 
-    lines = fmt_rec.format_gpus({"gpus": list_gpus()}).splitlines()
+    lines = catalog.format_gpus({"gpus": list_gpus()}).splitlines()
     (h100,) = [line for line in lines if line.startswith("H100-80GB ")]
     assert h100.split() == [
         "H100-80GB",

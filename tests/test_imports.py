@@ -19,15 +19,17 @@ def _modules(code: str) -> set[str]:
     return {name.split(".")[0] for name in json.loads(out.stdout)}
 
 
-def test_perfctl_imports_only_zmq_stdlib_and_protocol() -> None:
-    """perfctl's CLI pulls in pyzmq and perfd.wire.protocol, nothing heavy."""
+def test_perfctl_start_loads_nothing_heavy() -> None:
+    """perfctl's CLI pulls in pyzmq at start, nothing heavy (numpy only for a reply's arrays).
+    What perfctl may import at all is checked statically: tests/test_architecture.py."""
     loaded = _modules("import perfctl.__main__")
     assert not loaded & HEAVY
     assert "zmq" in loaded
 
 
-def test_perfctl_touches_only_light_perfd_modules() -> None:
-    """Of perfd's own modules, perfctl loads only the package, protocol, paths and sockprobe."""
+def test_perfctl_start_loads_only_light_wire_modules() -> None:
+    """Of perfd's own modules, perfctl's start loads the package and the light wire modules:
+    not the recommender (only for recommend) nor the key files module (only for --host)."""
     out = subprocess.run(
         [
             sys.executable,
@@ -40,7 +42,8 @@ def test_perfctl_touches_only_light_perfd_modules() -> None:
         check=True,
     )
     assert out.stdout.strip() == (
-        "['perfd', 'perfd.wire', 'perfd.wire.paths', 'perfd.wire.protocol', 'perfd.wire.sockprobe']"
+        "['perfd', 'perfd.wire', 'perfd.wire.arrays', 'perfd.wire.paths', 'perfd.wire.protocol', "
+        "'perfd.wire.sockprobe', 'perfd.wire.values']"
     )
 
 

@@ -305,11 +305,12 @@ def test_a_failing_load_hook_does_not_fail_the_load() -> None:
 
 
 def test_eviction_reasons_match_the_cache() -> None:
-    """The reasons perfd_cache_evictions_total lists are the cache's (kept apart: no import)."""
+    """The reasons perfd_cache_evictions_total lists are the cache's: both take perfd.wire's."""
     from perfd.cache import core as cache
     from perfd.metrics import exporter as metrics
+    from perfd.wire import values
 
-    assert metrics.EVICTION_REASONS == cache.REASONS
+    assert metrics.EVICTION_REASONS is cache.EVICTION_REASONS is values.EVICTION_REASONS
 
 
 def test_cache_not_started_reports_zeros_and_configured_models() -> None:

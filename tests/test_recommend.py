@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from perfd.recommend import Gpu, Hardware, RecommendError, Request, plan_hardware, recommend
+from perfd.recommend import Gpu, Hardware, Query, RecommendError, plan_hardware, recommend
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -23,7 +23,7 @@ def host(*gpus: Gpu, ram: int = 0) -> Hardware:
 
 
 def run(hardware: Hardware | None = None, **fields: Any) -> dict[str, Any]:
-    request = Request(**fields)
+    request = Query(**fields)
     return recommend(request, hardware or plan_hardware(request, None))
 
 
@@ -209,7 +209,7 @@ def test_shorter_context_is_the_smallest_change() -> None:
 def test_cpu_only_host_plans_for_ram() -> None:
     """No GPUs: the plan uses available RAM, or the cgroup limit when that is lower."""
     hardware = Hardware((), 64 * GiB, 48 * GiB, 24 * GiB, 8, "live")
-    result = recommend(Request(model="llama-3.1-8b", engine="llama.cpp"), hardware)
+    result = recommend(Query(model="llama-3.1-8b", engine="llama.cpp"), hardware)
     assert result["budget"]["device"] == "cpu"
     assert result["budget"]["free_bytes"] == 24 * GiB
     assert result["budget"]["usable_bytes"] == 24 * GiB - int(24 * GiB * 0.1)
@@ -217,7 +217,7 @@ def test_cpu_only_host_plans_for_ram() -> None:
     assert result["flags"]["llama.cpp"].endswith("-ngl 0")
     assert "cuda_context_bytes" not in result["budget"]["overhead"]
     roomy = recommend(
-        Request(model="llama-3.1-8b"), Hardware((), 64 * GiB, 48 * GiB, None, 8, "live")
+        Query(model="llama-3.1-8b"), Hardware((), 64 * GiB, 48 * GiB, None, 8, "live")
     )
     assert roomy["budget"]["free_bytes"] == 48 * GiB
     assert roomy["binding_limit"] == "ram"
@@ -340,8 +340,8 @@ def test_imports_only_the_standard_library() -> None:
     """
     baseline = _top_level_modules("pass")
     loaded = _top_level_modules(
-        "from perfd.recommend import Request, plan_hardware, recommend\n"
-        "r = Request(model='llama-3.1-8b', gpu='H100')\n"
+        "from perfd.recommend import Query, plan_hardware, recommend\n"
+        "r = Query(model='llama-3.1-8b', gpu='H100')\n"
         "recommend(r, plan_hardware(r, None))"
     )
     assert not loaded & {"numpy", "psutil", "zmq", "structlog", "pynvml", "requests"}

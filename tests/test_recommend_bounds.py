@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 
-from perfd.recommend import RecommendError, Request, plan_hardware, recommend
+from perfd.recommend import Query, RecommendError, plan_hardware, recommend
 from perfd.recommend.arch import spec_from_config
 from perfd.recommend.bounds import MAX_LAYERS, RANGES, config_int, multiples_below
 from perfd.recommend.request import MAX_BYTES, MAX_CONTEXT, MAX_GPUS, check_limits
@@ -49,7 +49,7 @@ BASES = (LLAMA, QWEN_MOE, DEEPSEEK, GEMMA3)
 
 
 def plan(config: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
-    request = Request(**({"model": "x", "config": config} if config is not None else {}), **fields)
+    request = Query(**({"model": "x", "config": config} if config is not None else {}), **fields)
     return recommend(request, plan_hardware(request, None))
 
 
@@ -140,7 +140,7 @@ def test_closed_form_layer_counts_match_the_old_loops(
 def test_shapes_and_texts_in_a_config(change: dict[str, Any], words: str) -> None:
     """Wrong shapes, over-long texts and lists, impossible combinations: RecommendError."""
     config = {k: v for k, v in {**QWEN_MOE, **change}.items() if v is not None}
-    request = Request(config=config, gpu="H100")
+    request = Query(config=config, gpu="H100")
     with pytest.raises(RecommendError, match=words):
         recommend(request, plan_hardware(request, None))
 
@@ -173,7 +173,7 @@ def test_shapes_and_texts_in_a_config(change: dict[str, Any], words: str) -> Non
 def test_request_fields_are_bounded(fields: dict[str, Any], words: str) -> None:
     """Each field over its bound is refused by check_limits and by plan_hardware, before any
     lookup or arithmetic, and the message never repeats a long value."""
-    request = Request(**{"model": "llama-3.1-8b", "gpu": "H100", **fields})
+    request = Query(**{"model": "llama-3.1-8b", "gpu": "H100", **fields})
     for check in (check_limits, lambda r: plan_hardware(r, None)):
         with pytest.raises(RecommendError, match=words) as caught:
             check(request)
@@ -191,7 +191,7 @@ def test_request_fields_are_bounded(fields: dict[str, Any], words: str) -> None:
 def test_gpu_texts_are_checked_when_planned(gpu: str, words: str) -> None:
     """Live indexes, sizes and names in ``gpu``: each form checked for what it may hold."""
     with pytest.raises(RecommendError, match=words):
-        plan_hardware(Request(model="llama-3.1-8b", gpu=gpu), None)
+        plan_hardware(Query(model="llama-3.1-8b", gpu=gpu), None)
 
 
 # -- any config, any request: bounded time, one error type, bounded replies -------------------
@@ -275,7 +275,7 @@ def test_any_config_plans_fast_or_fails_with_a_recommend_error(
     assert size < MAX_REPLY_BYTES
 
 
-def worst_request() -> Request:
+def worst_request() -> Query:
     """The largest reply the bounds allow, as far as we know: the longest name, the most GPUs
     with the longest GPU name, the longest context table, every optional section."""
     config = {
@@ -290,7 +290,7 @@ def worst_request() -> Request:
         "q_lora_rank": 1536,
         "topk_method": "noaux_tc",
     }
-    return Request(
+    return Query(
         model="m" * 256,
         config=config,
         gpu="1" + " " * 60 + "GiB",  # "GPU (1 ... GiB)": the longest name a GPU can get

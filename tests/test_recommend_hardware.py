@@ -10,8 +10,8 @@ import pytest
 from perfd.recommend import (
     Gpu,
     Hardware,
+    Query,
     RecommendError,
-    Request,
     hardware_from_stats,
     list_gpus,
     parse_size,
@@ -77,7 +77,7 @@ def test_snapshot_mig_instances_are_the_devices() -> None:
         ("NVIDIA H100 80GB HBM3 MIG 1", 20 * GiB, 19 * GiB, True),
         ("NVIDIA H100 80GB HBM3 MIG 2", 40 * GiB, 40 * GiB, True),
     ]
-    result = recommend(Request(model="llama-3.1-8b"), hw)
+    result = recommend(Query(model="llama-3.1-8b"), hw)
     assert result["budget"]["total_bytes"] == 40 * GiB  # one instance, the roomiest
     assert result["hardware"]["tensor_parallel"] == 1
     assert any("MIG" in note for note in result["notes"])
@@ -86,12 +86,12 @@ def test_snapshot_mig_instances_are_the_devices() -> None:
 def test_no_live_hardware_and_no_flags_is_an_error() -> None:
     """Offline without --gpu or --memory: the error asks for them."""
     with pytest.raises(RecommendError, match=r"--gpu NAME.*--memory SIZE"):
-        plan_hardware(Request(model="gpt2"), None)
+        plan_hardware(Query(model="gpt2"), None)
 
 
 def test_gpu_name_plans_with_all_memory_free() -> None:
     """--gpu NAME uses the GPU table's total as free; --gpus repeats it."""
-    hw = plan_hardware(Request(model="gpt2", gpu="h100", gpus=4), None)
+    hw = plan_hardware(Query(model="gpt2", gpu="h100", gpus=4), None)
     assert hw.source == "planned"
     assert [g.index for g in hw.gpus] == [0, 1, 2, 3]
     assert all(g.free_bytes == g.total_bytes == 81559 * MiB for g in hw.gpus)
@@ -100,7 +100,7 @@ def test_gpu_name_plans_with_all_memory_free() -> None:
 
 def test_gpu_size_plans_a_custom_gpu() -> None:
     """--gpu 48GiB plans for a GPU of that size not in the table."""
-    hw = plan_hardware(Request(model="gpt2", gpu="48GiB"), None)
+    hw = plan_hardware(Query(model="gpt2", gpu="48GiB"), None)
     assert hw.gpus[0].total_bytes == 48 * GiB
 
 
@@ -109,52 +109,52 @@ def test_gpu_index_selects_live_gpus() -> None:
     live = hardware_from_stats(
         snapshot(_gpu(0, total=80 * GiB, free=10 * GiB), _gpu(1, total=80 * GiB, free=75 * GiB))
     )
-    hw = plan_hardware(Request(model="gpt2", gpu="1"), live)
+    hw = plan_hardware(Query(model="gpt2", gpu="1"), live)
     assert [g.index for g in hw.gpus] == [1]
     assert hw.source == "live"
     with pytest.raises(RecommendError, match=r"index 7 \(live GPUs: 0, 1\)"):
-        plan_hardware(Request(model="gpt2", gpu="7"), live)
-    both = plan_hardware(Request(model="gpt2", gpu="0,1"), live)
+        plan_hardware(Query(model="gpt2", gpu="7"), live)
+    both = plan_hardware(Query(model="gpt2", gpu="0,1"), live)
     assert len(both.gpus) == 2
 
 
 def test_memory_flag_sets_the_ram() -> None:
     """--memory alone plans a CPU-only host; with live hardware it replaces the RAM."""
-    hw = plan_hardware(Request(model="gpt2", memory=32 * GiB), None)
+    hw = plan_hardware(Query(model="gpt2", memory=32 * GiB), None)
     assert (hw.gpus, hw.ram_available_bytes, hw.source) == ((), 32 * GiB, "planned")
     live = hardware_from_stats(snapshot(_gpu(0, total=80 * GiB, free=80 * GiB)))
-    mixed = plan_hardware(Request(model="gpt2", memory=16 * GiB), live)
+    mixed = plan_hardware(Query(model="gpt2", memory=16 * GiB), live)
     assert (len(mixed.gpus), mixed.ram_usable_bytes, mixed.source) == (1, 16 * GiB, "live+planned")
 
 
 def test_gpus_zero_plans_cpu_only() -> None:
     """--gpus 0 drops the GPUs: the plan is for RAM."""
     live = hardware_from_stats(snapshot(_gpu(0, total=80 * GiB, free=80 * GiB)))
-    hw = plan_hardware(Request(model="gpt2", gpus=0), live)
+    hw = plan_hardware(Query(model="gpt2", gpus=0), live)
     assert hw.gpus == ()
-    assert recommend(Request(model="gpt2"), hw)["budget"]["device"] == "cpu"
+    assert recommend(Query(model="gpt2"), hw)["budget"]["device"] == "cpu"
 
 
 def test_gpus_are_bounded_before_planning() -> None:
     """--gpus past MAX_GPUS (or below 0) is refused before the GPU is repeated that often: a
     huge count once took perfd minutes and gigabytes."""
-    assert len(plan_hardware(Request(model="gpt2", gpu="h100", gpus=MAX_GPUS), None).gpus) == 64
+    assert len(plan_hardware(Query(model="gpt2", gpu="h100", gpus=MAX_GPUS), None).gpus) == 64
     for gpus in (MAX_GPUS + 1, 10**30, -1):
         with pytest.raises(RecommendError, match="gpus must be an integer from 0 to 64") as info:
-            plan_hardware(Request(model="gpt2", gpu="h100", gpus=gpus), None)
+            plan_hardware(Query(model="gpt2", gpu="h100", gpus=gpus), None)
         assert info.value.option == "gpus"
 
 
 def test_kv_budget_needs_no_hardware() -> None:
     """A KV budget alone plans without a machine."""
-    hw = plan_hardware(Request(model="gpt2", kv_budget=GiB), None)
+    hw = plan_hardware(Query(model="gpt2", kv_budget=GiB), None)
     assert hw.source == "kv_budget"
 
 
 def test_ambiguous_gpu_name_lists_candidates() -> None:
     """'A100' matches two table entries: the error names both."""
     with pytest.raises(RecommendError) as info:
-        plan_hardware(Request(model="gpt2", gpu="A100"), None)
+        plan_hardware(Query(model="gpt2", gpu="A100"), None)
     assert set(info.value.allowed) == {"A100-SXM4-40GB", "A100-SXM4-80GB"}
     assert "--list-gpus" in str(info.value)
 

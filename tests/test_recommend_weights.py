@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from perfd.recommend import Gpu, Hardware, RecommendError, Request, recommend
+from perfd.recommend import Gpu, Hardware, Query, RecommendError, recommend
 from perfd.recommend.weights import config_from_gguf, read_gguf, read_safetensors, read_weights
 
 GiB = 1 << 30
@@ -137,7 +137,7 @@ def test_recommend_from_a_gguf_file(tmp_path: Path) -> None:
     """A GGUF file plans with its own bytes and parameters, and its metadata's KV shape."""
     path = tiny_llama_gguf(tmp_path / "tiny.gguf")
     hardware = Hardware((Gpu(0, "GPU", 8 * GiB, 8 * GiB),), 0, 0, None, 4, "planned")
-    result = recommend(Request(weights_path=str(path), engine="llama.cpp"), hardware)
+    result = recommend(Query(weights_path=str(path), engine="llama.cpp"), hardware)
     info = read_weights(str(path))
     assert result["weights_bytes"] == info.bytes
     assert result["model"]["params"] == info.params
@@ -202,7 +202,7 @@ def test_safetensors_without_config_asks_for_one(tmp_path: Path) -> None:
     write_safetensors(tmp_path / "m.safetensors", {"x.weight": ("F16", [4, 4])})
     hardware = Hardware((), 8 * GiB, 8 * GiB, None, 4, "planned")
     with pytest.raises(RecommendError, match=r"config\.json"):
-        recommend(Request(weights_path=str(tmp_path / "m.safetensors")), hardware)
+        recommend(Query(weights_path=str(tmp_path / "m.safetensors")), hardware)
 
 
 def test_safetensors_bad_header(tmp_path: Path) -> None:
@@ -230,7 +230,7 @@ def test_recommend_from_safetensors_with_config(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(config))
     data = write_safetensors(tmp_path / "model.safetensors", {"w": ("BF16", [16, 16])})
     hardware = Hardware((), 8 * GiB, 8 * GiB, None, 4, "planned")
-    result = recommend(Request(weights_path=str(tmp_path)), hardware)
+    result = recommend(Query(weights_path=str(tmp_path)), hardware)
     assert result["weights_bytes"] == data
     assert result["kv_bytes_per_token"] == 2 * 1 * 8 * 2
     assert result["model"]["name"] == tmp_path.name

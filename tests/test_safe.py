@@ -17,10 +17,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from perfctl import __main__ as cli
-from perfctl import format as fmt
-from perfctl import format_cache as fmt_cache
-from perfctl import safe
 from perfctl import watch as watching
+from perfctl.format import alerts as fmt_alerts
+from perfctl.format import base, safe
+from perfctl.format import cache as fmt_cache
+from perfctl.format import stats as fmt_stats
 from tests.conftest import Perfd, StartPerfd, clean_env, command
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -109,11 +110,11 @@ def test_every_human_screen_escapes_the_reply() -> None:
     }
     ps = {"models": [{"name": OWNED, "state": NASTY, "device": NASTY}], "configured": [NASTY]}
     alerts = {"firing": [{"id": OWNED, "severity": NASTY}], "history": [{"event": NASTY}]}
-    style = fmt.Style(colour=True)
+    style = base.Style(colour=True)
     for result, draw in (
-        (stats, fmt.format_stats),
+        (stats, fmt_stats.format_stats),
         (ps, fmt_cache.format_ps),
-        (alerts, fmt.format_alerts),
+        (alerts, fmt_alerts.format_alerts),
     ):
         text = cli._human(result, lambda r, draw=draw: draw(r, style))
         assert "\\x1b]2;OWNED\\x07" in text or "\\x1b]8" in text

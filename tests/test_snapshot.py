@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from perfd.cache import housekeeping as keeper
+from perfd.handlers.recommend import hardware_from_snapshot
 from perfd.metrics.exporter import MetricsServer, Sources
 from perfd.monitor import snapshot as snap
 from perfd.monitor import verdicts
 from perfd.monitor.sampler import Monitor
-from perfd.recommend import hardware_from_snapshot, hardware_from_stats
+from perfd.recommend import hardware_from_stats
 from tests.snapshot_scenarios import scenarios
 
 GOLDEN: dict[str, dict[str, Any]] = json.loads(

@@ -32,15 +32,11 @@ from perfd.config import CacheConfig, ModelConfig
 from perfd.errors import CommandError
 from perfd.loaders.base import Loader, LoaderError, ModelSpec
 from perfd.monitor.alerts import rfc3339
-from perfd.schema import FOREVER
 from perfd.wire import protocol
+from perfd.wire.values import EVICTION_REASONS, FOREVER, LOADING, READY, UNLOADING
 
 _log = log.get("perfd.cache")
 
-LOADING: Final = "loading"
-READY: Final = "ready"
-UNLOADING: Final = "unloading"
-REASONS: Final = ("lru", "pressure", "ttl", "manual", "budget")
 # Below this, an RSS delta is mostly imports and allocator slack: too noisy to call a leak.
 LEAK_CHECK_MIN_BYTES: Final = 64 << 20
 
@@ -154,7 +150,7 @@ class ModelCache:
         self._evictions: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=cfg.evictions_history
         )
-        self._by_reason = dict.fromkeys(REASONS, 0)
+        self._by_reason = dict.fromkeys(EVICTION_REASONS, 0)
         self._loads_running = 0
         # Models whose load ran past load_timeout and still runs: no second load of one
         # starts meanwhile (two copies could need twice the memory), name -> when abandoned.

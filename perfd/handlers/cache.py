@@ -107,6 +107,8 @@ def unpin(view: CacheView, args: dict[str, Any]) -> dict[str, Any]:
 def infer(view: CacheView, args: dict[str, Any], frames: list[bytes]) -> Any:
     try:
         inputs = arrays.decode(args.get("inputs"), args.get("arrays"), frames)
+    except arrays.ArrayError as exc:
+        raise CommandError(protocol.INVALID_ARGS, str(exc)) from None
     except ImportError:
         raise CommandError(
             protocol.INVALID_ARGS,
@@ -132,6 +134,8 @@ def infer_reply(name: str, outputs: Any, *, as_frames: bool) -> Any:
             value, meta, out = arrays.to_frames(outputs)
             return WithFrames({"model": name, "outputs": value, "arrays": meta}, out)
         return {"model": name, "outputs": arrays.to_json(outputs)}
+    except arrays.ArrayError as exc:  # an array of Python objects
+        raise CommandError(protocol.INFER_FAILED, f"'{name}': {exc}") from None
     except RecursionError:  # an echo of deeply nested inputs, or a model's own structure
         raise CommandError(
             protocol.INFER_FAILED, f"'{name}': its outputs are nested too deeply to send"

@@ -42,6 +42,7 @@ from perfd.errors import StartupError
 from perfd.metrics.server import BoundedHTTPServer, Limits, prometheus_reply
 from perfd.monitor import verdicts as assess
 from perfd.probes.samples import GPU_STATES
+from perfd.wire.values import EVICTION_REASONS
 
 if TYPE_CHECKING:
     from perfd.monitor.alerts import Alert
@@ -52,7 +53,6 @@ _log = log.get("perfd.metrics")
 
 GPU_STATE_SET: Final = (*GPU_STATES, "disabled")
 SEVERITIES: Final = ("warning", "critical")
-EVICTION_REASONS: Final = ("lru", "pressure", "ttl", "manual", "budget")  # perfd.cache.core.REASONS
 LOAD_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 Stats = Callable[[], Mapping[str, Any] | None]  # None: that part has not started

@@ -1,17 +1,17 @@
 """How much context and concurrency a model gets on a machine: pure memory math.
 
 Standard library only, and cheap to import: ``perfctl recommend --offline`` imports it.
-The daemon command passes live hardware (``hardware_from_snapshot(snapshot)``); perfctl
+The daemon command passes live hardware (read from the monitor's snapshot); perfctl
 offline plans for ``--gpu NAME`` / ``--gpus N`` / ``--memory SIZE`` (``plan_hardware``)::
 
-    from perfd.recommend import Request, plan_hardware, recommend
-    request = Request(model="llama-3.1-8b", gpu="H100")
+    from perfd.recommend import Query, plan_hardware, recommend
+    request = Query(model="llama-3.1-8b", gpu="H100")
     result = recommend(request, plan_hardware(request, None))
     result["recommended"]  # {'context': 32768, 'max_sequences': 13, 'rule': ...}
     result["flags"]["vllm"]  # '--max-model-len 32768 --max-num-seqs 13 ...'
 
-Modules: ``request`` (Request, RecommendError, check_limits: every field bounded; build_request,
-the one way a caller's words become a Request),
+Modules: ``request`` (Query, RecommendError, check_limits: every field bounded; build_request,
+the one way a caller's words become a Query),
 ``bounds`` (the range of every config.json number), ``catalog`` (built-in models and GPUs),
 ``arch`` (config.json -> shape, parameter counts, KV elements), ``precision`` (bits per weight
 and per KV element), ``weights`` (safetensors and GGUF headers), ``resolve`` (request ->
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
     from perfd.recommend.hardware import (
         Gpu,
         Hardware,
-        hardware_from_snapshot,
         hardware_from_stats,
         list_gpus,
         plan_hardware,
@@ -63,8 +62,8 @@ if TYPE_CHECKING:
     from perfd.recommend.report import recommend
     from perfd.recommend.request import (
         UNUSABLE,
+        Query,
         RecommendError,
-        Request,
         build_request,
         check_limits,
         unusable,
@@ -76,13 +75,12 @@ if TYPE_CHECKING:
 _HOMES = {
     "Gpu": "hardware",
     "Hardware": "hardware",
-    "hardware_from_snapshot": "hardware",
     "hardware_from_stats": "hardware",
     "list_gpus": "hardware",
     "plan_hardware": "hardware",
     "recommend": "report",
     "RecommendError": "request",
-    "Request": "request",
+    "Query": "request",
     "check_limits": "request",
     "build_request": "request",
     "UNUSABLE": "request",
@@ -95,11 +93,10 @@ __all__ = [
     "UNUSABLE",
     "Gpu",
     "Hardware",
+    "Query",
     "RecommendError",
-    "Request",
     "build_request",
     "check_limits",
-    "hardware_from_snapshot",
     "hardware_from_stats",
     "list_gpus",
     "list_models",

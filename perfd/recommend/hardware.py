@@ -1,7 +1,8 @@
 """The machine a recommendation is for: live (perfd's ``stats`` snapshot) or planned.
 
-``hardware_from_snapshot`` reads the monitor's typed snapshot, ``hardware_from_stats`` the
-same figures from a ``stats`` reply (perfctl's side of the wire): host memory, the cgroup
+``hardware_from_stats`` reads a ``stats`` reply (perfctl's side of the wire; the daemon's
+handler reads the same figures from the monitor's typed snapshot,
+perfd.handlers.recommend.hardware_from_snapshot): host memory, the cgroup
 limit (perfd reports one only when it is below the host's memory), CPU count, and each GPU
 in state "ok" with its total and live free memory. A MIG-enabled GPU contributes its MIG
 instances instead (free = instance total - used), since a process sees one instance, not
@@ -17,13 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from perfd.recommend.catalog import GPUS, gpu_model
-from perfd.recommend.request import MAX_BYTES, RecommendError, Request, check_limits
-
-if TYPE_CHECKING:  # a type only: the recommender imports no part of the daemon
-    from perfd.monitor.snapshot import Snapshot
+from perfd.recommend.request import MAX_BYTES, Query, RecommendError, check_limits
 
 
 @dataclass(frozen=True)
@@ -72,39 +70,6 @@ class Hardware:
             "cgroup_limit_bytes": self.cgroup_limit_bytes,
             "cpu_count": self.cpu_count,
         }
-
-
-def hardware_from_snapshot(snapshot: Snapshot) -> Hardware:
-    """Hardware from the monitor's typed snapshot (the daemon's side)."""
-    host = snapshot.host
-    gpus: list[Gpu] = []
-    for gpu in snapshot.gpus:
-        if not gpu.ok:
-            continue
-        capability = gpu.compute_capability
-        if gpu.mig_enabled and gpu.mig:
-            for inst in gpu.mig:
-                free = max(0, inst.total_bytes - inst.used_bytes)
-                name = f"{gpu.name} MIG {inst.index}"
-                gpus.append(Gpu(gpu.index, name, inst.total_bytes, free, capability, True))
-            continue
-        gpus.append(
-            Gpu(
-                index=gpu.index,
-                name=gpu.name or "GPU",
-                total_bytes=gpu.memory.total_bytes,
-                free_bytes=gpu.memory.free_bytes,
-                compute_capability=capability,
-            )
-        )
-    return Hardware(
-        gpus=tuple(gpus),
-        ram_total_bytes=host.memory.total_bytes,
-        ram_available_bytes=host.memory.available_bytes,
-        cgroup_limit_bytes=None if host.cgroup is None else host.cgroup.limit_bytes,
-        cpu_count=host.cpu_count or 1,
-        source="live",
-    )
 
 
 def hardware_from_stats(snapshot: Mapping[str, Any]) -> Hardware:
@@ -190,7 +155,7 @@ def _live_gpus(text: str, live: Hardware | None) -> tuple[Gpu, ...]:
     return picked
 
 
-def plan_hardware(request: Request, live: Hardware | None) -> Hardware:
+def plan_hardware(request: Query, live: Hardware | None) -> Hardware:
     """The hardware to plan for: ``live`` changed by the request's --gpu/--gpus/--memory."""
     check_limits(request)  # before a text is matched or the GPU repeated that many times
     if request.kv_budget is not None and live is None and request.gpu is None:

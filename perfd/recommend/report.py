@@ -8,7 +8,7 @@ from perfd.recommend.advice import flags, smallest_change, tips
 from perfd.recommend.hardware import Hardware
 from perfd.recommend.plan import MIN_CONTEXT, TARGET_SEQUENCES, GiB, Options, Plan, make_plan
 from perfd.recommend.precision import KV_FORMATS, kv_format, weight_format
-from perfd.recommend.request import RecommendError, Request, check
+from perfd.recommend.request import Query, RecommendError, check
 from perfd.recommend.resolve import kv_bytes, model_summary, resolve_model
 
 RULE = (
@@ -22,7 +22,7 @@ def _gib(size: float) -> str:
     return f"{size / GiB:.2f} GiB"
 
 
-def recommend(request: Request, hardware: Hardware) -> dict[str, Any]:
+def recommend(request: Query, hardware: Hardware) -> dict[str, Any]:
     """Plan ``request`` on ``hardware``: budget, context table, recommended point, settings,
     tips and, when it does not fit, the numbers and the smallest change that would."""
     engine = check(request)

@@ -1,6 +1,6 @@
 """What a recommendation is asked for, and the error every bad input becomes.
 
-``Request`` holds the user's words (``perfctl recommend`` flags, or the daemon command's
+``Query`` holds the user's words (``perfctl recommend`` flags, or the daemon command's
 arguments) unchanged; ``check()`` validates the ones that need no catalog lookup and returns
 the normalised engine name. Sizes are bytes; a ``RecommendError`` names the option, the value
 and what is allowed, so the CLI can print it as one line.
@@ -77,8 +77,9 @@ class RecommendError(ValueError):
 
 
 @dataclass(frozen=True)
-class Request:
-    """One recommendation request; None means "not given" (use the model's or host's own).
+class Query:
+    """What one recommendation is asked for (the wire's request is protocol.Request); None
+    means "not given" (use the model's or host's own).
 
     ``model`` a catalog name or alias; ``config_json`` a Hugging Face config.json path;
     ``weights_path`` a .safetensors file or directory, or a .gguf file. ``quant`` the weight
@@ -129,7 +130,7 @@ def check_gpus(gpus: int | None) -> None:
         )
 
 
-def check_limits(request: Request) -> None:
+def check_limits(request: Query) -> None:
     """RecommendError unless every field of ``request`` has its type and is within its
     bound: texts by length, counts and sizes by range, utilization in (0, 1]."""
     for option, limit in _TEXTS.items():
@@ -173,7 +174,7 @@ def _fraction(value: object) -> bool:
     return math.isfinite(number) and 0.0 < number <= 1.0
 
 
-def check(request: Request) -> str:
+def check(request: Query) -> str:
     """Validate the plain-number options of ``request``; its canonical engine name."""
     check_limits(request)
     if (
@@ -231,11 +232,11 @@ def build_request(
     kv_budget: int | str | None = None,
     engine: str = "vllm",
     utilization: float = 0.9,
-) -> Request:
-    """The Request for a caller's words (the daemon command's arguments, perfctl's flags),
+) -> Query:
+    """The Query for a caller's words (the daemon command's arguments, perfctl's flags),
     every field bounded (check_limits); RecommendError when a size is not one or no model is
     named. The daemon and ``perfctl recommend --offline`` both build theirs here."""
-    request = Request(
+    request = Query(
         model=model,
         config=config,
         weights_path=weights_path,

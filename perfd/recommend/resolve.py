@@ -27,7 +27,7 @@ from perfd.recommend.arch import (
 from perfd.recommend.catalog import MODELS, model_spec
 from perfd.recommend.plan import Model
 from perfd.recommend.precision import KvFormat, WeightFormat, weight_format
-from perfd.recommend.request import RecommendError, Request
+from perfd.recommend.request import Query, RecommendError
 
 
 def _load_config(path: str) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def _config_name(config: Mapping[str, Any], path: str) -> str:
     return where.parent.name if where.name == "config.json" and where.parent.name else where.stem
 
 
-def resolve_model(request: Request) -> Model:
+def resolve_model(request: Query) -> Model:
     """The Model a request names; RecommendError for unknown names and unreadable files."""
     config: dict[str, Any] | None = None
     where = request.config_json

@@ -9,8 +9,7 @@ from typing import Any
 
 from perfd.wire import protocol
 from perfd.wire.protocol import ProtocolError
-
-MAX_EXTRA_FRAMES = 64
+from perfd.wire.values import MAX_FRAMES
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class WithFrames:
     """A result whose reply carries raw frames after the JSON one."""
 
     result: dict[str, Any]
-    frames: list[bytes]
+    frames: list[bytes | memoryview]  # perfd.wire.arrays.to_frames
 
 
 def command_for(
@@ -99,10 +98,8 @@ def runner(
             f"'{command.name}' takes 1 message frame after the envelope, got {1 + len(extra)}",
             request.id,
         )
-    if len(extra) > MAX_EXTRA_FRAMES:
-        raise ProtocolError(
-            protocol.BAD_REQUEST, f"at most {MAX_EXTRA_FRAMES} array frames", request.id
-        )
+    if len(extra) > MAX_FRAMES:
+        raise ProtocolError(protocol.BAD_REQUEST, f"at most {MAX_FRAMES} array frames", request.id)
     return lambda args: command.handler(args, extra)
 
 

@@ -433,7 +433,7 @@ class Server:
         sock: zmq.Socket[bytes],
         envelope: list[bytes],
         payload: bytes,
-        frames: list[bytes] | None = None,
+        frames: list[bytes | memoryview] | None = None,
     ) -> None:
         if sock.closed:
             return

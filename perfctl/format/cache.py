@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from perfctl import safe
-from perfctl.format import PLAIN, WIDTH, Cell, Style, glyph, grid, size, wrap
+from perfctl.format import safe
+from perfctl.format.base import PLAIN, WIDTH, Cell, Style, glyph, grid, size, wrap
+from perfd.wire.values import FOREVER, LOADING, READY, UNLOADING
 
-FOREVER = -1  # keep_alive_s of a model that never expires (perfd/schema.py)
-_STATE_COLOURS = {"ready": "green", "loading": "yellow", "unloading": "dim"}
+_STATE_COLOURS = {READY: "green", LOADING: "yellow", UNLOADING: "dim"}
 
 
 def clock(stamp: str | None) -> str:
@@ -31,7 +31,7 @@ def model_size(model: dict[str, Any]) -> str:
 
 def until_cell(model: dict[str, Any]) -> Cell:
     """How long a model stays: PINNED, FOREVER, IN USE (leases held), or its expiry time."""
-    if model.get("state") != "ready":
+    if model.get("state") != READY:
         return ("-", None)
     if model.get("pinned"):
         return ("PINNED", "bold")

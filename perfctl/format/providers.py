@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from perfctl.format import PLAIN, Cell, Style, grid
+from perfctl.format.base import PLAIN, Cell, Style, grid
 
 HEADER = ("NAME", "BASE URL", "REQUESTS", "RETRIES", "FAILURES", "p50/p95 ms", "CONNS", "REUSE")
 _NUMBERS = frozenset(range(2, len(HEADER)))  # right-aligned columns
