@@ -16,8 +16,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from perfd import config, log
+from perfd.cache import errors
 from perfd.cache.core import READY, ModelCache
-from perfd.errors import CommandError
+from perfd.cache.errors import CacheError
+from perfd.cache.meter import ProcessMeter
+from perfd.handlers.cache_errors import code_for
 from perfd.loaders.base import Loaded, LoaderError, ModelSpec
 from tests.daemons import wait_until
 
@@ -165,9 +168,12 @@ def test_cannot_fit_fails_at_once_with_numbers() -> None:
     cache, loader, clock = make_cache({"pinned": 60, "other": 10, "huge": 50}, pinned={"pinned"})
     use(cache, clock, "pinned")
     use(cache, clock, "other")
-    with pytest.raises(CommandError) as caught:
+    with pytest.raises(errors.NoCapacity) as caught:
         use(cache, clock, "huge")
-    assert caught.value.code == "no_capacity"
+    assert code_for(caught.value) == "no_capacity"
+    facts = caught.value
+    assert (facts.model, facts.device, facts.need) == ("huge", "cpu", 50 * MiB)
+    assert (facts.budget, facts.fixed, facts.freeable) == (100 * MiB, 60 * MiB, 40 * MiB)
     assert "needs 0.05 GiB" in caught.value.message
     assert "0.04 GiB" in caught.value.message  # what could be freed
     assert loaded(cache) == ["other", "pinned"]
@@ -178,11 +184,13 @@ def test_leased_entries_are_never_evicted() -> None:
     """A model in use cannot be evicted, by LRU or by hand."""
     cache, _, clock = make_cache({"a": 60, "b": 60})
     lease = cache.lease("a")
-    with pytest.raises(CommandError) as caught:
+    with pytest.raises(errors.NoCapacity) as caught:
         use(cache, clock, "b")
-    assert caught.value.code == "no_capacity"
-    with pytest.raises(CommandError, match="in use by 1"):
+    assert code_for(caught.value) == "no_capacity"
+    with pytest.raises(errors.InUse, match="in use by 1") as in_use:
         cache.evict("a")
+    assert (in_use.value.model, in_use.value.leases) == ("a", 1)
+    assert code_for(in_use.value) == "busy"
     lease.release()
     use(cache, clock, "b")
     assert loaded(cache) == ["b"]
@@ -195,8 +203,9 @@ def test_pinned_entries_are_never_evicted() -> None:
     use(cache, clock, "x")
     use(cache, clock, "y")  # must evict x, not the older p
     assert loaded(cache) == ["p", "y"]
-    with pytest.raises(CommandError, match="pinned"):
+    with pytest.raises(errors.Pinned, match="pinned") as pinned:
         cache.evict("p")
+    assert (pinned.value.model, code_for(pinned.value)) == ("p", "busy")
     cache.housekeep({"cpu": 99.0})
     assert loaded(cache) == ["p"]  # pressure took y, the unpinned one
     cache.pin("p", False)
@@ -285,13 +294,13 @@ def test_failed_load_reaches_every_waiter_and_leaves_nothing() -> None:
     loader.gate = threading.Event()
     loader.fail = RuntimeError("weights corrupt")
     cache, _, clock = make_cache({"a": 1}, loader=loader)
-    errors: list[CommandError] = []
+    failures: list[errors.LoadFailed] = []
 
     def request() -> None:
         try:
             cache.lease("a")
-        except CommandError as exc:
-            errors.append(exc)
+        except errors.LoadFailed as exc:
+            failures.append(exc)
 
     threads = [threading.Thread(target=request) for _ in range(4)]
     for thread in threads:
@@ -300,8 +309,9 @@ def test_failed_load_reaches_every_waiter_and_leaves_nothing() -> None:
     loader.gate.set()
     for thread in threads:
         thread.join(10)
-    assert [e.code for e in errors] == ["load_failed"] * 4
-    assert "weights corrupt" in errors[0].message
+    assert [code_for(e) for e in failures] == ["load_failed"] * 4
+    assert "weights corrupt" in failures[0].message
+    assert (failures[0].error_type, failures[0].detail) == ("RuntimeError", "weights corrupt")
     assert cache.ps() == []
     loader.fail = None
     use(cache, clock, "a")
@@ -314,9 +324,10 @@ def test_load_timeout_discards_the_late_model(log_lines: io.StringIO) -> None:
     loader = FakeLoader()
     loader.gate = threading.Event()
     cache, _, _ = make_cache({"a": 1}, loader=loader, load_timeout="100ms")
-    with pytest.raises(CommandError) as caught:
+    with pytest.raises(errors.LoadTimeout) as caught:
         cache.lease("a")
-    assert caught.value.code == "timeout"
+    assert code_for(caught.value) == "timeout"
+    assert (caught.value.model, caught.value.timeout_s) == ("a", 0.1)
     assert cache.ps() == []
     done = threading.Event()
     original = loader.unload
@@ -334,12 +345,14 @@ def test_no_second_load_while_an_overdue_one_still_runs(log_lines: io.StringIO) 
     loader = FakeLoader()
     loader.gate = threading.Event()
     cache, _, _ = make_cache({"a": 1}, loader=loader, load_timeout="100ms")
-    with pytest.raises(CommandError) as caught:
+    with pytest.raises(errors.LoadTimeout) as timed_out:
         cache.lease("a")
-    assert caught.value.code == "timeout"
-    with pytest.raises(CommandError) as caught:
+    assert code_for(timed_out.value) == "timeout"
+    with pytest.raises(errors.LoadOverdue) as caught:
         cache.lease("a")
-    assert caught.value.code == "busy"
+    assert code_for(caught.value) == "busy"
+    assert caught.value.model == "a"
+    assert caught.value.overdue_s >= 0
     assert "an earlier load of 'a' ran past load_timeout" in caught.value.message
     assert loader.loads == ["a"]  # no second load started
     unloaded = threading.Event()
@@ -352,8 +365,9 @@ def test_no_second_load_while_an_overdue_one_still_runs(log_lines: io.StringIO) 
         try:
             with cache.lease("a") as lease:
                 return bool(lease.model == {"name": "a"})
-        except CommandError as exc:
-            assert exc.code == "busy"
+        except CacheError as exc:
+            assert isinstance(exc, errors.LoadOverdue)
+            assert code_for(exc) == "busy"
             return False
 
     wait_until(loads_again, timeout=5, every=0.01)
@@ -364,11 +378,14 @@ def test_no_second_load_while_an_overdue_one_still_runs(log_lines: io.StringIO) 
 def test_unknown_model_and_unknown_loader() -> None:
     """Unknown names are not_found; run-time models need a known loader."""
     cache, _, _ = make_cache({"a": 1})
-    with pytest.raises(CommandError) as caught:
+    with pytest.raises(errors.UnknownModel) as caught:
         cache.lease("nope")
-    assert caught.value.code == "not_found"
-    with pytest.raises(CommandError):
+    assert code_for(caught.value) == "not_found"
+    assert (caught.value.model, caught.value.known) == ("nope", ("a",))
+    with pytest.raises(errors.LoaderUnavailable) as unavailable:
         cache.define(ModelSpec(name="rt", loader="nope"))
+    assert (unavailable.value.model, unavailable.value.loader) == ("rt", "nope")
+    assert code_for(unavailable.value) == "invalid_args"
     cache.define(ModelSpec(name="rt", loader="fake", options={"size": MiB}))
     with cache.lease("rt") as lease:
         assert lease.infer("hi") == {"model": "rt", "inputs": "hi"}
@@ -422,8 +439,9 @@ class CacheMachine(RuleBasedStateMachine):
         before = set(self.cache.loaded_names())
         try:
             lease = self.cache.lease(name)
-        except CommandError as exc:
-            assert exc.code == "no_capacity"
+        except CacheError as exc:
+            assert isinstance(exc, errors.CapacityError)
+            assert code_for(exc) == "no_capacity"
             self.refused += 1
             return
         finally:
@@ -445,13 +463,13 @@ class CacheMachine(RuleBasedStateMachine):
     def pin(self, name: str, pin: bool) -> None:
         try:
             self.cache.pin(name, pin)
-        except CommandError:
+        except CacheError:
             return
         (self.pinned.add if pin else self.pinned.discard)(name)
 
     @rule(name=st.sampled_from(sorted(SIZES)))
     def evict(self, name: str) -> None:
-        with contextlib.suppress(CommandError):
+        with contextlib.suppress(CacheError):
             self.cache.evict(name)
 
     @rule(
@@ -503,7 +521,7 @@ def test_gpu_model_measured_by_nvml_beside_estimate(log_lines: io.StringIO) -> N
         cfg.models,
         lambda name: loader,
         lambda device: 80 << 30,
-        gpu_use=lambda device: next(seen),
+        meter=ProcessMeter(gpu_use=lambda device: next(seen)),
     )
     with cache.lease("g"):
         pass

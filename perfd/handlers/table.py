@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from perfd import __version__, config
 from perfd.errors import CommandError
+from perfd.handlers.cache_errors import wire_errors
 from perfd.loaders.base import LoaderError, ModelSpec
 from perfd.monitor.sampler import Monitor
 from perfd.server.access import user_name
@@ -312,12 +313,14 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
         models = daemon.cache.ps() if daemon.cache_started else []
         return {"models": models, "configured": sorted(daemon.loaded.config.models)}
 
+    @wire_errors  # the cache's exceptions as wire codes (perfd.handlers.cache_errors)
     def load(args: dict[str, Any]) -> dict[str, Any]:
         spec = _runtime_spec(args)
         if spec is not None:
             daemon.cache.define(spec)
         return daemon.cache.load(args["model"])
 
+    @wire_errors
     def evict(args: dict[str, Any]) -> dict[str, Any]:
         chosen = [k for k in ("model", "all", "idle") if args.get(k)]
         if len(chosen) != 1:
@@ -346,12 +349,15 @@ def cache_commands(daemon: DaemonView) -> list[Command]:
             result["skipped"] = _kept(cache.ps(), result["evicted"])
         return result
 
+    @wire_errors
     def pin(args: dict[str, Any]) -> dict[str, Any]:
         return daemon.cache.pin(args["model"], True)
 
+    @wire_errors
     def unpin(args: dict[str, Any]) -> dict[str, Any]:
         return daemon.cache.pin(args["model"], False)
 
+    @wire_errors
     def infer(args: dict[str, Any], frames: list[bytes]) -> Any:
         try:
             inputs = arrays.decode(args.get("inputs"), args.get("arrays"), frames)
