@@ -93,6 +93,7 @@ def make_cache(
     budget: str = "100MiB",
     loader: FakeLoader | None = None,
     measure: bool = False,
+    meter: Any = None,
     **cache: Any,
 ) -> tuple[ModelCache, FakeLoader, Clock]:
     """A cache of fake models named by size in MiB; pins via a `pinned` set in cache kw."""
@@ -116,7 +117,13 @@ def make_cache(
         return loader
 
     cache_obj = ModelCache(
-        cfg.cache, cfg.models, loader_for, lambda device: 1 << 30, clock=clock, measure=measure
+        cfg.cache,
+        cfg.models,
+        loader_for,
+        lambda device: 1 << 30,
+        clock=clock,
+        measure=measure,
+        meter=meter,
     )
     return cache_obj, loader, clock
 
@@ -417,6 +424,76 @@ def test_unload_gives_real_memory_back() -> None:
     assert entry["measured_bytes"] >= 150 * MiB
     record = cache.evict("big")
     assert record["freed_rss_bytes"] >= 150 * MiB
+
+
+class FakeMeter:
+    """A process whose RSS grows by a model's size while it loads, and shrinks by what was
+    unloaded only when release() runs (as gc and malloc_trim give it back)."""
+
+    def __init__(self) -> None:
+        self.rss = 500 * MiB
+        self.unreleased = 0
+        self.releases = 0
+
+    def rss_bytes(self) -> int:
+        return self.rss
+
+    def cuda_bytes(self, device: str) -> int | None:
+        return None
+
+    def gpu_bytes(self, device: str) -> int | None:
+        return None
+
+    def release(self) -> None:
+        self.releases += 1
+        self.rss -= self.unreleased
+        self.unreleased = 0
+
+
+class MeteredLoader(FakeLoader):
+    """FakeLoader whose models weigh on a FakeMeter."""
+
+    def __init__(self, meter: FakeMeter) -> None:
+        super().__init__()
+        self.meter = meter
+        self.sizes: dict[str, int] = {}
+
+    def load(self, spec: ModelSpec) -> Loaded:
+        self.sizes[spec.name] = int(spec.options["size"])
+        self.meter.rss += self.sizes[spec.name]
+        return super().load(spec)
+
+    def unload(self, model: Any) -> None:
+        super().unload(model)
+        self.meter.unreleased += self.sizes[model["name"]]
+
+
+def test_the_injected_meter_measures_loads_and_unloads() -> None:
+    """A cpu load is measured by the meter's RSS delta; an eviction releases through the
+    meter once and records what came back."""
+    meter = FakeMeter()
+    loader = MeteredLoader(meter)
+    cache, _, clock = make_cache({"m": 30}, loader=loader, measure=True, meter=meter)
+    use(cache, clock, "m")
+    (entry,) = cache.ps()
+    assert (entry["measured_bytes"], entry["measured_by"]) == (30 * MiB, "rss")
+    record = cache.evict("m")
+    assert record["freed_rss_bytes"] == 30 * MiB
+    assert meter.releases == 1
+
+
+def test_a_batch_of_unloads_releases_once() -> None:
+    """Expired keep-alives unloaded together run one release for all (one gc), and their
+    records say freed_rss_bytes is unknown."""
+    meter = FakeMeter()
+    cache, _, clock = make_cache({"a": 1, "b": 1, "c": 1}, keep_alive="30s", meter=meter)
+    for name in ("a", "b", "c"):
+        use(cache, clock, name)
+    clock.now += 60
+    records = cache.housekeep()
+    assert sorted(r["model"] for r in records) == ["a", "b", "c"]
+    assert [r["freed_rss_bytes"] for r in records] == [None, None, None]
+    assert meter.releases == 1
 
 
 class CacheMachine(RuleBasedStateMachine):
