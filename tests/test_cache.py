@@ -325,6 +325,23 @@ def test_failed_load_reaches_every_waiter_and_leaves_nothing() -> None:
     assert loaded(cache) == ["a"]
 
 
+def test_a_loader_returning_none_is_a_load_failure() -> None:
+    """A loader whose load() returns None instead of a Loaded fails the load with a message
+    that says so; nothing stays behind."""
+
+    class NoneLoader(FakeLoader):
+        def load(self, spec: ModelSpec) -> Loaded:
+            return None  # type: ignore[return-value]
+
+    cache, _, _ = make_cache({"a": 1}, loader=NoneLoader())
+    with pytest.raises(errors.LoadFailed) as caught:
+        cache.lease("a")
+    assert caught.value.error_type == "TypeError"
+    assert "returned None" in caught.value.message
+    assert code_for(caught.value) == "load_failed"
+    assert cache.ps() == []
+
+
 def test_load_timeout_discards_the_late_model(log_lines: io.StringIO) -> None:
     """A load past load_timeout fails; when it finally returns, the model is unloaded and
     cache.load_discarded logged."""

@@ -134,11 +134,14 @@ class Lifecycle:
     def _adopt(self, entry: Entry, outcome: Outcome) -> None:
         """On the load thread: make the entry ready, or fail it for every waiter."""
         error = outcome.error
-        if error is not None or outcome.loaded is None:
+        if error is None and outcome.loaded is None:  # a loader that broke its contract
+            error = TypeError("the loader's load() returned None, not a perfd.loaders.Loaded")
+        if error is not None:
             detail = str(error)
             _log.error("cache.load_failed", model=entry.spec.name, error=detail)
             self._fail(entry, LoadFailed(entry.spec.name, type(error).__name__, detail))
             return
+        assert outcome.loaded is not None
         loaded = outcome.loaded
         with self._lock:
             discard = entry.abandoned  # timed out meanwhile: leave nothing behind
