@@ -139,6 +139,7 @@ class Daemon:
             if self._cache is None:
                 from perfd.cache import housekeeping as keeper
                 from perfd.cache.core import ModelCache
+                from perfd.cache.meter import ProcessMeter
                 from perfd.loaders.openai import OpenAILoader
                 from perfd.loaders.registry import Registry
 
@@ -151,7 +152,7 @@ class Daemon:
                     cfg.models,
                     registry.get,
                     lambda device: keeper.capacity(monitor.snapshot(), device),
-                    gpu_use=monitor.own_gpu_bytes,
+                    meter=ProcessMeter(gpu_use=monitor.own_gpu_bytes),
                     on_load=self._metrics.observe_load if self._metrics is not None else None,
                 )
                 self._keeper = keeper.Keeper(self._cache, monitor, self.liveness.register("keeper"))
@@ -346,10 +347,12 @@ class Daemon:
             return
 
         def run() -> None:
+            from perfd.cache.errors import CacheError
+
             for name in names:
                 try:
                     self.cache.load(name)
-                except CommandError as exc:
+                except CacheError as exc:
                     _log.error("cache.preload_failed", model=name, error=exc.message)
 
         threading.Thread(target=run, name="perfd-preload", daemon=True).start()

@@ -4,7 +4,9 @@ PerfdError
 ├── ConfigError        a config file or value is wrong (file, key, value, allowed)
 ├── StartupError       perfd cannot start: runtime dir unusable, another perfd running
 │   └── AlreadyRunning
-└── CommandError       a command failed; carries a protocol error code for the reply
+├── CommandError       a command failed; carries a protocol error code for the reply
+└── CacheError         the model cache refuses, with its facts (perfd.cache.errors); the
+                       handlers map each kind to a code (perfd.handlers.errors)
 """
 
 from __future__ import annotations

@@ -16,8 +16,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from perfd import config, log
+from perfd.cache import errors
 from perfd.cache.core import READY, ModelCache
-from perfd.errors import CommandError
+from perfd.cache.errors import CacheError
+from perfd.cache.meter import ProcessMeter
+from perfd.handlers.errors import code_for
 from perfd.loaders.base import Loaded, LoaderError, ModelSpec
 from tests.daemons import wait_until
 
@@ -90,6 +93,7 @@ def make_cache(
     budget: str = "100MiB",
     loader: FakeLoader | None = None,
     measure: bool = False,
+    meter: Any = None,
     **cache: Any,
 ) -> tuple[ModelCache, FakeLoader, Clock]:
     """A cache of fake models named by size in MiB; pins via a `pinned` set in cache kw."""
@@ -113,7 +117,13 @@ def make_cache(
         return loader
 
     cache_obj = ModelCache(
-        cfg.cache, cfg.models, loader_for, lambda device: 1 << 30, clock=clock, measure=measure
+        cfg.cache,
+        cfg.models,
+        loader_for,
+        lambda device: 1 << 30,
+        clock=clock,
+        measure=measure,
+        meter=meter,
     )
     return cache_obj, loader, clock
 
@@ -165,9 +175,12 @@ def test_cannot_fit_fails_at_once_with_numbers() -> None:
     cache, loader, clock = make_cache({"pinned": 60, "other": 10, "huge": 50}, pinned={"pinned"})
     use(cache, clock, "pinned")
     use(cache, clock, "other")
-    with pytest.raises(CommandError) as caught:
+    with pytest.raises(errors.NoCapacity) as caught:
         use(cache, clock, "huge")
-    assert caught.value.code == "no_capacity"
+    assert code_for(caught.value) == "no_capacity"
+    facts = caught.value
+    assert (facts.model, facts.device, facts.need) == ("huge", "cpu", 50 * MiB)
+    assert (facts.budget, facts.fixed, facts.freeable) == (100 * MiB, 60 * MiB, 40 * MiB)
     assert "needs 0.05 GiB" in caught.value.message
     assert "0.04 GiB" in caught.value.message  # what could be freed
     assert loaded(cache) == ["other", "pinned"]
@@ -178,11 +191,13 @@ def test_leased_entries_are_never_evicted() -> None:
     """A model in use cannot be evicted, by LRU or by hand."""
     cache, _, clock = make_cache({"a": 60, "b": 60})
     lease = cache.lease("a")
-    with pytest.raises(CommandError) as caught:
+    with pytest.raises(errors.NoCapacity) as caught:
         use(cache, clock, "b")
-    assert caught.value.code == "no_capacity"
-    with pytest.raises(CommandError, match="in use by 1"):
+    assert code_for(caught.value) == "no_capacity"
+    with pytest.raises(errors.InUse, match="in use by 1") as in_use:
         cache.evict("a")
+    assert (in_use.value.model, in_use.value.leases) == ("a", 1)
+    assert code_for(in_use.value) == "busy"
     lease.release()
     use(cache, clock, "b")
     assert loaded(cache) == ["b"]
@@ -195,8 +210,9 @@ def test_pinned_entries_are_never_evicted() -> None:
     use(cache, clock, "x")
     use(cache, clock, "y")  # must evict x, not the older p
     assert loaded(cache) == ["p", "y"]
-    with pytest.raises(CommandError, match="pinned"):
+    with pytest.raises(errors.Pinned, match="pinned") as pinned:
         cache.evict("p")
+    assert (pinned.value.model, code_for(pinned.value)) == ("p", "busy")
     cache.housekeep({"cpu": 99.0})
     assert loaded(cache) == ["p"]  # pressure took y, the unpinned one
     cache.pin("p", False)
@@ -285,13 +301,13 @@ def test_failed_load_reaches_every_waiter_and_leaves_nothing() -> None:
     loader.gate = threading.Event()
     loader.fail = RuntimeError("weights corrupt")
     cache, _, clock = make_cache({"a": 1}, loader=loader)
-    errors: list[CommandError] = []
+    failures: list[errors.LoadFailed] = []
 
     def request() -> None:
         try:
             cache.lease("a")
-        except CommandError as exc:
-            errors.append(exc)
+        except errors.LoadFailed as exc:
+            failures.append(exc)
 
     threads = [threading.Thread(target=request) for _ in range(4)]
     for thread in threads:
@@ -300,12 +316,30 @@ def test_failed_load_reaches_every_waiter_and_leaves_nothing() -> None:
     loader.gate.set()
     for thread in threads:
         thread.join(10)
-    assert [e.code for e in errors] == ["load_failed"] * 4
-    assert "weights corrupt" in errors[0].message
+    assert [code_for(e) for e in failures] == ["load_failed"] * 4
+    assert "weights corrupt" in failures[0].message
+    assert (failures[0].error_type, failures[0].detail) == ("RuntimeError", "weights corrupt")
     assert cache.ps() == []
     loader.fail = None
     use(cache, clock, "a")
     assert loaded(cache) == ["a"]
+
+
+def test_a_loader_returning_none_is_a_load_failure() -> None:
+    """A loader whose load() returns None instead of a Loaded fails the load with a message
+    that says so; nothing stays behind."""
+
+    class NoneLoader(FakeLoader):
+        def load(self, spec: ModelSpec) -> Loaded:
+            return None  # type: ignore[return-value]
+
+    cache, _, _ = make_cache({"a": 1}, loader=NoneLoader())
+    with pytest.raises(errors.LoadFailed) as caught:
+        cache.lease("a")
+    assert caught.value.error_type == "TypeError"
+    assert "returned None" in caught.value.message
+    assert code_for(caught.value) == "load_failed"
+    assert cache.ps() == []
 
 
 def test_load_timeout_discards_the_late_model(log_lines: io.StringIO) -> None:
@@ -314,9 +348,10 @@ def test_load_timeout_discards_the_late_model(log_lines: io.StringIO) -> None:
     loader = FakeLoader()
     loader.gate = threading.Event()
     cache, _, _ = make_cache({"a": 1}, loader=loader, load_timeout="100ms")
-    with pytest.raises(CommandError) as caught:
+    with pytest.raises(errors.LoadTimeout) as caught:
         cache.lease("a")
-    assert caught.value.code == "timeout"
+    assert code_for(caught.value) == "timeout"
+    assert (caught.value.model, caught.value.timeout_s) == ("a", 0.1)
     assert cache.ps() == []
     done = threading.Event()
     original = loader.unload
@@ -334,12 +369,14 @@ def test_no_second_load_while_an_overdue_one_still_runs(log_lines: io.StringIO) 
     loader = FakeLoader()
     loader.gate = threading.Event()
     cache, _, _ = make_cache({"a": 1}, loader=loader, load_timeout="100ms")
-    with pytest.raises(CommandError) as caught:
+    with pytest.raises(errors.LoadTimeout) as timed_out:
         cache.lease("a")
-    assert caught.value.code == "timeout"
-    with pytest.raises(CommandError) as caught:
+    assert code_for(timed_out.value) == "timeout"
+    with pytest.raises(errors.LoadOverdue) as caught:
         cache.lease("a")
-    assert caught.value.code == "busy"
+    assert code_for(caught.value) == "busy"
+    assert caught.value.model == "a"
+    assert caught.value.overdue_s >= 0
     assert "an earlier load of 'a' ran past load_timeout" in caught.value.message
     assert loader.loads == ["a"]  # no second load started
     unloaded = threading.Event()
@@ -352,8 +389,9 @@ def test_no_second_load_while_an_overdue_one_still_runs(log_lines: io.StringIO) 
         try:
             with cache.lease("a") as lease:
                 return bool(lease.model == {"name": "a"})
-        except CommandError as exc:
-            assert exc.code == "busy"
+        except CacheError as exc:
+            assert isinstance(exc, errors.LoadOverdue)
+            assert code_for(exc) == "busy"
             return False
 
     wait_until(loads_again, timeout=5, every=0.01)
@@ -364,11 +402,14 @@ def test_no_second_load_while_an_overdue_one_still_runs(log_lines: io.StringIO) 
 def test_unknown_model_and_unknown_loader() -> None:
     """Unknown names are not_found; run-time models need a known loader."""
     cache, _, _ = make_cache({"a": 1})
-    with pytest.raises(CommandError) as caught:
+    with pytest.raises(errors.UnknownModel) as caught:
         cache.lease("nope")
-    assert caught.value.code == "not_found"
-    with pytest.raises(CommandError):
+    assert code_for(caught.value) == "not_found"
+    assert (caught.value.model, caught.value.known) == ("nope", ("a",))
+    with pytest.raises(errors.LoaderUnavailable) as unavailable:
         cache.define(ModelSpec(name="rt", loader="nope"))
+    assert (unavailable.value.model, unavailable.value.loader) == ("rt", "nope")
+    assert code_for(unavailable.value) == "invalid_args"
     cache.define(ModelSpec(name="rt", loader="fake", options={"size": MiB}))
     with cache.lease("rt") as lease:
         assert lease.infer("hi") == {"model": "rt", "inputs": "hi"}
@@ -402,6 +443,76 @@ def test_unload_gives_real_memory_back() -> None:
     assert record["freed_rss_bytes"] >= 150 * MiB
 
 
+class FakeMeter:
+    """A process whose RSS grows by a model's size while it loads, and shrinks by what was
+    unloaded only when release() runs (as gc and malloc_trim give it back)."""
+
+    def __init__(self) -> None:
+        self.rss = 500 * MiB
+        self.unreleased = 0
+        self.releases = 0
+
+    def rss_bytes(self) -> int:
+        return self.rss
+
+    def cuda_bytes(self, device: str) -> int | None:
+        return None
+
+    def gpu_bytes(self, device: str) -> int | None:
+        return None
+
+    def release(self) -> None:
+        self.releases += 1
+        self.rss -= self.unreleased
+        self.unreleased = 0
+
+
+class MeteredLoader(FakeLoader):
+    """FakeLoader whose models weigh on a FakeMeter."""
+
+    def __init__(self, meter: FakeMeter) -> None:
+        super().__init__()
+        self.meter = meter
+        self.sizes: dict[str, int] = {}
+
+    def load(self, spec: ModelSpec) -> Loaded:
+        self.sizes[spec.name] = int(spec.options["size"])
+        self.meter.rss += self.sizes[spec.name]
+        return super().load(spec)
+
+    def unload(self, model: Any) -> None:
+        super().unload(model)
+        self.meter.unreleased += self.sizes[model["name"]]
+
+
+def test_the_injected_meter_measures_loads_and_unloads() -> None:
+    """A cpu load is measured by the meter's RSS delta; an eviction releases through the
+    meter once and records what came back."""
+    meter = FakeMeter()
+    loader = MeteredLoader(meter)
+    cache, _, clock = make_cache({"m": 30}, loader=loader, measure=True, meter=meter)
+    use(cache, clock, "m")
+    (entry,) = cache.ps()
+    assert (entry["measured_bytes"], entry["measured_by"]) == (30 * MiB, "rss")
+    record = cache.evict("m")
+    assert record["freed_rss_bytes"] == 30 * MiB
+    assert meter.releases == 1
+
+
+def test_a_batch_of_unloads_releases_once() -> None:
+    """Expired keep-alives unloaded together run one release for all (one gc), and their
+    records say freed_rss_bytes is unknown."""
+    meter = FakeMeter()
+    cache, _, clock = make_cache({"a": 1, "b": 1, "c": 1}, keep_alive="30s", meter=meter)
+    for name in ("a", "b", "c"):
+        use(cache, clock, name)
+    clock.now += 60
+    records = cache.housekeep()
+    assert sorted(r["model"] for r in records) == ["a", "b", "c"]
+    assert [r["freed_rss_bytes"] for r in records] == [None, None, None]
+    assert meter.releases == 1
+
+
 class CacheMachine(RuleBasedStateMachine):
     """Random lease/release/use/evict/pin/time steps never break the cache's invariants."""
 
@@ -422,8 +533,9 @@ class CacheMachine(RuleBasedStateMachine):
         before = set(self.cache.loaded_names())
         try:
             lease = self.cache.lease(name)
-        except CommandError as exc:
-            assert exc.code == "no_capacity"
+        except CacheError as exc:
+            assert isinstance(exc, errors.CapacityError)
+            assert code_for(exc) == "no_capacity"
             self.refused += 1
             return
         finally:
@@ -445,13 +557,13 @@ class CacheMachine(RuleBasedStateMachine):
     def pin(self, name: str, pin: bool) -> None:
         try:
             self.cache.pin(name, pin)
-        except CommandError:
+        except CacheError:
             return
         (self.pinned.add if pin else self.pinned.discard)(name)
 
     @rule(name=st.sampled_from(sorted(SIZES)))
     def evict(self, name: str) -> None:
-        with contextlib.suppress(CommandError):
+        with contextlib.suppress(CacheError):
             self.cache.evict(name)
 
     @rule(
@@ -503,7 +615,7 @@ def test_gpu_model_measured_by_nvml_beside_estimate(log_lines: io.StringIO) -> N
         cfg.models,
         lambda name: loader,
         lambda device: 80 << 30,
-        gpu_use=lambda device: next(seen),
+        meter=ProcessMeter(gpu_use=lambda device: next(seen)),
     )
     with cache.lease("g"):
         pass

@@ -13,6 +13,7 @@ import zmq
 import perfctl
 from perfd.wire import arrays, protocol
 from tests.conftest import Perfd, StartPerfd
+from tests.daemons import wait_until
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 MODELS = """
@@ -200,3 +201,25 @@ def test_arrays_bigger_than_the_read_only_limit_reach_the_admin_socket(
         reply = sock.recv_multipart()
     result = json.loads(reply[0])["result"]
     assert arrays.decode(result["outputs"], result["arrays"], reply[1:]).sum() == 2 * big.size
+
+
+def test_a_failed_preload_is_logged_and_the_next_preload_still_loads(
+    start_perfd: StartPerfd,
+) -> None:
+    """preload = true on a model whose loader raises: cache.preload_failed names it with the
+    cache's message, and the models after it are still preloaded."""
+    perfd = start_perfd(
+        "[models.bad]\n"
+        'target = "tests.models.toy:make_failing"\n'
+        "preload = true\n"
+        "[models.good]\n"
+        'target = "tests.models.toy:make_echo"\n'
+        "preload = true\n",
+        env={"PYTHONPATH": ROOT},
+    )
+    wait_until(lambda: "good" in {m["name"] for m in call(perfd, "ps")["models"]}, 30)
+    failed = perfd.log_entry("cache.preload_failed")
+    assert failed["model"] == "bad"
+    assert failed["error"].startswith("loading 'bad' failed: ")
+    assert "toy model refuses to load" in failed["error"]
+    assert perfd.stop() == 0

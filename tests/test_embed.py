@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import perfd
 from perfd import config
 from tests.conftest import StartPerfd, clean_env, command
@@ -123,3 +125,30 @@ def test_embedded_perfd_keeps_the_applications_structlog(short_dir: Path) -> Non
     lines = run_app(short_dir, before=before, serve=True, body=body).splitlines()
     assert "APP cache.loaded" in lines
     assert "APP app.after_reload" in lines, lines
+
+
+def test_embedded_refusals_are_cache_errors_with_facts(short_dir: Path) -> None:
+    """An application gets the cache's own exceptions, facts as attributes, no wire code."""
+    from perfd.cache import errors
+
+    cfg = config.parse(
+        {
+            "cache": {"ram_budget": "1MiB"},
+            "models": {
+                "echo": {"target": "tests.models.toy:make_echo"},
+                "big": {"target": "tests.models.toy:make_echo", "size_hint": 2 << 20},
+            },
+        }
+    )
+    with perfd.embed(cfg, serve=False, runtime_dir=short_dir / "none") as pd:
+        with pytest.raises(errors.UnknownModel) as unknown:
+            pd.cache.lease("nope")
+        assert (unknown.value.model, unknown.value.known) == ("nope", ("big", "echo"))
+        assert not hasattr(unknown.value, "code")
+        with pytest.raises(errors.NoCapacity) as too_big:
+            pd.cache.lease("big")
+        assert (too_big.value.device, too_big.value.need, too_big.value.budget) == (
+            "cpu",
+            2 << 20,
+            1 << 20,
+        )

@@ -1,6 +1,8 @@
 """This process's memory: measuring it, and giving it back after a model is unloaded.
 
-Standard library only (psutil stays in perfd.probes): RSS comes from /proc/self/statm.
+Standard library only (psutil stays in perfd.probes): RSS comes from /proc/self/statm. The
+cache reads memory through a ``Meter`` passed to it (``ProcessMeter`` in perfd, a fake in
+tests), never through this module's functions directly.
 """
 
 from __future__ import annotations
@@ -10,7 +12,53 @@ import ctypes.util
 import gc
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
+
+GpuUse = Callable[[str], int | None]  # "cuda:N" -> this process's memory there, from NVML
+
+
+class Meter(Protocol):
+    """What the cache measures a load and an unload with."""
+
+    def rss_bytes(self) -> int:
+        """This process's resident set size."""
+        ...
+
+    def cuda_bytes(self, device: str) -> int | None:
+        """What torch has allocated on a "cuda:N" device; None when unknown."""
+        ...
+
+    def gpu_bytes(self, device: str) -> int | None:
+        """This process's memory on a "cuda:N" device as NVML shows it; None when unknown."""
+        ...
+
+    def release(self) -> None:
+        """Give freed memory back (gc, torch's CUDA cache, malloc_trim)."""
+        ...
+
+
+class ProcessMeter:
+    """The real meter: this process's RSS and torch's CUDA count, NVML's per-process use
+    through ``gpu_use`` (the monitor's fresh NVML read), and a real release."""
+
+    def __init__(self, gpu_use: GpuUse | None = None) -> None:
+        self._gpu_use = gpu_use
+
+    def rss_bytes(self) -> int:
+        return rss_bytes()
+
+    def cuda_bytes(self, device: str) -> int | None:
+        return cuda_allocated(device)
+
+    def gpu_bytes(self, device: str) -> int | None:
+        if self._gpu_use is None or not device.startswith("cuda:"):
+            return None
+        return self._gpu_use(device)
+
+    def release(self) -> None:
+        release()
+
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _libc: Any = None

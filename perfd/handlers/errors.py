@@ -11,10 +11,10 @@ report as load_failed and infer_failed.
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable
 from typing import Any, Final
 
+from perfd.cache import errors as cache
 from perfd.errors import CommandError
 from perfd.recommend.request import RecommendError
 from perfd.wire import protocol
@@ -22,51 +22,26 @@ from perfd.wire import protocol
 # Exception class -> wire code; a subclass takes its nearest listed base's code.
 CODES: Final[dict[type[BaseException], str]] = {
     RecommendError: protocol.INVALID_ARGS,
+    cache.UnknownModel: protocol.NOT_FOUND,
+    cache.DefinedInConfig: protocol.INVALID_ARGS,
+    cache.LoaderUnavailable: protocol.INVALID_ARGS,
+    cache.NoCapacity: protocol.NO_CAPACITY,
+    cache.TooManyModels: protocol.NO_CAPACITY,
+    cache.LoadOverdue: protocol.BUSY,
+    cache.StillLoading: protocol.TIMEOUT,
+    cache.LoadTimeout: protocol.TIMEOUT,
+    cache.LoadFailed: protocol.LOAD_FAILED,
+    cache.NotReady: protocol.NOT_FOUND,
+    cache.NotLoaded: protocol.NOT_FOUND,
+    cache.InUse: protocol.BUSY,
+    cache.Pinned: protocol.BUSY,
 }
-
-# The cache's errors by class name, applied once perfd.cache.errors defines them (the
-# cache raises CommandError with a code until then, which passes through unchanged).
-CACHE_CODES: Final[dict[str, str]] = {
-    "UnknownModel": protocol.NOT_FOUND,
-    "NotLoaded": protocol.NOT_FOUND,
-    "DefinedInConfig": protocol.INVALID_ARGS,
-    "BadSpec": protocol.INVALID_ARGS,
-    "NoCapacity": protocol.NO_CAPACITY,
-    "TooManyModels": protocol.NO_CAPACITY,
-    "Pinned": protocol.BUSY,
-    "InUse": protocol.BUSY,
-    "Busy": protocol.BUSY,
-    "StillLoading": protocol.TIMEOUT,
-    "LoadTimeout": protocol.TIMEOUT,
-    "LoadFailed": protocol.LOAD_FAILED,
-}
-CACHE_ERRORS: Final = "perfd.cache.errors"
-
-_table: dict[type[BaseException], str] | None = None
-
-
-def table() -> dict[type[BaseException], str]:
-    """CODES with the cache's classes that perfd.cache.errors defines (read once)."""
-    global _table
-    if _table is None:
-        found = dict(CODES)
-        try:
-            module = importlib.import_module(CACHE_ERRORS)
-        except ImportError:  # not split out yet: the cache's CommandErrors pass through
-            module = None
-        for name, code in CACHE_CODES.items():
-            cls = getattr(module, name, None)
-            if isinstance(cls, type) and issubclass(cls, BaseException):
-                found[cls] = code
-        _table = found
-    return _table
 
 
 def code_for(exc: BaseException) -> str | None:
     """The wire code of ``exc``'s class or nearest listed base; None when it is not a domain
     error (a CommandError carries its own; anything else is perfd's bug: ``internal``)."""
-    codes = table()
-    return next((codes[cls] for cls in type(exc).__mro__ if cls in codes), None)
+    return next((CODES[cls] for cls in type(exc).__mro__ if cls in CODES), None)
 
 
 def to_wire(exc: BaseException) -> CommandError:
