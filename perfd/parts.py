@@ -353,7 +353,7 @@ class Parts:
             cfg.monitor,
             cfg.alerts,
             host_probe=b.host_probe(cfg.monitor) if b.host_probe is not None else None,
-            gpu_probe=b.gpu_probe(cfg.monitor) if b.gpu_probe is not None else None,
+            gpu_probe=b.gpu_probe(cfg.monitor) if b.gpu_probe and cfg.monitor.gpu else None,
             heartbeat=self.liveness.register("monitor"),
             clock=b.clock,
             wall=b.wall,
