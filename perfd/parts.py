@@ -174,12 +174,12 @@ class Parts:
             self.metrics = None
         if self._keeper is not None and self._cache_used:
             self._keeper.stop()
-        if self._cache is not None and self._cache_used:
-            self._cache.close()
-        with self._lock:
-            if self._providers is not None and self._providers_used:
-                self._providers.close()
-            self._providers = None
+        cache = self._used_cache()
+        if cache is not None:
+            cache.close()
+        providers = self._used_providers()
+        if providers is not None:
+            providers.close()
         if self.monitor is not None:
             self.monitor.stop(self.loaded.config.monitor.nvml_timeout + 2)
         self.endpoints.close()
@@ -335,12 +335,19 @@ class Parts:
         limit = self._start_rss + self.loaded.config.server.max_buffered_bytes
         if not self._start_rss or rss <= limit:
             return None
-        cache = self._cache if self._cache_used else None
+        cache = self._used_cache()
         if cache is not None:
             for m in cache.ps():
                 if m["device"] == "cpu":
                     limit += m["measured_bytes"] or m["estimated_bytes"] or 0
         return limit if rss > limit else None
+
+    def _used_cache(self) -> ModelCache | None:
+        """The cache once used (what scrapes and the memory limit read), else None."""
+        return self._cache if self._cache_used else None
+
+    def _used_providers(self) -> Providers | None:
+        return self._providers if self._providers_used else None
 
     def _start_monitor(self) -> None:
         """Start sampling; READY=1 waits for the first sample (bounded by the NVML timeout)."""
@@ -378,11 +385,9 @@ class Parts:
             listen,
             Sources(
                 monitor,
-                cache=lambda: self._cache.stats() if self._cache and self._cache_used else None,
+                cache=lambda: None if (c := self._used_cache()) is None else c.stats(),
                 configured_models=lambda: self.loaded.config.models,
-                providers=lambda: (
-                    self._providers.stats() if self._providers and self._providers_used else None
-                ),
+                providers=lambda: None if (p := self._used_providers()) is None else p.stats(),
                 sinks=sinks.stats if sinks is not None else lambda: None,
             ),
             Limits(metrics.max_connections, metrics.timeout, metrics.max_request_bytes),
