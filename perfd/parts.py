@@ -21,6 +21,7 @@ a real perfd with a controlled NVML), never by patching a module.
 
 from __future__ import annotations
 
+import resource
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -121,8 +122,6 @@ class Parts:
 
     def start(self, *, bind: bool = True) -> None:
         """Before READY=1: the sockets (with ``bind``), the monitor, the /metrics endpoint."""
-        import resource
-
         from perfd.server import sockwatch
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # raised by main(), not embedded
