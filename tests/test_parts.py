@@ -139,3 +139,13 @@ print(json.dumps(loaded))
     loaded = set(json.loads(out.stdout.splitlines()[-1]))
     assert not loaded & {"numpy", "onnxruntime", "requests", "prometheus_client"}
     assert {"perfd", "psutil"} <= loaded  # the parts did start: the host probe's psutil
+
+
+def test_launcher_splits_its_options_from_perfds() -> None:
+    """tests/launcher.py takes its own options before ``--`` and hands perfd the rest."""
+    from tests import launcher
+
+    args, rest = launcher.parse(["--nvml-control", "/x.json", "--", "--config", "c.toml"])
+    assert (args.nvml_control, args.nvml_retry, rest) == ("/x.json", 0.2, ["--config", "c.toml"])
+    with pytest.raises(SystemExit):
+        launcher.parse(["--nvml-control", "/x.json"])  # no "--": perfd's arguments are missing
