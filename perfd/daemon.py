@@ -1,4 +1,5 @@
-"""perfd's entry point: config, logging, sockets, the main loop and an ordered shutdown.
+"""perfd's entry point: config, logging, the main loop and an ordered shutdown; the parts
+(sockets, monitor, cache, providers, metrics) are built and started by perfd.parts.
 
 Signal handlers only enqueue the signal (and wake the poll through the server's wake-up fd);
 the main loop takes them off the queue and dispatches ``_on_<name>``. Shutdown always runs in
