@@ -26,8 +26,9 @@ import structlog
 
 from perfd import config, log
 from perfd.cache.core import ModelCache
-from perfd.daemon import Daemon
 from perfd.monitor.sampler import Monitor
+from perfd.parts import Parts
+from perfd.systemd import Liveness, Notifier
 from perfd.wire import paths
 
 CONSOLE = "console"  # perfd's log format for an application that has not configured structlog
@@ -36,25 +37,25 @@ CONSOLE = "console"  # perfd's log format for an application that has not config
 class Embedded:
     """What ``embed`` yields: the running parts."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self._daemon = daemon
+    def __init__(self, parts: Parts) -> None:
+        self._parts = parts
 
     @property
     def cache(self) -> ModelCache:
-        return self._daemon.cache
+        return self._parts.cache
 
     @property
     def monitor(self) -> Monitor:
-        assert self._daemon.monitor is not None
-        return self._daemon.monitor
+        assert self._parts.monitor is not None
+        return self._parts.monitor
 
     @property
     def runtime_dir(self) -> Path:
-        return self._daemon.runtime_dir
+        return self._parts.runtime_dir
 
     def stats(self) -> dict[str, Any]:
         """The same data `perfctl stats --json` shows."""
-        return self._daemon.server.commands["stats"].handler({})  # type: ignore[no-any-return]
+        return self._parts.server.commands["stats"].handler({})  # type: ignore[no-any-return]
 
 
 @contextlib.contextmanager
@@ -86,38 +87,39 @@ def embed(
     if own_log:
         cfg = loaded.config.log
         log.configure(cfg.level, CONSOLE, cfg.file)
-    daemon = Daemon(
+    parts = Parts(
         loaded,
         config_arg=config_arg,
         runtime_dir=where,
+        notifier=Notifier(enabled=False),
+        liveness=Liveness(),
         log_format=CONSOLE,
-        notify=False,
         configure_logging=own_log,
     )
     stop = threading.Event()
     thread: threading.Thread | None = None
     try:
-        daemon.open(bind=serve)
-        daemon.preload()
+        parts.start(bind=serve)
+        parts.start_models()
         if serve:
             thread = threading.Thread(
-                target=_serve, args=(daemon, stop), name="perfd-server", daemon=True
+                target=_serve, args=(parts, stop), name="perfd-server", daemon=True
             )
             thread.start()
-        yield Embedded(daemon)
+        yield Embedded(parts)
     finally:
         stop.set()
         if thread is not None:
             thread.join(10)
-            daemon.server.stop_accepting()
-            daemon.server.drain(loaded.config.server.shutdown_timeout)
-        daemon.close()
+            parts.server.stop_accepting()
+            parts.server.drain(loaded.config.server.shutdown_timeout)
+        parts.close()
         if own_log:
             log.configure()  # closes a [log] file
             structlog.reset_defaults()
 
 
-def _serve(daemon: Daemon, stop: threading.Event) -> None:
+def _serve(parts: Parts, stop: threading.Event) -> None:
     """The embedded main loop: answer requests until ``stop`` (no signals, no watchdog)."""
     while not stop.is_set():
-        daemon.server.poll(0.1)
+        parts.server.poll(0.1)

@@ -16,12 +16,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
 
+if TYPE_CHECKING:
+    from tests.fakenvml import NvmlControl
+
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository: tests.launcher's package
 
 
 def command(name: str) -> list[str]:
@@ -151,9 +155,11 @@ def start_perfd(short_dir: Path, tmp_path: Path) -> Iterator[StartPerfd]:
         wait_ready: bool = True,
         runtime_dir: Path | None = None,
         nofile: int | tuple[int, int] | None = None,
+        nvml: NvmlControl | None = None,
     ) -> Perfd:
         """``nofile``: run perfd with this RLIMIT_NOFILE: soft = hard = N (the unit's limit,
-        which perfd cannot raise), or (soft, hard)."""
+        which perfd cannot raise), or (soft, hard). ``nvml``: start it through tests/launcher.py
+        with a ControlledNvml reading that control file (tests/fakenvml.py)."""
         index = len(started)
         rundir = runtime_dir or short_dir / f"run{index}"
         config_path = tmp_path / f"perfd{index}.toml"
@@ -161,10 +167,15 @@ def start_perfd(short_dir: Path, tmp_path: Path) -> Iterator[StartPerfd]:
         notify = NotifySocket(short_dir / f"notify{index}")
         log_path = tmp_path / f"perfd{index}.log"
         full_env = clean_env(NOTIFY_SOCKET=str(notify.path), **(env or {}))
+        program = command("perfd")
+        if nvml is not None:
+            full_env.setdefault("PYTHONPATH", str(ROOT))
+            launcher = [sys.executable, "-m", "tests.launcher", "--nvml-control", str(nvml.path)]
+            program = [*launcher, "--"]
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
                 [
-                    *command("perfd"),
+                    *program,
                     "--config",
                     str(config_path),
                     "--runtime-dir",

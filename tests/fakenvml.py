@@ -10,16 +10,16 @@ are pynvml's own ctypes structures (``c_nvmlMemory_v2_t``...) and process object
     nvml.hang(release)                   # every call blocks until ``release`` is set
 
 A perfd subprocess gets a ``ControlledNvml`` instead, scripted through a JSON file the test
-rewrites while perfd runs (``subprocess_env`` writes the sitecustomize.py that installs it):
+rewrites while perfd runs; tests/launcher.py starts that perfd with the controlled NVML as its
+GPU probe's (perfd.parts.Boundaries):
 
-    control, env = subprocess_env(tmp_path, ROOT, gpus=[{"used": 40 * GiB}])
-    perfd = start_perfd(config, env=env)
+    control = control_file(tmp_path, gpus=[{"used": 40 * GiB}])
+    perfd = start_perfd(config, nvml=control)
     control.set(gpus=[{}], fail={"nvmlDeviceGetCount": pynvml.NVML_ERROR_UNKNOWN})
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import threading
@@ -345,27 +345,9 @@ class NvmlControl:
         os.replace(tmp, self.path)
 
 
-def install(control: str, retry_interval: float = 0.2) -> ControlledNvml:
-    """Make this process's perfd sample a ControlledNvml instead of pynvml, and retry nvmlInit
-    every ``retry_interval`` seconds (not every minute) after the driver went away. Called
-    from a sitecustomize.py, before perfd builds its GPU probe."""
-    from perfd.probes import nvml as probes
-
-    nvml = ControlledNvml(control)
-    probes.GpuProbe = functools.partial(  # type: ignore[assignment,misc]
-        probes.GpuProbe, nvml=nvml, retry_interval=retry_interval
-    )
-    return nvml
-
-
-def subprocess_env(tmp: Path, root: str, **script: Any) -> tuple[NvmlControl, dict[str, str]]:
-    """A control file holding ``script`` and the environment that makes a perfd subprocess
-    load a ControlledNvml reading it (a sitecustomize.py on PYTHONPATH, ahead of ``root``)."""
+def control_file(tmp: Path, **script: Any) -> NvmlControl:
+    """A control file holding ``script``, for a perfd started through tests/launcher.py
+    (``start_perfd(..., nvml=control)``), whose GPU probe reads it."""
     control = NvmlControl(tmp / "nvml.json")
     control.set(**script)
-    site = tmp / "nvml-site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(
-        f"from tests.fakenvml import install\ninstall({str(control.path)!r})\n"
-    )
-    return control, {"PYTHONPATH": f"{site}{os.pathsep}{root}"}
+    return control

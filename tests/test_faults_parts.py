@@ -119,8 +119,8 @@ def test_nvml_failing_mid_run(start_perfd: StartPerfd, tmp_path: Path, kind: str
     """NVML failing mid-run: stats shows the state, one log line says so, GPU alerts stay
     firing while unknown, and NVML working again is reported once and ends the state."""
     script, state, gpu, error = NVML_FAULTS[kind]
-    control, env = fakenvml.subprocess_env(tmp_path, ROOT, gpus=TWO_GPUS)
-    perfd = start_perfd(FAST + GPU_ALERTS, env=env)
+    control = fakenvml.control_file(tmp_path, gpus=TWO_GPUS)
+    perfd = start_perfd(FAST + GPU_ALERTS, nvml=control)
     firing = {a["id"] for a in call(perfd, "alerts")["firing"]}
     assert {"gpu_memory/gpu0", "gpu_memory/gpu1"} <= firing
 
@@ -398,14 +398,14 @@ def start_with_sink(
     """perfd with ``gpus`` GPUs all over gpu_memory's warn (one alert each at the first
     sample), host alerts off, a sink to ``url`` and /metrics on a free port."""
     metrics = closed_port()
-    control, env = fakenvml.subprocess_env(tmp_path, ROOT, gpus=[{"used": 40 * GiB}] * gpus)
+    control = fakenvml.control_file(tmp_path, gpus=[{"used": 40 * GiB}] * gpus)
     perfd = start_perfd(
         FAST
         + GPU_ALERTS
         + "[alerts.host_memory]\nenabled = false\n[alerts.exhaustion]\nenabled = false\n"
         + sink_config(sink, url, **options)
         + f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n',
-        env=env,
+        nvml=control,
     )
     return perfd, control, metrics
 

@@ -610,7 +610,7 @@ def _trends(node: Any) -> Iterator[dict[str, Any]]:
 # `clock=time.time` beside an allowed `wall=time.time` is still caught.
 WALL_CLOCK_ALLOWED = {
     ("cache/core.py", "__init__(wall=)"): "ps shows last_used and expires_at as times of day",
-    ("daemon.py", "__init__: self.started_at ="): "status.started_at (uptime is monotonic)",
+    ("parts.py", "<module>: wall ="): "Boundaries.wall: status.started_at (uptime is monotonic)",
     ("log.py", "_timestamp: now ="): "each log line's ts",
     ("monitor/sampler.py", "__init__(wall=)"): "sampled_at and alert `since` stamps",
     ("probes/host.py", "__init__(wall=)"): "each sample's `wall` stamp",

@@ -59,7 +59,10 @@ class Keeper:
         self._acted_on: object = _NEVER  # the sample the last pressure eviction used
         self._thread = threading.Thread(target=self._run, name="perfd-keeper", daemon=True)
 
-    def start(self) -> None:
+    def start(self, heartbeat: Heartbeat | None = None) -> None:
+        """Start the thread; ``heartbeat`` (when given) replaces the one it was built with."""
+        if heartbeat is not None:
+            self._heartbeat = heartbeat
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
