@@ -299,3 +299,17 @@ def test_the_checker_sees_function_level_and_dynamic_imports(tmp_path: Path) -> 
     assert not perfctl_may_import("perfd.cache")
     assert not perfctl_may_import("numpy")
     assert perfctl_may_import("perfd.wire.arrays")
+
+
+MAX_LINES = 450  # docs/architecture.md, "Habits": modules of 50-400 lines, 450 at most
+
+
+def test_no_module_is_over_450_lines() -> None:
+    """Every module of perfd and perfctl fits on a few screens (docs/architecture.md)."""
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for package in ("perfd", "perfctl")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if (lines := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}, f"modules over {MAX_LINES} lines: split them by concern"

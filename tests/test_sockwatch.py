@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import zmq
 
 from perfd.server.gate import READONLY
 from perfd.server.sockwatch import CHECK_INTERVAL, Watch
+from tests.daemons import wait_until
 
 MiB = 1 << 20
 
@@ -68,3 +71,31 @@ def test_idle_connections_go_first_busy_ones_only_past_the_allowance() -> None:
         sock.close(linger=0)
     os.close(read)
     os.close(write)
+
+
+def test_connections_over_the_cap_are_dropped_while_the_loop_is_busy(short_dir: Path) -> None:
+    """libzmq accepts on its own thread, so drops must not wait for perfd's main loop: with
+    nobody polling the ROUTER socket, its watch still holds it to the cap (a flood of connects
+    while the main loop imports a module used to run perfd out of files: libzmq aborts)."""
+    path = short_dir / "flood.sock"
+    watch = Watch(8)
+    with zmq.Context() as ctx:
+        sock = ctx.socket(zmq.ROUTER)
+        watch.attach(sock, READONLY)
+        sock.bind(f"ipc://{path}")
+        watch.bound(sock, f"ipc://{path}")
+        table = watch.table(sock)
+        assert table is not None
+        held = []
+        try:
+            for _ in range(64):
+                client = socket.socket(socket.AF_UNIX)
+                client.connect(str(path))
+                held.append(client)
+            wait_until(lambda: table.dropped >= 64 - 8, timeout=10)
+            assert len(table) <= 8
+        finally:
+            for client in held:
+                client.close()
+            watch.close()
+            sock.close(linger=0)

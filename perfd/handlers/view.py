@@ -1,6 +1,6 @@
 """What the handlers may reach of the daemon: one small protocol per command group.
 
-The daemon (perfd.daemon.Daemon) is the one real view; the tests pass fakes
+The running parts (perfd.parts.Parts) are the one real view; the tests pass fakes
 (tests/test_handlers.py). A handler reads facts and calls parts through these, nothing else.
 """
 

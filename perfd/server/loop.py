@@ -154,7 +154,7 @@ class Server:
 
     def _router(self, max_message_bytes: int, kind: str) -> zmq.Socket[bytes]:
         sock = routers.new_router(self._ctx, max_message_bytes)  # per message: _serve
-        self._poller.register(self.watch.attach(sock, kind), zmq.POLLIN)
+        self.watch.attach(sock, kind)  # its monitor is read on the sockwatch thread
         return sock
 
     @property
@@ -181,9 +181,6 @@ class Server:
         woke = self._wake_r.fileno() in events
         if woke:
             self._drain_wake()
-        for monitor in self.watch.monitors:
-            if events.get(monitor):
-                self.watch.events(monitor)
         for sock, kind in self._sockets.items():
             if self._accepting and events.get(sock):
                 self._serve(sock, kind)
@@ -235,7 +232,8 @@ class Server:
                 return
             head, fd = parts[0], routers.fd_of(parts[0])
             if table is not None and fd is not None:
-                table.message(fd, self._clock())
+                with self.watch.lock:
+                    table.message(fd, self._clock())
             size = sum(len(p) for p in parts[1:])  # the identity frame is libzmq's
             if len(parts) < 2:  # no body at all: nothing to answer
                 self.counters.dropped += 1
@@ -368,7 +366,8 @@ class Server:
         """Keep the connection of a request awaiting its answer (``hold``), or let it go."""
         table = self.watch.table(pending.sock)
         if table is not None:
-            table.hold(pending.fd) if hold else table.release(pending.fd, self._clock())
+            with self.watch.lock:
+                table.hold(pending.fd) if hold else table.release(pending.fd, self._clock())
 
     def _completed(self, token: int, result: Result | None, exc: BaseException | None) -> None:
         """Runs on the worker thread: hand the outcome to the socket thread."""

@@ -2,9 +2,15 @@
 
 The policy (which connection goes) is perfd.server.connections'. Here each ROUTER socket gets a
 monitor socket whose ACCEPTED/DISCONNECTED events carry the connection's fd; a connection is
-dropped by ``shutdown()`` on a duplicate of that fd (libzmq then sees the peer gone, closes
-its fd and forgets the peer), after checking that the fd still is a connection of that
-listener. Only the socket thread calls this module.
+dropped by ``shutdown()`` on that fd (libzmq then sees the peer gone, closes its fd and
+forgets the peer), after checking that the fd still is a connection of that listener.
+
+libzmq accepts connections on its own I/O thread, whatever perfd's main loop is doing; so the
+monitor sockets are read by a thread of their own ("perfd-sockwatch") that drops what is over
+the cap at once, even while the main loop is busy (a flood of connects while it imports a
+module would otherwise run perfd out of files, and libzmq aborts on EMFILE). The tables are
+shared with the socket thread, which records each message's connection: ``lock`` guards them.
+Dropping needs no spare file descriptor (the fd is wrapped, not duplicated).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextlib
 import os
 import resource
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,14 +98,60 @@ class Watch:
         self.max_allowance = max_allowance
         self.allowance = 0  # RSS growth found not to be held by connections (see tick)
         self.peak_rss = 0
+        self.lock = threading.Lock()  # the tables: this thread drops, the socket thread records
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake_pair: tuple[socket.socket, socket.socket] | None = None  # with the thread
+
+    def start(self) -> None:
+        """Read the monitor sockets on a thread of their own (from the first one attached)."""
+        if self._thread is None and self._by_monitor:
+            self._wake_pair = socket.socketpair()  # a monitor attached, or close(): re-poll
+            for end in self._wake_pair:
+                end.setblocking(False)
+            self._thread = threading.Thread(target=self._run, name="perfd-sockwatch", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        assert self._wake_pair is not None
+        wake = self._wake_pair[0]
+        poller, watching = zmq.Poller(), 0
+        while not self._stop.is_set():
+            with self.lock:
+                monitors = list(self._by_monitor)
+            if watching != len(monitors):  # a socket attached since (the tcp one)
+                poller, watching = zmq.Poller(), len(monitors)
+                poller.register(wake.fileno(), zmq.POLLIN)
+                for monitor in monitors:
+                    poller.register(monitor, zmq.POLLIN)
+            try:
+                ready = poller.poll()  # close() wakes it
+            except zmq.ZMQError:  # a monitor closed under us: stopping
+                return
+            for monitor, _ in ready:
+                if isinstance(monitor, int):
+                    with contextlib.suppress(OSError):
+                        wake.recv(64)
+                else:
+                    self.events(monitor)
 
     def attach(self, sock: zmq.Socket[bytes], kind: str) -> zmq.Socket[bytes]:
         """Monitor ``sock`` (before it binds); return the monitor socket for the poller."""
         monitor = sock.get_monitor_socket(_EVENTS)
         watched = _Watched(kind, ConnectionTable(self.cap), monitor)
-        self._watched[sock] = watched
-        self._by_monitor[monitor] = watched
+        with self.lock:
+            self._watched[sock] = watched
+            self._by_monitor[monitor] = watched
+        if self._thread is None:
+            self.start()
+        else:
+            self._wake()
         return monitor
+
+    def _wake(self) -> None:
+        if self._wake_pair is not None:
+            with contextlib.suppress(OSError):  # full: a wake-up is already pending
+                self._wake_pair[1].send(b"\0")
 
     def bound(self, sock: zmq.Socket[bytes], endpoint: str) -> None:
         """Record where ``sock`` listens, to tell its connections from other fds."""
@@ -107,43 +160,45 @@ class Watch:
         self._watched[sock].address = address
 
     def set_cap(self, cap: int) -> None:
-        self.cap = cap
-        for watched in self._watched.values():
-            watched.table.cap = cap
+        with self.lock:
+            self.cap = cap
+            for watched in self._watched.values():
+                watched.table.cap = cap
 
     def table(self, sock: zmq.Socket[bytes]) -> ConnectionTable | None:
         watched = self._watched.get(sock)
         return watched.table if watched is not None else None
 
     def counts(self) -> dict[str, dict[str, int]]:
-        return {
-            w.kind: {"open": len(w.table), "dropped": w.table.dropped}
-            for w in self._watched.values()
-        }
-
-    @property
-    def monitors(self) -> list[zmq.Socket[bytes]]:
-        return list(self._by_monitor)
+        with self.lock:
+            return {
+                w.kind: {"open": len(w.table), "dropped": w.table.dropped}
+                for w in self._watched.values()
+            }
 
     def events(self, monitor: zmq.Socket[bytes]) -> None:
-        """Take every pending event off ``monitor``; then drop what is over the cap."""
+        """Take every pending event off ``monitor``; then drop what is over the cap (on the
+        sockwatch thread, or the caller's when it was never started)."""
         watched = self._by_monitor[monitor]
-        now = self._clock()
+        events = []
         while True:
             try:
-                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+                events.append(recv_monitor_message(monitor, zmq.NOBLOCK))
             except zmq.Again:
                 break
             except zmq.ZMQError:
                 return
-            fd = int(event["value"])
-            if event["event"] == zmq.EVENT_ACCEPTED:
-                watched.table.accepted(fd, now)
-            elif fd in watched.table:  # DISCONNECTED, CLOSED
-                watched.table.closed(fd)
-        victims = watched.table.over_cap()
-        if victims:
-            self._drop(watched, victims, "max_connections")
+        with self.lock:
+            now = self._clock()
+            for event in events:
+                fd = int(event["value"])
+                if event["event"] == zmq.EVENT_ACCEPTED:
+                    watched.table.accepted(fd, now)
+                elif fd in watched.table:  # DISCONNECTED, CLOSED
+                    watched.table.closed(fd)
+            victims = watched.table.over_cap()
+            if victims:
+                self._drop(watched, victims, "max_connections")
 
     def tick(self) -> None:
         """Every CHECK_INTERVAL: over the RSS limit, drop every connection not waiting for
@@ -157,6 +212,10 @@ class Watch:
         now = self._clock()
         if now < self._next_check:
             return
+        with self.lock:
+            self._tick(now)
+
+    def _tick(self, now: float) -> None:
         self._next_check = now + CHECK_INTERVAL
         rss = self._rss()
         self.peak_rss = max(self.peak_rss, rss)
@@ -188,9 +247,10 @@ class Watch:
 
     def next_check(self) -> float | None:
         """When ``tick`` next needs to run (None while no connection is open)."""
-        if not any(len(w.table) for w in self._watched.values()):
-            return None
-        return self._next_check
+        with self.lock:
+            if not any(len(w.table) for w in self._watched.values()):
+                return None
+            return self._next_check
 
     def _drop(self, watched: _Watched, fds: list[int], reason: str | None) -> None:
         done = [fd for fd in fds if _shutdown(fd, watched.address)]
@@ -199,35 +259,41 @@ class Watch:
             _log.info("connection.dropped", socket=watched.kind, reason=reason, count=len(done))
 
     def close(self) -> None:
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(2.0)
+            if self._thread.is_alive():
+                _log.warning("thread.still_running", thread=self._thread.name)
         for sock, watched in self._watched.items():
             with contextlib.suppress(zmq.ZMQError):
                 sock.disable_monitor()
             watched.monitor.close(linger=0)
         self._watched.clear()
         self._by_monitor.clear()
+        if self._wake_pair is not None:
+            for end in self._wake_pair:
+                end.close()
+            self._wake_pair = None
 
 
 def _shutdown(fd: int, address: str | int | None) -> bool:
     """Shut down the connection on ``fd`` if it still is one of the listener at ``address``
     (the fd may have been closed and reused since the event): True when it was."""
     try:
-        dup = os.dup(fd)
+        sock = socket.socket(fileno=fd)  # wrapped, not duplicated: works out of files too
     except OSError:
         return False
     try:
-        sock = socket.socket(fileno=dup)
+        name = sock.getsockname()
+        if sock.family == socket.AF_UNIX:
+            ours = isinstance(address, str) and name == address
+        else:
+            ours = isinstance(address, int) and name[1] == address
+        if ours:
+            sock.shutdown(socket.SHUT_RDWR)
+        return ours
     except OSError:
-        os.close(dup)
         return False
-    with sock:
-        try:
-            name = sock.getsockname()
-            if sock.family == socket.AF_UNIX:
-                ours = isinstance(address, str) and name == address
-            else:
-                ours = isinstance(address, int) and name[1] == address
-            if ours:
-                sock.shutdown(socket.SHUT_RDWR)
-            return ours
-        except OSError:
-            return False
+    finally:
+        sock.detach()  # the fd stays libzmq's: it closes it when it sees the peer gone
