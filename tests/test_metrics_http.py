@@ -23,8 +23,8 @@ import perfctl
 from perfd.metrics.server import (
     BadRequest,
     BoundedHTTPServer,
+    HttpRequest,
     Limits,
-    Request,
     head_end,
     parse_request,
     prometheus_reply,
@@ -93,27 +93,27 @@ def test_prometheus_reply_is_prometheus_clients() -> None:
     """Text by default, OpenMetrics on request, gzip when accepted, name[] filters, any path
     but /favicon.ico, OPTIONS and GET only: as prometheus_client's WSGI app."""
     registry = _registry()
-    status, headers, body = prometheus_reply(registry, Request("GET", "/metrics", ""))
+    status, headers, body = prometheus_reply(registry, HttpRequest("GET", "/metrics", ""))
     assert status == 200
     assert dict(headers)["Content-Type"].startswith("text/plain; version=0.0.4")
     assert b"perfd_a 1.0" in body
     assert b"perfd_b 2.0" in body
     _, headers, body = prometheus_reply(
-        registry, Request("GET", "/", "", {"accept": "application/openmetrics-text"})
+        registry, HttpRequest("GET", "/", "", {"accept": "application/openmetrics-text"})
     )
     assert dict(headers)["Content-Type"].startswith("application/openmetrics-text")
     assert body.endswith(b"# EOF\n")
     _, headers, body = prometheus_reply(
-        registry, Request("GET", "/metrics", "name[]=perfd_b", {"accept-encoding": "gzip"})
+        registry, HttpRequest("GET", "/metrics", "name[]=perfd_b", {"accept-encoding": "gzip"})
     )
     assert dict(headers)["Content-Encoding"] == "gzip"
     text = gzip.decompress(body)
     assert b"perfd_b 2.0" in text
     assert b"perfd_a" not in text
-    assert prometheus_reply(registry, Request("GET", "/favicon.ico", "")) == (200, [], b"")
-    status, headers, _ = prometheus_reply(registry, Request("OPTIONS", "/metrics", ""))
+    assert prometheus_reply(registry, HttpRequest("GET", "/favicon.ico", "")) == (200, [], b"")
+    status, headers, _ = prometheus_reply(registry, HttpRequest("OPTIONS", "/metrics", ""))
     assert (status, headers) == (200, [("Allow", "OPTIONS,GET")])
-    status, _, body = prometheus_reply(registry, Request("POST", "/metrics", ""))
+    status, _, body = prometheus_reply(registry, HttpRequest("POST", "/metrics", ""))
     assert status == 405
     assert b"use OPTIONS or GET" in body
 

@@ -66,7 +66,7 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class Request:
+class HttpRequest:
     method: str
     path: str
     query: str
@@ -74,7 +74,7 @@ class Request:
 
 
 Response = tuple[int, list[tuple[str, str]], bytes]
-Handler = Callable[[Request], Response]
+Handler = Callable[[HttpRequest], Response]
 
 
 class BadRequest(Exception):
@@ -98,7 +98,7 @@ def head_end(buffer: bytes | bytearray) -> int | None:
     return end + 2 if end >= 0 else None
 
 
-def parse_request(head: bytes) -> Request:
+def parse_request(head: bytes) -> HttpRequest:
     """The request line and headers; BadRequest saying what is wrong."""
     lines = head.decode("latin-1").replace("\r\n", "\n").rstrip("\n").split("\n")
     parts = lines[0].split(" ")
@@ -119,7 +119,7 @@ def parse_request(head: bytes) -> Request:
         key = name.lower()
         headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
     split = urlsplit(target)
-    return Request(method, split.path or "/", split.query, headers)
+    return HttpRequest(method, split.path or "/", split.query, headers)
 
 
 def render(status: int, headers: list[tuple[str, str]], body: bytes) -> bytes:
@@ -134,7 +134,7 @@ def error_reply(status: int, reason: str) -> Response:
     return status, [("Content-Type", "text/plain; charset=utf-8")], f"# {reason}\n".encode()
 
 
-def prometheus_reply(registry: CollectorRegistry, request: Request) -> Response:
+def prometheus_reply(registry: CollectorRegistry, request: HttpRequest) -> Response:
     """What prometheus_client's WSGI app answers (make_wsgi_app), for one request."""
     allow = [("Allow", "OPTIONS,GET")]
     if request.method == "OPTIONS":

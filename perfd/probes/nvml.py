@@ -92,7 +92,7 @@ def nvml_library_present() -> bool:
     return True
 
 
-class _Job:
+class _NvmlJob:
     """One sample's worth of NVML work, handed to the NVML thread."""
 
     def __init__(self, t: float) -> None:
@@ -121,10 +121,10 @@ class GpuProbe:
         self._timeout = timeout
         self._retry_interval = retry_interval
         self._clock = clock
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_NvmlJob | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one sample() at a time
-        self._stuck: _Job | None = None
+        self._stuck: _NvmlJob | None = None
         self._closed = False
         self._logged: dict[int | None, tuple[str, str | None]] = {}  # None: NVML as a whole
         # Used on the NVML thread only.
@@ -179,7 +179,7 @@ class GpuProbe:
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name="perfd-nvml", daemon=True)
             self._thread.start()
-        job = _Job(t)
+        job = _NvmlJob(t)
         self._jobs.put(job)
         wait = self._timeout if self._initialised else max(self._timeout, INIT_TIMEOUT)
         if job.done.wait(wait) and job.reading is not None:

@@ -1,4 +1,4 @@
-"""A model's shape (``ModelSpec``) from a Hugging Face config.json, and what follows from it:
+"""A model's shape (``ModelShape``) from a Hugging Face config.json, and what follows from it:
 parameter counts by kind and KV cache elements per token, per layer kind.
 
 Parameter counts are exact for the architectures below (they match the published totals):
@@ -70,7 +70,7 @@ class Mla:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelShape:
     """The shape of a decoder-only transformer, enough for its memory."""
 
     name: str
@@ -117,8 +117,8 @@ def _dtype(cfg: Mapping[str, Any]) -> str:
     return "fp16" if raw in ("float16", "fp16", "half", "float32", "fp32") else "bf16"
 
 
-def spec_from_config(config: Mapping[str, Any], *, name: str, source: str) -> ModelSpec:
-    """A ModelSpec from a Hugging Face config.json's dict; RecommendError names a missing key."""
+def spec_from_config(config: Mapping[str, Any], *, name: str, source: str) -> ModelShape:
+    """A ModelShape from a Hugging Face config.json's dict; RecommendError names a missing key."""
     if len(name) > MAX_NAME:
         raise RecommendError(
             f"a model name is at most {MAX_NAME} characters long, not {len(name)}",
@@ -164,7 +164,7 @@ def spec_from_config(config: Mapping[str, Any], *, name: str, source: str) -> Mo
     mla = _mla(cfg, name) if model_type in _MLA_TYPES or "kv_lora_rank" in cfg else None
     if mla is not None:  # the q/k head size; some configs say head_dim = qk_rope_head_dim
         head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
-    return ModelSpec(
+    return ModelShape(
         name=name,
         model_type=model_type or "unknown",
         layers=layers,
@@ -263,7 +263,7 @@ def _mla(cfg: Mapping[str, Any], name: str) -> Mla:
     )
 
 
-def param_groups(spec: ModelSpec) -> ParamGroups:
+def param_groups(spec: ModelShape) -> ParamGroups:
     """Parameters by kind, computed from the shapes (see the module docstring)."""
     h, layers = spec.hidden, spec.layers
     width = spec.embed_dim or h
@@ -310,7 +310,7 @@ def param_groups(spec: ModelSpec) -> ParamGroups:
     return ParamGroups(embed=embed, lm_head=lm_head, linear=linear, other=other)
 
 
-def active_params(spec: ModelSpec, groups: ParamGroups) -> int:
+def active_params(spec: ModelShape, groups: ParamGroups) -> int:
     """Parameters used per token: all but the experts a token is not routed to."""
     if spec.moe is None:
         return groups.total
@@ -320,7 +320,7 @@ def active_params(spec: ModelSpec, groups: ParamGroups) -> int:
     )
 
 
-def kv_elements_per_layer(spec: ModelSpec, shards: int = 1) -> int:
+def kv_elements_per_layer(spec: ModelShape, shards: int = 1) -> int:
     """KV cache elements one token adds to one layer on one of ``shards`` tensor-parallel GPUs.
 
     KV heads are split over the shards (a shard holds at least one: vLLM replicates KV heads
@@ -330,7 +330,7 @@ def kv_elements_per_layer(spec: ModelSpec, shards: int = 1) -> int:
     return 2 * -(-spec.kv_heads // shards) * spec.head_dim
 
 
-def layer_groups(spec: ModelSpec) -> tuple[tuple[int, int | None], ...]:
+def layer_groups(spec: ModelShape) -> tuple[tuple[int, int | None], ...]:
     """(layers, window or None) for the full-attention and the sliding-window layers."""
     full = spec.layers - spec.windowed_layers
     groups: list[tuple[int, int | None]] = []

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from perfd.recommend.arch import ModelSpec, spec_from_config
+from perfd.recommend.arch import ModelShape, spec_from_config
 from perfd.recommend.request import RecommendError
 
 GiB = 1 << 30
@@ -231,14 +231,14 @@ def _model_index() -> dict[str, str]:
     return index
 
 
-def model_spec(name: str) -> ModelSpec:
+def model_spec(name: str) -> ModelShape:
     """The catalog model ``name`` (any alias); RecommendError with close matches if unknown."""
     canon = _match("model", "model", name, _model_index(), [m[0] for m in MODELS])
     return _catalog_spec(canon)
 
 
 @functools.cache  # by canonical name: one entry per catalog model, whatever names requests use
-def _catalog_spec(canon: str) -> ModelSpec:
+def _catalog_spec(canon: str) -> ModelShape:
     for entry_name, hf_id, _, config in MODELS:
         if entry_name == canon:
             spec = spec_from_config(config, name=entry_name, source="catalog")

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from perfd.recommend.arch import ModelSpec, kv_elements_per_layer, layer_groups
+from perfd.recommend.arch import ModelShape, kv_elements_per_layer, layer_groups
 from perfd.recommend.hardware import Gpu, Hardware
 from perfd.recommend.precision import KvFormat, ParamGroups, WeightFormat
 
@@ -62,7 +62,7 @@ VLLM_BIG_GPU_BYTES = 70 * GiB
 
 @dataclass(frozen=True)
 class Model:
-    spec: ModelSpec
+    spec: ModelShape
     groups: ParamGroups
     native: WeightFormat  # the format the weights come in
     file: WeightsInfo | None = None  # its bytes are used when Options.weights is None
@@ -180,7 +180,7 @@ def vllm_defaults(gpu: Gpu | None) -> tuple[int, int]:
     return 2048, 256
 
 
-def vllm_activation_bytes(spec: ModelSpec, shards: int, tokens: int, seqs: int) -> int:
+def vllm_activation_bytes(spec: ModelShape, shards: int, tokens: int, seqs: int) -> int:
     """Our estimate of vLLM's profiled activation peak (see the module docstring)."""
     width = spec.intermediate
     if spec.moe is not None:
@@ -189,7 +189,7 @@ def vllm_activation_bytes(spec: ModelSpec, shards: int, tokens: int, seqs: int) 
     return tokens * 4 * -(-width // shards) * 2 + seqs * spec.vocab * 4
 
 
-def tensor_parallel_size(spec: ModelSpec, gpus: int) -> int:
+def tensor_parallel_size(spec: ModelShape, gpus: int) -> int:
     """The largest size <= gpus that vLLM accepts: it divides the attention heads, and the
     KV heads divide it or it divides them."""
     for size in range(max(gpus, 1), 0, -1):
@@ -199,7 +199,7 @@ def tensor_parallel_size(spec: ModelSpec, gpus: int) -> int:
 
 
 def _cost_fn(
-    spec: ModelSpec, kv: KvFormat, shards: int, vllm: bool, split: int
+    spec: ModelShape, kv: KvFormat, shards: int, vllm: bool, split: int
 ) -> Callable[[int], int]:
     groups = [
         (layers * kv.bytes_for(kv_elements_per_layer(spec, shards)), window)
@@ -290,7 +290,7 @@ def make_plan(model: Model, hardware: Hardware, opts: Options) -> Plan:
 
 
 def _overhead(
-    spec: ModelSpec,
+    spec: ModelShape,
     *,
     vllm: bool,
     on_gpu: bool,
@@ -338,7 +338,7 @@ def _usable(
 
 
 def _devices(
-    spec: ModelSpec, hardware: Hardware, vllm: bool, budget_only: bool
+    spec: ModelShape, hardware: Hardware, vllm: bool, budget_only: bool
 ) -> tuple[tuple[Gpu, ...], list[str]]:
     """The GPUs one model copy spans: MIG instances alone; vLLM's tensor-parallel group."""
     notes: list[str] = []

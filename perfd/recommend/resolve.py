@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from perfd.recommend.arch import (
-    ModelSpec,
+    ModelShape,
     active_params,
     kv_elements_per_layer,
     layer_groups,
@@ -106,7 +106,7 @@ def resolve_model(request: Query) -> Model:
     return Model(spec, groups, native, info)
 
 
-def kv_bytes(spec: ModelSpec, context: int, kv: KvFormat) -> int:
+def kv_bytes(spec: ModelShape, context: int, kv: KvFormat) -> int:
     """KV cache bytes of one sequence of ``context`` tokens, all layers, no block rounding."""
     per_layer = kv.bytes_for(kv_elements_per_layer(spec))
     return sum(
