@@ -20,7 +20,13 @@ import zmq
 
 import perfctl.__main__ as cli
 from perfd import daemon
-from perfd.probes import host, nvml  # noqa: F401  (imported before a fork drops root)
+
+# Imported before a fork drops root: the child cannot read the interpreter's files when they
+# live under a home only root may enter, and a perfd imports these as it starts.
+from perfd.cache import core, housekeeping, meter  # noqa: F401
+from perfd.loaders import openai, registry  # noqa: F401
+from perfd.net import provider  # noqa: F401
+from perfd.probes import host, nvml  # noqa: F401
 from tests.conftest import StartPerfd, clean_env, command
 
 NOBODY = 65534
