@@ -212,6 +212,23 @@ def test_cache_and_monitor_know_no_socket() -> None:
     )
 
 
+def test_the_cache_reads_the_monitor_only_through_what_it_is_given() -> None:
+    """perfd/cache imports no part of perfd/monitor, housekeeping's snapshot types aside: the
+    memory it has comes in as a capacity function and a meter (perfd/parts.py wires them),
+    timestamps from perfd.wire.values."""
+    bad = offending(
+        "perfd/cache",
+        lambda imp: (
+            within(imp.module, "perfd.monitor")
+            and (imp.path.name != "housekeeping.py" or imp.top_level)
+        ),
+    )
+    assert not bad, (
+        "perfd/cache may not import perfd.monitor (docs/architecture.md, Arrows); these do:"
+        f"\n  {bad}"
+    )
+
+
 def test_recommender_takes_hardware_as_values() -> None:
     """perfd/recommend imports neither the probes nor the monitor: hardware comes in as values."""
     bad = offending(

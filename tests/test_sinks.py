@@ -18,10 +18,11 @@ import requests
 
 from perfd import config, log
 from perfd.config import SinkConfig
-from perfd.monitor.alerts import ESCALATED, FIRING, RESOLVED, Alert, Transition, rfc3339
+from perfd.monitor.alerts import ESCALATED, FIRING, RESOLVED, Alert, Transition
 from perfd.monitor.sampler import Monitor
 from perfd.monitor.sinks import AlertmanagerSink, Sinks, WebhookSink, alertmanager_alert
 from perfd.redaction import redact_url
+from perfd.wire.values import rfc3339
 from tests.daemons import ready_server, wait_until
 from tests.fakeprobes import FakeGpuProbe, FakeHostProbe, host_sample
 from tests.httpservers import Reply, ScriptedServer, closed_port

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from perfd.cache.entry import Entry, ModelStats
-from perfd.monitor.alerts import rfc3339
-from perfd.wire.values import FOREVER, READY
+from perfd.wire.values import FOREVER, READY, rfc3339
 
 
 @dataclass(frozen=True)

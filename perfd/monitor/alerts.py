@@ -15,10 +15,11 @@ Pure logic: times come in as arguments; no I/O.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
+
+from perfd.wire.values import rfc3339
 
 WARNING: Final = "warning"
 CRITICAL: Final = "critical"
@@ -115,11 +116,6 @@ class Transition:
         if self.previous:
             out["previous_severity"] = self.previous
         return out
-
-
-def rfc3339(wall: float) -> str:
-    stamp = dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="seconds")
-    return stamp.replace("+00:00", "Z")
 
 
 class AlertMachine:

@@ -34,12 +34,12 @@ from perfd.monitor.alerts import (
     AlertMachine,
     AlertRecord,
     Transition,
-    rfc3339,
 )
 from perfd.monitor.sinks import Sinks
 from perfd.monitor.snapshot import AlertCounts, Gpu, SelfUse, Snapshot, TopProcess
 from perfd.probes.samples import GpuReading, HostSample
 from perfd.systemd import Heartbeat
+from perfd.wire.values import rfc3339
 
 _log = log.get("perfd.monitor")
 

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from perfd import __version__, log
 from perfd.config import AlertsConfig, SinkConfig
-from perfd.monitor.alerts import rfc3339
 from perfd.net import http
 from perfd.redaction import Scrubber, redact_url, url_secrets
+from perfd.wire.values import rfc3339
 
 if TYPE_CHECKING:
     import requests
