@@ -126,7 +126,7 @@ parts.start(bind=False)
 parts.start_models()
 loaded = sorted({{m.split(".")[0] for m in sys.modules}})
 parts.close()
-print(json.dumps(loaded))
+print("loaded:", json.dumps(loaded))
 """
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -136,7 +136,10 @@ print(json.dumps(loaded))
         cwd=ROOT,
         timeout=120,
     )
-    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    # perfd's own log lines share stdout (written by its log thread, in any order)
+    answer = [line for line in out.stdout.splitlines() if line.startswith("loaded: ")]
+    assert len(answer) == 1, out.stdout
+    loaded = set(json.loads(answer[0].removeprefix("loaded: ")))
     assert not loaded & {"numpy", "onnxruntime", "requests", "prometheus_client"}
     assert {"perfd", "psutil"} <= loaded  # the parts did start: the host probe's psutil
 
