@@ -15,8 +15,6 @@ import pwd
 import resource
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -29,7 +27,7 @@ import zmq
 
 import perfctl
 from perfd.wire import keys, protocol
-from tests.conftest import NotifySocket, Perfd, clean_env, command
+from tests.conftest import Perfd, StartPerfd
 from tests.daemons import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,64 +45,19 @@ BUFFERED = 64 * MiB
 RSS_SLACK = 128 * MiB
 
 
-# Runs perfd with RLIMIT_NOFILE NOFILE:NOFILE: set in a wrapper that then execs perfd (no
-# preexec_fn in a threaded test process).
-CAPPED = (
-    "import os, resource, sys; "
-    f"resource.setrlimit(resource.RLIMIT_NOFILE, ({NOFILE}, {NOFILE})); "
-    "os.execv(sys.argv[1], sys.argv[1:])"
-)
-
-
 Start = Callable[..., Perfd]
 
 
-def perfd_argv() -> list[str]:
-    """perfd's command with an absolute program path, for os.execv."""
-    argv = command("perfd")
-    return argv if Path(argv[0]).is_absolute() else [sys.executable, "-m", "perfd"]
-
-
 @pytest.fixture
-def start_capped(short_dir: Path, tmp_path: Path) -> Iterator[Start]:
-    """Start perfd with RLIMIT_NOFILE 1024:1024 and the toy models; READY when returned."""
-    started: list[Perfd] = []
+def start_capped(start_perfd: StartPerfd) -> Start:
+    """Start perfd with RLIMIT_NOFILE 1024:1024 and the toy models; READY when returned.
+    ``config_text`` goes into its [server] table."""
 
     def start(config_text: str = "") -> Perfd:
-        index = len(started)
-        config_path = tmp_path / f"perfd{index}.toml"
-        config_path.write_text(
-            f"[server]\nmax_buffered_bytes = {BUFFERED}\n{config_text}\n{MODELS}"
-        )
-        notify = NotifySocket(short_dir / f"notify{index}")
-        log_path = tmp_path / f"perfd{index}.log"
-        env = clean_env(NOTIFY_SOCKET=str(notify.path), PYTHONPATH=str(ROOT))
-        rundir = short_dir / f"run{index}"
-        with log_path.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    *(sys.executable, "-c", CAPPED, *perfd_argv()),
-                    *("--config", str(config_path), "--runtime-dir", str(rundir)),
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        perfd = Perfd(proc, rundir, config_path, log_path, notify, env)
-        started.append(perfd)
-        try:
-            notify.wait_for("READY=1", timeout=30)
-        except (AssertionError, TimeoutError):
-            proc.kill()
-            raise AssertionError(f"perfd not ready: {log_path.read_text()}") from None
-        return perfd
+        config = f"[server]\nmax_buffered_bytes = {BUFFERED}\n{config_text}\n{MODELS}"
+        return start_perfd(config, env={"PYTHONPATH": str(ROOT)}, nofile=NOFILE)
 
-    yield start
-    for perfd in started:
-        if perfd.proc.poll() is None:
-            perfd.proc.kill()
-            perfd.proc.wait(10)
-        perfd.notify.close()
+    return start
 
 
 @pytest.fixture(autouse=True)
