@@ -33,10 +33,20 @@ class ModelSpec:
 
 @dataclass
 class Loaded:
-    """A loaded model: the object the loader infers with, and its size estimate in bytes."""
+    """A loaded model: the object the loader infers with, its size estimate in bytes, and,
+    when the loader knows them exactly, the bytes the model's own tensors hold.
+
+    ``tensor_bytes`` maps a device ("cpu", "cuda:N") to the bytes of the model's tensors
+    there (GGUF tensor sizes, ONNX initializers, a KV cache the loader allocated); None lets
+    perfd count the tensors it finds in ``model`` itself (torch modules, numpy arrays).
+    ``parts`` names what those bytes are made of, for ``ps`` (``{"weights": ...,
+    "kv_cache": ...}``); optional.
+    """
 
     model: Any
     estimate_bytes: int | None
+    tensor_bytes: dict[str, int] | None = None
+    parts: dict[str, int] | None = None
 
 
 class LoaderError(Exception):
