@@ -119,6 +119,9 @@ class FakeCache:
     def ps(self) -> list[dict[str, Any]]:
         return [row.as_dict() for row in self.rows.values()]
 
+    def runtime_overhead(self) -> list[dict[str, Any]]:
+        return [{"device": "cpu", "runtime_overhead_bytes": 0}] if self.rows else []
+
     def stats(self) -> dict[str, Any]:
         return {"models": len(self.rows)}
 

@@ -19,7 +19,7 @@ from perfd import config, log
 from perfd.cache import errors
 from perfd.cache.core import READY, ModelCache
 from perfd.cache.errors import CacheError
-from perfd.cache.meter import ProcessMeter
+from perfd.cache.meter import ProcessMeter, RssParts
 from perfd.handlers.errors import code_for
 from perfd.loaders.base import Loaded, LoaderError, ModelSpec
 from tests.daemons import wait_until
@@ -454,6 +454,9 @@ class FakeMeter:
 
     def rss_bytes(self) -> int:
         return self.rss
+
+    def rss_parts(self) -> RssParts | None:
+        return RssParts(self.rss - 100 * MiB, 100 * MiB)  # the code and libraries: file pages
 
     def cuda_bytes(self, device: str) -> int | None:
         return None

@@ -57,7 +57,7 @@ def cache_view(*rows: Row, configured: tuple[str, ...] = ("echo", "upper")) -> F
 
 def test_ps_before_the_cache_exists_lists_the_configured_models_only() -> None:
     view = FakeView({"models": {"b": {"target": TOY}, "a": {"target": TOY}}})
-    assert run(view, "ps") == {"models": [], "configured": ["a", "b"]}
+    assert run(view, "ps") == {"models": [], "configured": ["a", "b"], "runtime": []}
     assert view.builds == []
 
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from perfd import log
 from perfd.cache import policy, report
 from perfd.cache.entry import Entry, ModelStats
 from perfd.cache.errors import (
@@ -43,6 +44,7 @@ from perfd.cache.errors import (
 )
 from perfd.cache.lifecycle import LEAK_CHECK_MIN_BYTES, Capacity, Lifecycle
 from perfd.cache.meter import Meter, ProcessMeter
+from perfd.cache.runtime import Hold, Runtime
 from perfd.config import CacheConfig, ModelConfig
 from perfd.loaders.base import Loader, LoaderError, ModelSpec
 from perfd.wire.values import EVICTION_REASONS, LOADING, READY, UNLOADING
@@ -59,6 +61,11 @@ __all__ = [
 ]
 
 LoaderFor = Callable[[str], Loader]
+
+# A pressure round that freed less than this share of its models' bytes holds the next ones.
+PRESSURE_FREED_SHARE = 0.5
+
+_log = log.get("perfd.cache")
 
 
 class Lease:
@@ -127,6 +134,7 @@ class ModelCache(Lifecycle):
         self._overdue: dict[str, float] = {}
         self._load_starts = 0  # loads started so far: an overlap changes it under a load
         self._model_stats: dict[str, ModelStats] = {}
+        self._runtime = Runtime()  # each device's runtime overhead and pressure hold
         self.hits = 0
         self.misses = 0
 
@@ -247,6 +255,7 @@ class ModelCache(Lifecycle):
             list(self._entries.values()),
             budget=self._budget(spec.device),
             max_models=self.cfg.max_models,
+            overhead=self._runtime.overhead(spec.device),
         )
         stats = self._model_stats.setdefault(name, ModelStats())
         entry = Entry(spec, keep_alive, pinned, estimate=estimate, loader=loader, stats=stats)
@@ -295,10 +304,17 @@ class ModelCache(Lifecycle):
 
     def housekeep(self, used_percent: dict[str, float] | None = None) -> list[dict[str, Any]]:
         """Unload expired keep-alives; above the high watermark, evict cold models until the
-        projected use is below the low one. ``used_percent`` maps device to its use now."""
+        projected use is below the low one. ``used_percent`` maps device to its use now.
+
+        A pressure round that freed less than PRESSURE_FREED_SHARE of what it projected
+        (the models' bytes did not come back: runtime overhead, a leak, someone else's
+        memory) holds pressure evictions on that device until its use is below the low
+        watermark or a model loads there, so perfd does not evict model after model for
+        nothing."""
         now = self._clock()
         used = used_percent or {}
         capacity = {device: self._capacity(device) for device in used}
+        low = self.cfg.low_watermark
         with self._lock:
             entries = list(self._entries.values())
             expired = [
@@ -306,16 +322,43 @@ class ModelCache(Lifecycle):
             ]
             for entry in expired:
                 entry.state = UNLOADING
+            pressing = {d: u for d, u in used.items() if not self._runtime.held(d, u, low)}
             pressure = policy.under_pressure(
-                entries,
-                used,
-                capacity,
-                high=self.cfg.high_watermark,
-                low=self.cfg.low_watermark,
+                entries, pressing, capacity, high=self.cfg.high_watermark, low=low
             )
             for entry in pressure:
                 entry.state = UNLOADING
-        return self._unload_all([(e, "ttl") for e in expired] + [(e, "pressure") for e in pressure])
+        devices = {e.device for e in pressure}
+        before = {device: self._figure(device) for device in devices}
+        records = self._unload_all(
+            [(e, "ttl") for e in expired] + [(e, "pressure") for e in pressure]
+        )
+        for device in sorted(devices):
+            projected = sum(e.size for e in pressure if e.device == device)
+            self._judge_pressure(device, projected, before[device], used[device])
+        return records
+
+    def _judge_pressure(self, device: str, projected: int, before: int | None, used: float) -> None:
+        """After a pressure round on ``device``: hold further ones if it freed little."""
+        after = self._figure(device)
+        if before is None or after is None or projected <= 0:
+            return
+        freed = before - after
+        if freed >= projected * PRESSURE_FREED_SHARE:
+            return
+        with self._lock:
+            new = self._runtime.hold(device, Hold(projected, freed, used))
+        if new:
+            _log.warning(
+                "cache.pressure_held",
+                device=device,
+                projected_bytes=projected,
+                freed_bytes=freed,
+                used_percent=used,
+                low_watermark=self.cfg.low_watermark,
+                hint="evicting models freed little of their bytes; no more pressure evictions "
+                "on this device until its use is below low_watermark or a model loads there",
+            )
 
     def pin(self, name: str, pinned: bool) -> dict[str, Any]:
         self.spec(name)  # UnknownModel for an unknown name
@@ -363,7 +406,13 @@ class ModelCache(Lifecycle):
                 evictions=self._evictions,
                 configured=self.models,
             )
-        return report.stats(models, figures, self._budget)
+            runtime = self._runtime.report()
+        return report.stats(models, figures, self._budget, runtime)
+
+    def runtime_overhead(self) -> list[dict[str, Any]]:
+        """``ps``' "runtime" list: each device's runtime overhead (perfd.cache.runtime)."""
+        with self._lock:
+            return self._runtime.report()
 
     def loaded_names(self) -> list[str]:
         with self._lock:

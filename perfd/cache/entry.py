@@ -38,6 +38,10 @@ class Entry:
     measured: int | None = None
     measured_by: str | None = None  # "rss", "nvml", "torch" or "remote"
     measured_torch: int | None = None  # torch's CUDA count, when NVML measured
+    tensors: dict[str, int] | None = None  # device -> bytes of the model's own tensors
+    tensors_by: str | None = None  # "torch", "numpy", "torch+numpy" or "loader"
+    tensor_parts: dict[str, int] | None = None  # Loaded.parts: what the tensor bytes are
+    resident_delta: dict[str, int] | None = None  # RssAnon/RssFile change across a cpu load
     leases: int = 0
     last_used: float = 0.0
     stats: ModelStats = field(default_factory=ModelStats)
@@ -51,8 +55,24 @@ class Entry:
         return self.spec.device
 
     @property
+    def tensor_bytes(self) -> int | None:
+        """The model's own tensors on its device, when counted or reported."""
+        return None if self.tensors is None else self.tensors.get(self.spec.device)
+
+    @property
+    def size_source(self) -> str:
+        """Where ``size`` comes from: "tensors", "measured" or "estimate"."""
+        if self.tensor_bytes is not None:
+            return "tensors"
+        return "measured" if self.measured is not None else "estimate"
+
+    @property
     def size(self) -> int:
-        """What the entry counts for in its device's budget: measured once known."""
+        """What the entry counts for in its device's budget: its tensors' bytes when known,
+        else the measured process delta, else the estimate."""
+        tensor_bytes = self.tensor_bytes
+        if tensor_bytes is not None:
+            return tensor_bytes
         return self.measured if self.measured is not None else (self.estimate or 0)
 
     @property

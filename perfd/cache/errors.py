@@ -70,18 +70,24 @@ class CapacityError(CacheError):
 
 
 class NoCapacity(CapacityError):
-    """``need`` bytes do not fit ``device``'s ``budget``: ``fixed`` of it is pinned, in use or
-    loading, so at most ``freeable`` can be freed."""
+    """``need`` bytes do not fit ``device``'s ``budget``: ``fixed`` of it is pinned, in use,
+    loading or the device's runtime ``overhead``, so at most ``freeable`` can be freed."""
 
-    def __init__(self, model: str, *, device: str, need: int, budget: int, fixed: int) -> None:
+    def __init__(
+        self, model: str, *, device: str, need: int, budget: int, fixed: int, overhead: int = 0
+    ) -> None:
         self.device = device
         self.need = need
         self.budget = budget
         self.fixed = fixed
+        self.overhead = overhead
+        held = "is pinned, in use or loading"
+        if overhead:
+            held = f"is pinned, in use, loading or perfd's runtime overhead ({gib(overhead)})"
         super().__init__(
             model,
             f"'{model}' needs {gib(need)} on {device}, but only {gib(budget - fixed)} of the "
-            f"{gib(budget)} budget can be freed ({gib(fixed)} is pinned, in use or loading); "
+            f"{gib(budget)} budget can be freed ({gib(fixed)} {held}); "
             "raise [cache] budgets, unpin or evict models",
         )
 

@@ -20,13 +20,15 @@ from perfd.cache.entry import Entry
 from perfd.cache.errors import CacheError, LoadFailed, LoadTimeout
 from perfd.cache.loading import NOT_MEASURED, Outcome, measured_load, measurement
 from perfd.cache.meter import Meter
+from perfd.cache.report import Freed
+from perfd.cache.runtime import Runtime
 from perfd.config import CacheConfig
 from perfd.loaders.base import ModelSpec
 from perfd.wire.values import READY, UNLOADING
 
 _log = log.get("perfd.cache")
 
-# Below this, an RSS delta is mostly imports and allocator slack: too noisy to call a leak.
+# A shortfall below this is mostly allocator slack and page-cache noise: not called a leak.
 LEAK_CHECK_MIN_BYTES: Final = 64 << 20
 
 Capacity = Callable[[str], int | None]  # device -> its total bytes (RAM, cgroup limit, GPU)
@@ -50,10 +52,34 @@ class Lifecycle:
     _loads_running: int
     _load_starts: int
     _overdue: dict[str, float]
+    _runtime: Runtime
 
     def _budget(self, device: str) -> int | None:
         text = self.cfg.ram_budget if device == "cpu" else self.cfg.gpu_budget
         return policy.budget_bytes(text, self._capacity(device))
+
+    def _figure(self, device: str) -> int | None:
+        """The process's memory on ``device`` now: RSS on "cpu", NVML's per-process figure on
+        "cuda:N" (None when NVML cannot say)."""
+        if device == "cpu":
+            return self._meter.rss_bytes()
+        return self._meter.gpu_bytes(device) if device.startswith("cuda:") else None
+
+    def _held_bytes(self, device: str) -> int:
+        """Under the lock: the bytes of the models that hold memory on ``device`` now."""
+        return sum(
+            e.size for e in self._entries.values() if e.device == device and e.model is not None
+        )
+
+    def _observe_runtime(self, devices: set[str]) -> None:
+        """Read each device's figure and update its runtime overhead (after a release with
+        no load running: a load in flight holds memory no entry accounts for yet)."""
+        figures = {device: self._figure(device) for device in devices | {"cpu"}}
+        with self._lock:
+            if self._loads_running:
+                return
+            for device, figure in figures.items():
+                self._runtime.observe(device, figure, self._held_bytes(device))
 
     def _load(self, entry: Entry) -> None:
         """On the requesting thread: evict the planned victims, then load with a timeout."""
@@ -117,7 +143,8 @@ class Lifecycle:
         if budget is None:
             return
         with self._lock:
-            victims = policy.over_budget(loaded, list(self._entries.values()), budget)
+            overhead = self._runtime.overhead(loaded.spec.device)
+            victims = policy.over_budget(loaded, list(self._entries.values()), budget, overhead)
             for victim in victims:
                 victim.state = UNLOADING
         for victim in victims:
@@ -151,14 +178,12 @@ class Lifecycle:
                 if loaded.estimate_bytes is not None:
                     entry.estimate = loaded.estimate_bytes
                 if self._measure:
-                    local = getattr(entry.loader, "local_memory", True)
-                    measured = measurement(outcome, entry.spec.device, local_memory=local)
-                    if measured is not NOT_MEASURED:
-                        entry.measured, entry.measured_by = measured.bytes, measured.by
-                        entry.measured_torch = measured.torch
+                    self._account(entry, outcome)
                 entry.state = READY
                 entry.stats.loads += 1
                 entry.last_used = self._clock()
+                if self._measure:
+                    self._runtime_after_load(entry, outcome)
                 entry.done.set()
         if discard:
             with contextlib.suppress(Exception):
@@ -180,7 +205,42 @@ class Lifecycle:
             device=entry.spec.device,
             estimate_bytes=entry.estimate,
             measured_bytes=entry.measured,
+            measured_by=entry.measured_by,
+            tensor_bytes=entry.tensor_bytes,
+            tensor_counted_by=entry.tensors_by,
+            bytes=entry.size,
+            runtime_overhead_bytes=self._runtime.overhead(entry.spec.device),
         )
+
+    def _account(self, entry: Entry, outcome: Outcome) -> None:
+        """Under the lock: the loaded entry's figures (its tensors, the process deltas)."""
+        assert outcome.loaded is not None
+        loaded = outcome.loaded
+        local = getattr(entry.loader, "local_memory", True)
+        measured = measurement(outcome, entry.spec.device, local_memory=local)
+        if measured is not NOT_MEASURED:
+            entry.measured, entry.measured_by = measured.bytes, measured.by
+            entry.measured_torch = measured.torch
+        if loaded.tensor_bytes is not None:
+            entry.tensors, entry.tensors_by = dict(loaded.tensor_bytes), "loader"
+        elif outcome.counted is not None:
+            entry.tensors, entry.tensors_by = outcome.counted.by_device, outcome.counted.counted_by
+        entry.tensor_parts = dict(loaded.parts) if loaded.parts else None
+        entry.resident_delta = outcome.resident_delta() if outcome.alone and local else None
+
+    def _runtime_after_load(self, entry: Entry, outcome: Outcome) -> None:
+        """Under the lock, the entry just made ready: the baselines (the process before its
+        first load) and, when no other load overlapped, each device's runtime overhead."""
+        device = entry.spec.device
+        self._runtime.start("cpu", outcome.rss_before)
+        if device != "cpu":
+            self._runtime.start(device, outcome.nvml_before)
+        self._runtime.loaded(device)
+        if not outcome.alone:
+            return
+        self._runtime.observe("cpu", outcome.rss_after, self._held_bytes("cpu"))
+        if device != "cpu":
+            self._runtime.observe(device, outcome.nvml_after, self._held_bytes(device))
 
     def _fail(self, entry: Entry, error: CacheError) -> None:
         with self._lock:
@@ -195,42 +255,64 @@ class Lifecycle:
         """Drop every reference, release memory, check it came back, record the eviction.
 
         ``release=False`` leaves gc + malloc_trim (tens of ms on a big heap) to the caller,
-        which unloads a batch and releases once (see _unload_all); freed_rss_bytes is then
-        None for each entry.
+        which unloads a batch and releases once (see _unload_all); the freed figures are
+        then None for each entry.
         """
-        before = self._meter.rss_bytes()
+        device = entry.spec.device
+        on_gpu = device.startswith("cuda:")
+        rss_before, parts_before = self._meter.rss_bytes(), self._meter.rss_parts()
+        gpu_before = self._meter.gpu_bytes(device) if on_gpu and release else None
         model, entry.model = entry.model, None
         with contextlib.suppress(Exception):
             assert entry.loader is not None
             entry.loader.unload(model)
         del model
-        freed: int | None = None
+        freed = Freed()
         if release:
             self._meter.release()
-            freed = before - self._meter.rss_bytes()
+            parts_after = self._meter.rss_parts()
+            gpu_after = self._meter.gpu_bytes(device) if on_gpu else None
+            freed = Freed.between(
+                device,
+                (rss_before, self._meter.rss_bytes()),
+                (parts_before, parts_after),
+                (gpu_before, gpu_after),
+            )
         with self._lock:
             if self._entries.get(entry.spec.name) is entry:
                 del self._entries[entry.spec.name]
             record = report.eviction(entry, reason, self._wall(), freed)
             self._evictions.append(record)
             self._by_reason[reason] += 1
-        expected = entry.measured if entry.measured_by == "rss" else None
-        if (
-            freed is not None
-            and expected
-            and expected >= LEAK_CHECK_MIN_BYTES
-            and freed < expected // 2
-        ):
+        if release and self._measure:
+            self._observe_runtime({device})
+            self._check_leak(entry, record)
+        _log.info("cache.evicted", **record)
+        return record
+
+    def _check_leak(self, entry: Entry, record: dict[str, Any]) -> None:
+        """Log cache.unload_leak when an eviction gave back much less than the model's bytes
+        (only for bytes that were measured or counted: an estimate is no yardstick)."""
+        expected, freed = record["bytes"], record["freed_bytes"]
+        if freed is None or entry.size_source == "estimate" or entry.measured_by == "remote":
+            return
+        share = self.cfg.unload_leak_percent / 100
+        short = expected - freed
+        if freed < expected * share and short >= LEAK_CHECK_MIN_BYTES:
             _log.warning(
                 "cache.unload_leak",
                 model=entry.spec.name,
-                measured_bytes=expected,
+                device=entry.spec.device,
+                bytes=expected,
+                bytes_source=entry.size_source,
                 freed_bytes=freed,
-                hint="less than half of the model's memory came back: something still "
-                "references it (libraries its first load imported also stay resident)",
+                freed_rss_bytes=record["freed_rss_bytes"],
+                freed_gpu_bytes=record["freed_gpu_bytes"],
+                threshold_percent=self.cfg.unload_leak_percent,
+                hint="less of the model's memory came back than it holds: something still "
+                "references it, or the allocator keeps its pages (its first load's "
+                "imports and CUDA context stay: runtime overhead)",
             )
-        _log.info("cache.evicted", **record)
-        return record
 
     def _unload_all(self, batch: list[tuple[Entry, str]]) -> list[dict[str, Any]]:
         """Unload several entries, releasing memory once at the end (one gc for all)."""
@@ -239,4 +321,6 @@ class Lifecycle:
         records = [self._unload(entry, reason, release=False) for entry, reason in batch]
         if records:
             self._meter.release()
+            if self._measure:
+                self._observe_runtime({entry.spec.device for entry, _ in batch})
         return records

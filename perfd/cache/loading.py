@@ -9,11 +9,13 @@ both kept; budgets use the measurement once known.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from perfd.cache.meter import Meter
+from perfd.cache import tensors
+from perfd.cache.meter import Meter, RssParts
 from perfd.loaders.base import Loaded, Loader, ModelSpec
 
 
@@ -28,6 +30,22 @@ class Outcome:
     cuda: int | None = None  # torch's count after - before, when torch reports both
     nvml: int | None = None  # NVML's per-process use after - before, on a GPU
     alone: bool = False  # no other load ran at any moment of this one
+    rss_before: int = 0
+    rss_after: int = 0
+    parts_before: RssParts | None = None  # RssAnon/RssFile before and after
+    parts_after: RssParts | None = None
+    nvml_before: int | None = None
+    nvml_after: int | None = None
+    counted: tensors.Counted | None = None  # the tensors found in the model, when counted
+
+    def resident_delta(self) -> dict[str, int] | None:
+        """RssAnon and RssFile's change across the load, when the kernel said both times."""
+        if self.parts_before is None or self.parts_after is None:
+            return None
+        return {
+            "anon_bytes": self.parts_after.anon - self.parts_before.anon,
+            "file_bytes": self.parts_after.file - self.parts_before.file,
+        }
 
 
 class Measured(NamedTuple):
@@ -40,24 +58,36 @@ NOT_MEASURED = Measured(None, None)
 
 
 def measured_load(loader: Loader, spec: ModelSpec, meter: Meter) -> Outcome:
-    """Call ``loader.load(spec)`` between two readings of ``meter``; never raises."""
+    """Call ``loader.load(spec)`` between two readings of ``meter``, then count the tensors
+    the model holds unless the loader reported them; never raises.
+
+    When torch is not imported before the load (the usual first load: the load imports it),
+    torch had allocated nothing before, so its count after is the load's own."""
     outcome = Outcome()
     on_gpu = spec.device.startswith("cuda:")
-    before, cuda_before = meter.rss_bytes(), meter.cuda_bytes(spec.device)
-    nvml_before = meter.gpu_bytes(spec.device) if on_gpu else None
+    torch_absent = "torch" not in sys.modules
+    outcome.rss_before, outcome.parts_before = meter.rss_bytes(), meter.rss_parts()
+    cuda_before = meter.cuda_bytes(spec.device)
+    if cuda_before is None and torch_absent:
+        cuda_before = 0
+    outcome.nvml_before = meter.gpu_bytes(spec.device) if on_gpu else None
     began = time.monotonic()
     try:
         outcome.loaded = loader.load(spec)
     except BaseException as exc:
         outcome.error = exc
     outcome.seconds = time.monotonic() - began
-    outcome.rss = meter.rss_bytes() - before
+    outcome.rss_after, outcome.parts_after = meter.rss_bytes(), meter.rss_parts()
+    outcome.rss = outcome.rss_after - outcome.rss_before
     cuda_after = meter.cuda_bytes(spec.device)
-    if cuda_before is not None and cuda_after is not None:
+    if cuda_after is not None and cuda_before is not None:
         outcome.cuda = cuda_after - cuda_before
-    nvml_after = meter.gpu_bytes(spec.device) if on_gpu else None
-    if nvml_before is not None and nvml_after is not None:
-        outcome.nvml = nvml_after - nvml_before
+    outcome.nvml_after = meter.gpu_bytes(spec.device) if on_gpu else None
+    if outcome.nvml_before is not None and outcome.nvml_after is not None:
+        outcome.nvml = outcome.nvml_after - outcome.nvml_before
+    loaded = outcome.loaded
+    if isinstance(loaded, Loaded) and loaded.tensor_bytes is None:
+        outcome.counted = tensors.count(loaded.model)  # after the readings: not in the deltas
     return outcome
 
 

@@ -1,6 +1,7 @@
 """This process's memory: measuring it, and giving it back after a model is unloaded.
 
-Standard library only (psutil stays in perfd.probes): RSS comes from /proc/self/statm. The
+Standard library only (psutil stays in perfd.probes): RSS comes from /proc/self/statm, its
+anonymous and file-backed parts from /proc/self/status. The
 cache reads memory through a ``Meter`` passed to it (``ProcessMeter`` in perfd, a fake in
 tests), never through this module's functions directly.
 """
@@ -13,9 +14,17 @@ import gc
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 GpuUse = Callable[[str], int | None]  # "cuda:N" -> this process's memory there, from NVML
+
+
+class RssParts(NamedTuple):
+    """The kinds of resident memory (/proc/self/status): anonymous pages (heaps, tensors
+    allocated by the process) and file-backed ones (code, mmapped model files)."""
+
+    anon: int
+    file: int
 
 
 class Meter(Protocol):
@@ -23,6 +32,10 @@ class Meter(Protocol):
 
     def rss_bytes(self) -> int:
         """This process's resident set size."""
+        ...
+
+    def rss_parts(self) -> RssParts | None:
+        """RssAnon and RssFile; None when the kernel does not say."""
         ...
 
     def cuda_bytes(self, device: str) -> int | None:
@@ -48,6 +61,9 @@ class ProcessMeter:
     def rss_bytes(self) -> int:
         return rss_bytes()
 
+    def rss_parts(self) -> RssParts | None:
+        return rss_parts()
+
     def cuda_bytes(self, device: str) -> int | None:
         return cuda_allocated(device)
 
@@ -68,6 +84,22 @@ def rss_bytes() -> int:
     """Resident set size of this process."""
     with open("/proc/self/statm", "rb") as f:
         return int(f.read().split()[1]) * _PAGE
+
+
+def rss_parts(status: str = "/proc/self/status") -> RssParts | None:
+    """RssAnon and RssFile of this process (Linux 4.5 and later), in bytes."""
+    found: dict[str, int] = {}
+    try:
+        with open(status, encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("RssAnon", "RssFile"):
+                    found[key] = int(value.split()[0]) * 1024  # "RssAnon:  1234 kB"
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(found) != 2:
+        return None
+    return RssParts(found["RssAnon"], found["RssFile"])
 
 
 def cuda_allocated(device: str) -> int | None:

@@ -77,16 +77,20 @@ def victims(
     *,
     budget: int | None,
     max_models: int,
+    overhead: int = 0,
 ) -> list[C]:
     """The entries to evict so ``model`` (``need`` more bytes on ``device``) can load among
-    ``entries``; NoCapacity or TooManyModels when no choice of victims makes room."""
+    ``entries``, with the device's runtime ``overhead`` counted once (it cannot be evicted);
+    NoCapacity or TooManyModels when no choice of victims makes room."""
     chosen: list[C] = []
     if budget is not None and need:
         on_device = [e for e in entries if e.device == device and e.state != UNLOADING]
-        used = sum(e.size for e in on_device)
-        fixed = sum(e.size for e in on_device if not e.evictable)
+        used = overhead + sum(e.size for e in on_device)
+        fixed = overhead + sum(e.size for e in on_device if not e.evictable)
         if need > budget - fixed:
-            raise NoCapacity(model, device=device, need=need, budget=budget, fixed=fixed)
+            raise NoCapacity(
+                model, device=device, need=need, budget=budget, fixed=fixed, overhead=overhead
+            )
         shortfall = used + need - budget
         if shortfall > 0:  # sorting every entry is the costly part: only when needed
             chosen = choose(lru(e for e in on_device), shortfall)
@@ -101,11 +105,11 @@ def victims(
     return chosen
 
 
-def over_budget(loaded: C, entries: Iterable[C], budget: int) -> list[C]:
+def over_budget(loaded: C, entries: Iterable[C], budget: int, overhead: int = 0) -> list[C]:
     """After ``loaded`` was measured: the LRU entries (never ``loaded`` itself) to evict so
-    its device is back within ``budget``."""
+    its device is back within ``budget``, the device's runtime ``overhead`` counted once."""
     on_device = [e for e in entries if e.device == loaded.device and e.state != UNLOADING]
-    over = sum(e.size for e in on_device) - budget
+    over = overhead + sum(e.size for e in on_device) - budget
     if over <= 0:
         return []
     return choose(lru(e for e in on_device if e is not loaded), over)

@@ -13,7 +13,43 @@ from dataclasses import dataclass
 from typing import Any
 
 from perfd.cache.entry import Entry, ModelStats
+from perfd.cache.meter import RssParts
 from perfd.wire.values import FOREVER, READY, rfc3339
+
+Pair = tuple[int | None, int | None]  # a figure before and after a release
+
+
+@dataclass(frozen=True)
+class Freed:
+    """What one unload gave back: the device's figure (``bytes``: NVML's per-process memory
+    on "cuda:N", RSS on "cpu"), RSS with its anonymous and file-backed parts, and NVML's
+    per-process memory on a GPU; None where not measured."""
+
+    bytes: int | None = None
+    rss: int | None = None
+    anon: int | None = None
+    file: int | None = None
+    gpu: int | None = None
+
+    @classmethod
+    def between(
+        cls,
+        device: str,
+        rss: Pair,
+        parts: tuple[RssParts | None, RssParts | None],
+        gpu: Pair,
+    ) -> Freed:
+        """The figures before minus after the release."""
+        rss_freed, gpu_freed = _minus(*rss), _minus(*gpu)
+        before, after = parts
+        anon = file = None
+        if before is not None and after is not None:
+            anon, file = before.anon - after.anon, before.file - after.file
+        return cls(rss_freed if device == "cpu" else gpu_freed, rss_freed, anon, file, gpu_freed)
+
+
+def _minus(before: int | None, after: int | None) -> int | None:
+    return None if before is None or after is None else before - after
 
 
 @dataclass(frozen=True)
@@ -60,9 +96,17 @@ def describe(e: Entry, now: float, wall: float) -> dict[str, Any]:
         "loader": e.spec.loader,
         "device": e.spec.device,
         "estimated_bytes": e.estimate,
+        "tensor_bytes": e.tensor_bytes,
+        "tensor_bytes_by_device": dict(e.tensors) if e.tensors is not None else None,
+        "tensor_parts": dict(e.tensor_parts) if e.tensor_parts else None,
+        "tensor_counted_by": e.tensors_by,
         "measured_bytes": e.measured,
         "measured_by": e.measured_by,
         "measured_torch_bytes": e.measured_torch,
+        "resident_delta": dict(e.resident_delta) if e.resident_delta is not None else None,
+        "bytes": e.size,
+        "bytes_source": e.size_source,
+        "estimate_error_percent": estimate_error(e.estimate, e.size, e.size_source),
         "hits": e.stats.hits,
         "misses": e.stats.misses,
         "loads": e.stats.loads,
@@ -79,7 +123,15 @@ def describe(e: Entry, now: float, wall: float) -> dict[str, Any]:
     }
 
 
-def eviction(entry: Entry, reason: str, wall: float, freed: int | None) -> dict[str, Any]:
+def estimate_error(estimated: int | None, size: int, source: str) -> float | None:
+    """How far the estimate was from the model's bytes, in percent of them (positive: the
+    estimate was too high); None when either is unknown."""
+    if estimated is None or source == "estimate" or size <= 0:
+        return None
+    return round(100 * (estimated - size) / size, 1)
+
+
+def eviction(entry: Entry, reason: str, wall: float, freed: Freed) -> dict[str, Any]:
     """The record of one unload (``stats``' recent_evictions, the cache.evicted log line)."""
     return {
         "model": entry.spec.name,
@@ -87,20 +139,42 @@ def eviction(entry: Entry, reason: str, wall: float, freed: int | None) -> dict[
         "at": rfc3339(wall),
         "device": entry.spec.device,
         "bytes": entry.size,
-        "freed_rss_bytes": freed,
+        "bytes_source": entry.size_source,
+        "freed_bytes": freed.bytes,
+        "freed_rss_bytes": freed.rss,
+        "freed_anon_bytes": freed.anon,
+        "freed_file_bytes": freed.file,
+        "freed_gpu_bytes": freed.gpu,
     }
 
 
+_DEVICE_SUMS = ("estimated_bytes", "measured_bytes", "tensor_bytes", "model_bytes")
+
+
 def stats(
-    models: list[dict[str, Any]], figures: Counters, budget: Callable[[str], int | None]
+    models: list[dict[str, Any]],
+    figures: Counters,
+    budget: Callable[[str], int | None],
+    runtime: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The ``cache`` section of ``stats`` from the ``ps`` entries and the counters."""
+    """The ``cache`` section of ``stats`` from the ``ps`` entries, the counters and the
+    devices' runtime overhead (``ps``' "runtime" list)."""
     by_device: dict[str, dict[str, int]] = {}
+
+    def sums_for(device: str) -> dict[str, int]:
+        return by_device.setdefault(device, dict.fromkeys(_DEVICE_SUMS, 0))
+
     for m in models:
-        sums = by_device.setdefault(m["device"], {"estimated_bytes": 0, "measured_bytes": 0})
+        sums = sums_for(m["device"])
         sums["estimated_bytes"] += m["estimated_bytes"] or 0
         sums["measured_bytes"] += m["measured_bytes"] or 0
+        sums["tensor_bytes"] += m["tensor_bytes"] or 0
+        sums["model_bytes"] += m["bytes"] or 0
+    overheads = {row["device"]: row["runtime_overhead_bytes"] for row in runtime or []}
+    for device in overheads:
+        sums_for(device)
     for name, sums in by_device.items():
+        sums["runtime_overhead_bytes"] = overheads.get(name, 0)
         sums["budget_bytes"] = budget(name) or 0
     lookups = figures.hits + figures.misses
     return {

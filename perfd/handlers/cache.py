@@ -21,7 +21,8 @@ RUNTIME_FIELDS = ("loader", "target", "path", "device", "options", "size_hint")
 
 def ps(view: CacheView, _args: dict[str, Any]) -> dict[str, Any]:
     models = view.cache.ps() if view.cache_started else []
-    return {"models": models, "configured": sorted(view.loaded.config.models)}
+    runtime = view.cache.runtime_overhead() if view.cache_started else []
+    return {"models": models, "configured": sorted(view.loaded.config.models), "runtime": runtime}
 
 
 def load(view: CacheView, args: dict[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,14 @@ class CacheConfig:
     evictions_history: int = option(
         100, "Recent evictions kept for `stats`.", kind="int", minimum=1, maximum=100000
     )
+    unload_leak_percent: float = option(
+        80.0,
+        "An eviction that gives back less than this percent of the model's bytes (and at least "
+        "64 MiB less) logs `cache.unload_leak`.",
+        kind="float",
+        minimum=0,
+        maximum=100,
+    )
 
     def problems(self) -> list[tuple[str, str]]:
         if self.low_watermark >= self.high_watermark:
