@@ -535,9 +535,17 @@ def model(name: str = "ballast", **changes: Any) -> dict[str, Any]:
         "loader": "python",
         "device": "cpu",
         "estimated_bytes": 64 << 20,
+        "tensor_bytes": 60 << 20,
+        "tensor_bytes_by_device": {"cpu": 60 << 20},
+        "tensor_parts": None,
+        "tensor_counted_by": "torch",
         "measured_bytes": 67200000,
         "measured_by": "rss",
         "measured_torch_bytes": None,
+        "resident_delta": {"anon_bytes": 67100000, "file_bytes": 100000},
+        "bytes": 60 << 20,
+        "bytes_source": "tensors",
+        "estimate_error_percent": 6.7,
         "hits": 12,
         "misses": 1,
         "loads": 1,
@@ -552,15 +560,36 @@ def model(name: str = "ballast", **changes: Any) -> dict[str, Any]:
     return entry
 
 
+# A ps entry whose tensors were not counted: its bytes are the measured delta.
+UNCOUNTED: dict[str, Any] = {
+    "tensor_bytes": None,
+    "tensor_bytes_by_device": None,
+    "tensor_counted_by": None,
+    "bytes": 67200000,
+    "bytes_source": "measured",
+    "estimate_error_percent": None,
+}
+
 PS: dict[str, Any] = {
     "models": [
         model(),
         model("embedder", pinned=True, expires_at=None, device="cuda:0", measured_by="nvml"),
         model("chat", leases=2, expires_at=None, hits=3),
-        model("echo", keep_alive_s=-1.0, expires_at=None, estimated_bytes=None),
-        model("big", state="loading", measured_bytes=None, measured_by=None, expires_at=None),
+        model("echo", keep_alive_s=-1.0, expires_at=None, estimated_bytes=None, **UNCOUNTED),
+        model(
+            "big",
+            state="loading",
+            measured_bytes=None,
+            measured_by=None,
+            expires_at=None,
+            **{**UNCOUNTED, "bytes": 64 << 20, "bytes_source": "estimate"},
+        ),
     ],
     "configured": ["ballast", "big", "broken", "chat", "echo", "embedder", "huge"],
+    "runtime": [
+        {"device": "cpu", "runtime_overhead_bytes": 327 << 20},
+        {"device": "cuda:0", "runtime_overhead_bytes": 546 << 20},
+    ],
 }
 
 CACHE: dict[str, Any] = {
@@ -574,11 +603,17 @@ CACHE: dict[str, Any] = {
         "cuda:0": {
             "estimated_bytes": 64 << 20,
             "measured_bytes": 67200000,
+            "tensor_bytes": 60 << 20,
+            "model_bytes": 60 << 20,
+            "runtime_overhead_bytes": 546 << 20,
             "budget_bytes": 72 << 30,
         },
         "cpu": {
             "estimated_bytes": 192 << 20,
             "measured_bytes": 201600000,
+            "tensor_bytes": 120 << 20,
+            "model_bytes": (184 << 20) + 67200000,
+            "runtime_overhead_bytes": 327 << 20,
             "budget_bytes": 32 << 30,
         },
     },
@@ -589,22 +624,48 @@ CACHE: dict[str, Any] = {
 
 
 def test_ps_table_until_column() -> None:
-    """ps is a NAME STATE SIZE DEVICE HITS UNTIL table: expiry time, PINNED, IN USE, FOREVER."""
+    """ps is a NAME STATE ESTIMATE TENSORS MEASURED ERR% DEVICE UNTIL table (expiry time,
+    PINNED, IN USE, FOREVER), then perfd's own line per device: its runtime overhead."""
     text = fmt_cache.format_ps(PS)
     lines = text.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "SIZE", "DEVICE", "HITS", "UNTIL"]
+    assert lines[0].split() == [
+        "NAME",
+        "STATE",
+        "ESTIMATE",
+        "TENSORS",
+        "MEASURED",
+        "ERR%",
+        "DEVICE",
+        "UNTIL",
+    ]
     assert line(text, "ballast ") == (
-        "ballast   ready    64.0 MiB / 64.1 MiB rss   cpu       12  08:07:40 UTC"
+        "ballast   ready    64.0 MiB  60.0 MiB  64.1 MiB rss   +6.7  cpu     08:07:40 UTC"
     )
-    assert line(text, "embedder ").split()[-3:] == ["cuda:0", "12", "PINNED"]
+    assert line(text, "embedder ").split()[-2:] == ["cuda:0", "PINNED"]
     assert "64.1 MiB nvml" in line(text, "embedder ")
-    assert line(text, "chat ").endswith("  3  IN USE")
-    assert line(text, "echo ").split()[2:6] == ["-", "/", "64.1", "MiB"]
+    assert line(text, "chat ").endswith("  IN USE")
+    assert line(text, "echo ").split()[2:7] == ["-", "-", "64.1", "MiB", "rss"]
     assert line(text, "echo ").endswith("FOREVER")
-    assert line(text, "big ").split()[1:5] == ["loading", "64.0", "MiB", "/"]
+    assert line(text, "big ").split()[1:6] == ["loading", "64.0", "MiB", "-", "-"]
     assert line(text, "big ").endswith("  -")
-    assert lines[0].index("HITS") + 4 == lines[1].index("12") + 2  # HITS is right-aligned
+    assert lines[0].index("ERR%") + 4 == lines[1].index("+6.7") + 4  # right-aligned
+    runtime = [row for row in lines if row.startswith("perfd ")]
+    assert [row.split() for row in runtime] == [
+        ["perfd", "runtime", "-", "-", "327.0", "MiB", "-", "cpu", "-"],
+        ["perfd", "runtime", "-", "-", "546.0", "MiB", "-", "cuda:0", "-"],
+    ]
     assert "\033[" not in text
+
+
+def test_ps_runtime_without_models() -> None:
+    """No model loaded but perfd's runtime overhead known (after the last eviction): one
+    line says what perfd itself holds per device."""
+    text = fmt_cache.format_ps({"models": [], "configured": ["a"], "runtime": PS["runtime"]})
+    assert text.splitlines() == [
+        "no models loaded",
+        "perfd runtime overhead: cpu 327.0 MiB, cuda:0 546.0 MiB",
+        "not loaded: a",
+    ]
 
 
 def test_ps_lists_configured_models_not_loaded() -> None:
@@ -649,10 +710,17 @@ def test_ps_colours() -> None:
 
 def test_model_size_and_clock() -> None:
     """Sizes read estimated / measured with the measurer; expiry times read HH:MM:SS UTC."""
-    assert fmt_cache.model_size(model()) == "64.0 MiB / 64.1 MiB rss"
-    assert fmt_cache.model_size(model(estimated_bytes=None)) == "- / 64.1 MiB rss"
-    assert fmt_cache.model_size(model(measured_bytes=None, measured_by=None)) == "64.0 MiB / -"
-    assert fmt_cache.model_size(model(estimated_bytes=None, measured_bytes=None)) == "-"
+    assert fmt_cache.model_size(model()) == "64.0 MiB / 60.0 MiB tensors / 64.1 MiB rss"
+    assert fmt_cache.model_size(model(**UNCOUNTED)) == "64.0 MiB / 64.1 MiB rss"
+    assert fmt_cache.model_size(model(estimated_bytes=None, **UNCOUNTED)) == "- / 64.1 MiB rss"
+    assert fmt_cache.model_size(model(measured_bytes=None, measured_by=None, **UNCOUNTED)) == (
+        "64.0 MiB / -"
+    )
+    bare = model(estimated_bytes=None, measured_bytes=None, **UNCOUNTED)
+    assert fmt_cache.model_size(bare) == "-"
+    assert fmt_cache.error_cell(model()) == "+6.7"
+    assert fmt_cache.error_cell(model(estimate_error_percent=-12.04)) == "-12.0"
+    assert fmt_cache.error_cell(model(**UNCOUNTED)) == "-"
     assert fmt_cache.clock("2027-01-15T08:07:40Z") == "08:07:40 UTC"
     assert fmt_cache.clock("soon") == "soon"
     assert fmt_cache.clock(None) == "-"
@@ -660,15 +728,16 @@ def test_model_size_and_clock() -> None:
 
 def test_stats_cache_section() -> None:
     """stats shows the cache's counts, its evictions by reason, then each device's budget use
-    (measured sizes, the estimate of one still loading), before perfd's own line."""
+    (the models' bytes: tensors, measured sizes, the estimate of one still loading; plus
+    perfd's runtime overhead there, named after the budget), before perfd's own line."""
     text = fmt_stats.format_stats(stats(cache=CACHE))
     lines = text.splitlines()
     start = lines.index(line(text, "cache "))
     assert lines[start : start + 4] == [
         "cache  4 loaded · hits 12 · misses 3 · hit ratio 80%",
         "       evictions lru 1 pressure 0 ttl 2 manual 0 budget 0",
-        "       cpu     [░░░░░░░░░░]   0.8%  0.3/32.0 GiB budget",
-        "       cuda:0  [░░░░░░░░░░]   0.1%  0.1/72.0 GiB budget",
+        "       cpu     [░░░░░░░░░░]   1.8%  0.6/32.0 GiB budget · runtime 327.0 MiB",
+        "       cuda:0  [░░░░░░░░░░]   0.8%  0.6/72.0 GiB budget · runtime 546.0 MiB",
     ]
     assert lines[-1].startswith("perfd  rss ")
     assert "cache" not in fmt_stats.format_stats(STATS)  # a perfd without a cache: no section
@@ -682,7 +751,7 @@ def test_stats_cache_not_started_and_no_budget() -> None:
     cache["devices"]["cpu"]["budget_bytes"] = 0
     text = fmt_stats.format_stats(stats(cache=cache))
     assert "hit ratio -" in line(text, "cache ")
-    assert "       cpu  256.3 MiB  (no budget)" in text.splitlines()
+    assert "       cpu  575.1 MiB  (no budget) · runtime 327.0 MiB" in text.splitlines()
 
 
 def test_stats_cache_fits_80_columns_and_ascii() -> None:
@@ -702,7 +771,8 @@ def test_stats_cache_fits_80_columns_and_ascii() -> None:
 def test_load_output() -> None:
     """load names the model, its device, load time, sizes and how long it stays."""
     assert fmt_cache.format_load(model()) == (
-        "loaded ballast on cpu in 0.04s · 64.0 MiB / 64.1 MiB rss · until 08:07:40 UTC"
+        "loaded ballast on cpu in 0.04s · 64.0 MiB / 60.0 MiB tensors / 64.1 MiB rss · "
+        "until 08:07:40 UTC"
     )
     pinned = fmt_cache.format_load(model(pinned=True, expires_at=None))
     assert pinned.endswith(" · stays loaded until unpinned")
@@ -731,7 +801,7 @@ def test_evict_output() -> None:
         "bytes": 67112960,
         "freed_rss_bytes": 67166208,
     }
-    done = {"evicted": ["ballast"], "records": [record], "dry_run": False}
+    done = {"evicted": ["ballast"], "records": [record], "dry_run": False}  # an older perfd
     assert (
         fmt_cache.format_evict(done) == "evicted ballast from cpu · 64.0 MiB · 64.1 MiB rss freed"
     )
@@ -743,6 +813,14 @@ def test_evict_output() -> None:
     gpu = {**record, "device": "cuda:0", "freed_rss_bytes": -4096}
     assert fmt_cache.format_evict({"evicted": ["ballast"], "records": [gpu], "dry_run": False}) == (
         "evicted ballast from cuda:0 · 64.0 MiB · 0 B rss freed"
+    )
+    measured = {**record, "model": "b", "device": "cuda:0", "freed_bytes": 57 << 20}
+    assert fmt_cache.format_evict({"evicted": ["b"], "records": [measured], "dry_run": False}) == (
+        "evicted b from cuda:0 · 64.0 MiB · 57.0 MiB nvml freed"
+    )
+    batch = {**record, "model": "b", "freed_bytes": None, "freed_rss_bytes": None}
+    assert fmt_cache.format_evict({"evicted": ["b"], "records": [batch], "dry_run": False}) == (
+        "evicted b from cpu · 64.0 MiB · freed not measured"
     )
 
 

@@ -20,13 +20,27 @@ def clock(stamp: str | None) -> str:
 
 
 def model_size(model: dict[str, Any]) -> str:
-    """Estimated / measured: ``64.0 MiB / 64.1 MiB rss``; ``-`` for what is not known."""
+    """Estimated / tensors / measured: ``64.0 MiB / 64.0 MiB tensors / 64.1 MiB rss`` (the
+    tensors only when counted); ``-`` for what is not known."""
     estimate, measured = model.get("estimated_bytes"), model.get("measured_bytes")
-    if estimate is None and measured is None:
+    tensors = model.get("tensor_bytes")
+    if estimate is None and measured is None and tensors is None:
         return "-"
     left = "-" if estimate is None else size(estimate)
+    middle = [] if tensors is None else [f"{size(tensors)} tensors"]
     right = "-" if measured is None else f"{size(measured)} {model.get('measured_by') or ''}"
-    return f"{left} / {right}".rstrip()
+    return " / ".join([left, *middle, right.rstrip()])
+
+
+def error_cell(model: dict[str, Any]) -> str:
+    """The estimate's error in percent of the model's bytes (the ERR% column): ``+4.2``;
+    ``-`` when unknown."""
+    error = model.get("estimate_error_percent")
+    return "-" if not isinstance(error, (int, float)) else f"{error:+.1f}"
+
+
+def _size_or_dash(value: Any) -> str:
+    return size(value) if isinstance(value, int) else "-"
 
 
 def until_cell(model: dict[str, Any]) -> Cell:
@@ -54,28 +68,49 @@ def _stays(model: dict[str, Any]) -> str:
 
 
 def format_ps(result: dict[str, Any], style: Style = PLAIN) -> str:
-    """Loaded models, most recently used first, like ``ollama ps``; then the configured models
+    """Loaded models, most recently used first, like ``ollama ps``, each with its estimate,
+    its tensors' bytes, the measured process delta and the estimate's error; then perfd's own
+    line per device (its runtime overhead, charged to no model); then the configured models
     that are not loaded."""
     models = result.get("models") or []
+    runtime = [r for r in result.get("runtime") or [] if isinstance(r, dict)]
     lines: list[str] = []
     if models:
-        header = ("NAME", "STATE", "SIZE", "DEVICE", "HITS", "UNTIL")
+        header = ("NAME", "STATE", "ESTIMATE", "TENSORS", "MEASURED", "ERR%", "DEVICE", "UNTIL")
         rows: list[list[Cell]] = [[(h, None) for h in header]]
         for model in models:
             state = model.get("state") or "?"
+            measured = model.get("measured_bytes")
             rows.append(
                 [
                     (model.get("name") or "?", None),
                     (state, _STATE_COLOURS.get(state)),
-                    (model_size(model), None),
+                    (_size_or_dash(model.get("estimated_bytes")), None),
+                    (_size_or_dash(model.get("tensor_bytes")), None),
+                    (
+                        "-"
+                        if not isinstance(measured, int)
+                        else f"{size(measured)} {model.get('measured_by') or ''}".rstrip(),
+                        None,
+                    ),
+                    (error_cell(model), None),
                     (model.get("device") or "-", None),
-                    (str(model.get("hits", 0)), None),
                     until_cell(model),
                 ]
             )
-        lines.extend(grid(style, rows, frozenset({4}), width=WIDTH, shrink=0, sep="  "))
+        for row in runtime:
+            overhead = _size_or_dash(row.get("runtime_overhead_bytes"))
+            cells = ["perfd", "runtime", "-", "-", overhead, "-", str(row.get("device") or "-")]
+            rows.append([*((text, "dim") for text in cells), ("-", "dim")])
+        lines.extend(grid(style, rows, frozenset({5}), width=WIDTH, shrink=0, sep="  "))
     else:
         lines.append("no models loaded")
+        if runtime:
+            held = ", ".join(
+                f"{r.get('device')} {_size_or_dash(r.get('runtime_overhead_bytes'))}"
+                for r in runtime
+            )
+            lines.append(style.paint(f"perfd runtime overhead: {held}", "dim"))
     loaded = {model.get("name") for model in models}
     configured = result.get("configured") or []
     idle = [name for name in configured if name not in loaded]
@@ -122,11 +157,18 @@ def format_evict(result: dict[str, Any], style: Style = PLAIN) -> str:
         text = f"{style.paint('evicted', 'green')} {name}"
         record = records.get(name)
         if record is not None:
-            freed = max(record.get("freed_rss_bytes") or 0, 0)
-            text += (
-                f" from {record.get('device', '?')}{dot}{size(record.get('bytes') or 0)}"
-                f"{dot}{size(freed)} rss freed"
+            device = record.get("device", "?")
+            figure, measurer = record.get("freed_bytes"), "rss"
+            if figure is None:  # not measured on the device: RSS when known
+                figure = record.get("freed_rss_bytes")
+            elif str(device).startswith("cuda:"):
+                measurer = "nvml"
+            freed = (
+                "freed not measured"
+                if figure is None
+                else f"{size(max(figure, 0))} {measurer} freed"
             )
+            text += f" from {device}{dot}{size(record.get('bytes') or 0)}{dot}{freed}"
         lines.append(text)
     return "\n".join(lines + kept)
 

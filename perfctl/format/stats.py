@@ -228,7 +228,8 @@ def _process_lines(host: dict[str, Any], style: Style) -> list[str]:
 
 def _cache_lines(cache: dict[str, Any], style: Style) -> list[str]:
     """``cache  3 loaded · hits 12 · ...``, the evictions by reason, then each device's use of
-    its budget (what the cache accounts: measured sizes, estimates until measured)."""
+    its budget (what the cache accounts: the models' bytes plus perfd's runtime overhead
+    there, shown after the budget)."""
     label = f"{'cache':<{LABEL}}"
     if not cache.get("started"):
         return [label + "not started"]
@@ -244,24 +245,30 @@ def _cache_lines(cache: dict[str, Any], style: Style) -> list[str]:
     lines.extend(wrap(f"{'':<{LABEL}}evictions ", reasons or ["none"], " "))
     devices = cache.get("devices") or {}
     width = max((len(name) for name in devices), default=0)
+    dot = f" {glyph(style, '·')} "
     for device in sorted(devices, key=_device_order):
         figures = devices[device]
         on_device = [m for m in cache.get("models") or [] if m.get("device") == device]
-        used = (
+        overhead = figures.get("runtime_overhead_bytes") or 0
+        used = overhead + (
             sum(_accounted(m) for m in on_device)
             if on_device
-            else figures.get("measured_bytes") or figures.get("estimated_bytes") or 0
+            else figures.get("model_bytes")
+            or figures.get("measured_bytes")
+            or figures.get("estimated_bytes")
+            or 0
         )
         budget = figures.get("budget_bytes") or 0
         name = f"{'':<{LABEL}}{device:<{width}}  "
+        runtime = f"{dot}runtime {size(overhead)}" if overhead else ""
         if budget:
             percent = 100 * used / budget
             lines.append(
                 f"{name}{bar(percent, 10, style)} {pct(percent):>6}  "
-                f"{size_pair(used, budget)} budget"
+                f"{size_pair(used, budget)} budget{runtime}"
             )
         else:
-            lines.append(f"{name}{size(used)}  (no budget)")
+            lines.append(f"{name}{size(used)}  (no budget){runtime}")
     return lines
 
 
@@ -272,6 +279,9 @@ def _device_order(device: str) -> tuple[int, int, str]:
 
 
 def _accounted(model: dict[str, Any]) -> int:
-    """The bytes the cache counts for a model: measured once known, else the estimate."""
+    """The bytes the cache counts for a model: its ``bytes`` (tensors, else measured, else
+    the estimate); from an older perfd, measured once known, else the estimate."""
+    if isinstance(model.get("bytes"), int):
+        return int(model["bytes"])
     measured = model.get("measured_bytes")
     return int(measured if measured is not None else model.get("estimated_bytes") or 0)
