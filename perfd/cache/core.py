@@ -340,6 +340,8 @@ class ModelCache(Lifecycle):
 
     def _judge_pressure(self, device: str, projected: int, before: int | None, used: float) -> None:
         """After a pressure round on ``device``: hold further ones if it freed little."""
+        if not self._measure:
+            return
         after = self._figure(device)
         if before is None or after is None or projected <= 0:
             return
