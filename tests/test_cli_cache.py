@@ -106,15 +106,37 @@ def test_load_then_ps_shows_the_measured_size(start_perfd: StartPerfd) -> None:
     loaded = ok(perfd, "load", "ballast")
     assert loaded.startswith("loaded ballast on cpu in ")
     text = ok(perfd, "ps")
-    assert text.splitlines()[0].split() == ["NAME", "STATE", "SIZE", "DEVICE", "HITS", "UNTIL"]
-    (ballast,) = [
-        m for m in json.loads(ok(perfd, "ps", "--json"))["models"] if m["name"] == "ballast"
+    assert text.splitlines()[0].split() == [
+        "NAME",
+        "STATE",
+        "ESTIMATE",
+        "TENSORS",
+        "MEASURED",
+        "ERR%",
+        "DEVICE",
+        "UNTIL",
     ]
+    reply = json.loads(ok(perfd, "ps", "--json"))
+    (ballast,) = [m for m in reply["models"] if m["name"] == "ballast"]
     assert ballast["measured_bytes"] >= 48 << 20
-    name, state, size, device, _hits, until = row(text, "ballast")
+    assert (ballast["tensor_bytes"], ballast["bytes_source"]) == (None, "measured")
+    name, state, estimate, tensors, measured, error, device, until = row(text, "ballast")
     assert (name, state, device) == ("ballast", "ready", "cpu")
-    assert size == f"- / {base.size(ballast['measured_bytes'])} rss"
+    assert (estimate, tensors, error) == ("-", "-", "-")  # a bytearray: no tensors to count
+    assert measured == f"{base.size(ballast['measured_bytes'])} rss"
     assert CLOCK.match(until), until
+    (cpu,) = reply["runtime"]
+    own = row(text, "perfd")
+    assert own == [
+        "perfd",
+        "runtime",
+        "-",
+        "-",
+        base.size(cpu["runtime_overhead_bytes"]),
+        "-",
+        "cpu",
+        "-",
+    ]
     assert row(text, "upper")[-1] == "PINNED"  # preloaded and pinned by the config
     assert text.splitlines()[-1] == "not loaded: broken, doubler, echo, huge"
 
@@ -259,7 +281,9 @@ def test_stats_shows_the_cache(start_perfd: StartPerfd) -> None:
     (cache,) = [line for line in lines if line.startswith("cache ")]
     assert cache.startswith("cache  2 loaded · hits ")
     assert any(line.startswith("       evictions lru 0 ") for line in lines)
-    assert any(line.startswith("       cpu  ") and line.endswith(" budget") for line in lines)
+    overhead = json.loads(ok(perfd, "stats", "--json"))["cache"]["devices"]["cpu"]
+    tail = f" budget · runtime {base.size(overhead['runtime_overhead_bytes'])}"
+    assert any(line.startswith("       cpu  ") and line.endswith(tail) for line in lines)
     assert lines[-1].startswith("perfd  rss ")
     assert max(map(len, lines)) <= base.WIDTH
 

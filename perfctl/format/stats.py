@@ -260,7 +260,8 @@ def _cache_lines(cache: dict[str, Any], style: Style) -> list[str]:
         )
         budget = figures.get("budget_bytes") or 0
         name = f"{'':<{LABEL}}{device:<{width}}  "
-        runtime = f"{dot}runtime {size(overhead)}" if overhead else ""
+        known = isinstance(figures.get("runtime_overhead_bytes"), int)  # from an older perfd: not
+        runtime = f"{dot}runtime {size(overhead)}" if known else ""
         if budget:
             percent = 100 * used / budget
             lines.append(
