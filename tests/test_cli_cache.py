@@ -123,7 +123,7 @@ def test_load_then_ps_shows_the_measured_size(start_perfd: StartPerfd) -> None:
     name, state, estimate, tensors, measured, error, device, until = row(text, "ballast")
     assert (name, state, device) == ("ballast", "ready", "cpu")
     assert (estimate, tensors, error) == ("-", "-", "-")  # a bytearray: no tensors to count
-    assert measured == f"{base.size(ballast['measured_bytes'])} rss"
+    assert measured == base.size(ballast["measured_bytes"])  # RSS: cpu's own figure
     assert CLOCK.match(until), until
     (cpu,) = reply["runtime"]
     own = row(text, "perfd")

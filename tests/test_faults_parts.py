@@ -263,7 +263,8 @@ def test_loader_that_leaks(start_perfd: StartPerfd) -> None:
     assert record["freed_rss_bytes"] < loaded["measured_bytes"] // 2
     (leak,) = events(perfd, "cache.unload_leak", model="leaky")
     assert (leak["level"], leak["measured_bytes"]) == ("warning", loaded["measured_bytes"])
-    assert leak["freed_bytes"] == record["freed_rss_bytes"]
+    assert (leak["bytes"], leak["bytes_source"]) == (loaded["bytes"], "measured")
+    assert leak["freed_bytes"] == record["freed_bytes"] == record["freed_rss_bytes"]
     recent = call(perfd, "stats")["cache"]["recent_evictions"][0]
     assert (recent["model"], recent["freed_rss_bytes"]) == ("leaky", record["freed_rss_bytes"])
     assert call(perfd, "infer", model="echo", inputs=1)["outputs"] == 1

@@ -639,16 +639,17 @@ def test_ps_table_until_column() -> None:
         "UNTIL",
     ]
     assert line(text, "ballast ") == (
-        "ballast   ready    64.0 MiB  60.0 MiB  64.1 MiB rss   +6.7  cpu     08:07:40 UTC"
+        "ballast   ready    64.0 MiB  60.0 MiB  64.1 MiB   +6.7  cpu     08:07:40 UTC"
     )
     assert line(text, "embedder ").split()[-2:] == ["cuda:0", "PINNED"]
-    assert "64.1 MiB nvml" in line(text, "embedder ")
+    assert "64.1 MiB " in line(text, "embedder ")  # nvml: a GPU's own figure, not named
     assert line(text, "chat ").endswith("  IN USE")
-    assert line(text, "echo ").split()[2:7] == ["-", "-", "64.1", "MiB", "rss"]
+    assert line(text, "echo ").split()[2:6] == ["-", "-", "64.1", "MiB"]
     assert line(text, "echo ").endswith("FOREVER")
     assert line(text, "big ").split()[1:6] == ["loading", "64.0", "MiB", "-", "-"]
     assert line(text, "big ").endswith("  -")
     assert lines[0].index("ERR%") + 4 == lines[1].index("+6.7") + 4  # right-aligned
+    assert max(len(row) for row in lines) <= base.WIDTH
     runtime = [row for row in lines if row.startswith("perfd ")]
     assert [row.split() for row in runtime] == [
         ["perfd", "runtime", "-", "-", "327.0", "MiB", "-", "cpu", "-"],
@@ -718,6 +719,12 @@ def test_model_size_and_clock() -> None:
     )
     bare = model(estimated_bytes=None, measured_bytes=None, **UNCOUNTED)
     assert fmt_cache.model_size(bare) == "-"
+    assert fmt_cache.measured_cell(model()) == "64.1 MiB"  # rss on cpu: not named
+    gpu = model(device="cuda:0", measured_by="nvml")
+    assert fmt_cache.measured_cell(gpu) == "64.1 MiB"
+    assert fmt_cache.measured_cell({**gpu, "measured_by": "torch"}) == "64.1 MiB torch"
+    assert fmt_cache.measured_cell(model(measured_by="remote", measured_bytes=0)) == "0 B remote"
+    assert fmt_cache.measured_cell(model(measured_bytes=None)) == "-"
     assert fmt_cache.error_cell(model()) == "+6.7"
     assert fmt_cache.error_cell(model(estimate_error_percent=-12.04)) == "-12.0"
     assert fmt_cache.error_cell(model(**UNCOUNTED)) == "-"

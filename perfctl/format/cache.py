@@ -39,6 +39,16 @@ def error_cell(model: dict[str, Any]) -> str:
     return "-" if not isinstance(error, (int, float)) else f"{error:+.1f}"
 
 
+def measured_cell(model: dict[str, Any]) -> str:
+    """The MEASURED column: the process delta, with what measured it unless that is the
+    device's own figure (RSS on cpu, NVML on a GPU): ``64.1 MiB``, ``1.0 GiB torch``."""
+    measured, by = model.get("measured_bytes"), model.get("measured_by") or ""
+    if not isinstance(measured, int):
+        return "-"
+    natural = "rss" if model.get("device") == "cpu" else "nvml"
+    return size(measured) if by in ("", natural) else f"{size(measured)} {by}"
+
+
 def _size_or_dash(value: Any) -> str:
     return size(value) if isinstance(value, int) else "-"
 
@@ -80,19 +90,13 @@ def format_ps(result: dict[str, Any], style: Style = PLAIN) -> str:
         rows: list[list[Cell]] = [[(h, None) for h in header]]
         for model in models:
             state = model.get("state") or "?"
-            measured = model.get("measured_bytes")
             rows.append(
                 [
                     (model.get("name") or "?", None),
                     (state, _STATE_COLOURS.get(state)),
                     (_size_or_dash(model.get("estimated_bytes")), None),
                     (_size_or_dash(model.get("tensor_bytes")), None),
-                    (
-                        "-"
-                        if not isinstance(measured, int)
-                        else f"{size(measured)} {model.get('measured_by') or ''}".rstrip(),
-                        None,
-                    ),
+                    (measured_cell(model), None),
                     (error_cell(model), None),
                     (model.get("device") or "-", None),
                     until_cell(model),

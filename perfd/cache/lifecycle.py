@@ -305,6 +305,7 @@ class Lifecycle:
                 device=entry.spec.device,
                 bytes=expected,
                 bytes_source=entry.size_source,
+                measured_bytes=entry.measured,
                 freed_bytes=freed,
                 freed_rss_bytes=record["freed_rss_bytes"],
                 freed_gpu_bytes=record["freed_gpu_bytes"],
