@@ -66,15 +66,22 @@ class Lifecycle:
         return self._meter.gpu_bytes(device) if device.startswith("cuda:") else None
 
     def _held_bytes(self, device: str) -> int:
-        """Under the lock: the bytes of the models that hold memory on ``device`` now."""
-        return sum(
-            e.size for e in self._entries.values() if e.device == device and e.model is not None
-        )
+        """Under the lock: the bytes of the models that hold memory on ``device`` now: those
+        of the device's models, and the tensors other devices' models keep there (a GPU
+        model's host tensors)."""
+        held = 0
+        for e in self._entries.values():
+            if e.model is None:
+                continue
+            if e.device == device:
+                held += e.size
+            elif e.tensors is not None:
+                held += e.tensors.get(device, 0)
+        return held
 
-    def _observe_runtime(self, devices: set[str]) -> None:
-        """Read each device's figure and update its runtime overhead (after a release with
-        no load running: a load in flight holds memory no entry accounts for yet)."""
-        figures = {device: self._figure(device) for device in devices | {"cpu"}}
+    def _observe_runtime(self, figures: dict[str, int | None]) -> None:
+        """Update each device's runtime overhead from its figure after a release (none while
+        a load runs: a load in flight holds memory no entry accounts for yet)."""
         with self._lock:
             if self._loads_running:
                 return
@@ -267,16 +274,18 @@ class Lifecycle:
             assert entry.loader is not None
             entry.loader.unload(model)
         del model
-        freed = Freed()
+        freed, figures = Freed(), dict[str, int | None]()
         if release:
             self._meter.release()
-            parts_after = self._meter.rss_parts()
-            gpu_after = self._meter.gpu_bytes(device) if on_gpu else None
+            rss_after, parts_after = self._meter.rss_bytes(), self._meter.rss_parts()
+            figures = {"cpu": rss_after}  # the figures after: the devices' runtime overhead
+            if on_gpu:
+                figures[device] = self._meter.gpu_bytes(device)
             freed = Freed.between(
                 device,
-                (rss_before, self._meter.rss_bytes()),
+                (rss_before, rss_after),
                 (parts_before, parts_after),
-                (gpu_before, gpu_after),
+                (gpu_before, figures.get(device) if on_gpu else None),
             )
         with self._lock:
             if self._entries.get(entry.spec.name) is entry:
@@ -285,7 +294,7 @@ class Lifecycle:
             self._evictions.append(record)
             self._by_reason[reason] += 1
         if release and self._measure:
-            self._observe_runtime({device})
+            self._observe_runtime(figures)
             self._check_leak(entry, record)
         _log.info("cache.evicted", **record)
         return record
@@ -323,5 +332,6 @@ class Lifecycle:
         if records:
             self._meter.release()
             if self._measure:
-                self._observe_runtime({entry.spec.device for entry, _ in batch})
+                devices = {"cpu"} | {entry.spec.device for entry, _ in batch}
+                self._observe_runtime({device: self._figure(device) for device in devices})
         return records
