@@ -121,6 +121,23 @@ def test_over_budget_never_takes_the_model_just_loaded() -> None:
     assert policy.over_budget(loaded, [loaded], 50) == []
 
 
+def test_the_runtime_overhead_counts_once_and_cannot_be_evicted() -> None:
+    """A device's runtime overhead is added once to its models' bytes: a load that fits
+    without it evicts with it, one that fits only if the overhead could go is refused with
+    the overhead among what is fixed, and a measured load goes over budget sooner."""
+    entries = [Fake("a", 30, 1), Fake("b", 30, 2)]
+    plan = {"budget": 100, "max_models": 0}
+    assert policy.victims("new", "cpu", 40, entries, **plan) == []
+    assert names(policy.victims("new", "cpu", 40, entries, **plan, overhead=20)) == ["a"]
+    assert names(policy.victims("new", "cpu", 40, entries, **plan, overhead=40)) == ["a", "b"]
+    with pytest.raises(NoCapacity) as caught:
+        policy.victims("new", "cpu", 90, entries, **plan, overhead=20)
+    assert (caught.value.fixed, caught.value.overhead) == (20, 20)
+    loaded = Fake("new", 40, 9)
+    assert policy.over_budget(loaded, [*entries, loaded], 100) == []
+    assert names(policy.over_budget(loaded, [*entries, loaded], 100, overhead=10)) == ["a"]
+
+
 def test_under_pressure_evicts_to_the_low_watermark() -> None:
     """Above high, oldest first until the projected use is under low; under high, nothing."""
     capacity = {"cpu": 100 * MiB}
