@@ -9,8 +9,11 @@ Rules (each one a complaint about other model servers that perfd must not earn):
   inference holds a lease), and prefers one cold entry that alone covers the shortfall.
 - Concurrent requests for a model that is loading wait for that one load; a failed or timed
   out load reports its error to every waiter and leaves nothing behind.
-- Sizes: the loader's estimate (or size_hint) before loading, the measured cost after
-  (RSS delta; torch's CUDA delta), both kept; budgets use the measurement once known.
+- Sizes: the loader's estimate (or size_hint) before loading; after it, the bytes of the
+  model's own tensors (counted, or reported by the loader) and the measured process delta
+  (RSS; NVML's or torch's on a GPU), all kept. Budgets charge a model its tensors when known,
+  else the measurement, else the estimate, and add each device's runtime overhead (perfd's
+  own memory there: imports, CUDA context) once, never charging it to a model.
 
 This module holds the locking and the order of things: policy and bookkeeping happen under
 one lock; loading, inference and unloading do not. Which entries to evict is

@@ -2,9 +2,8 @@
 
 ``measured_load`` runs on the load thread and reads the meter before and after; the cache says
 whether any other load overlapped (then the deltas are not this model's alone), and
-``measurement`` picks which figure the entry keeps. Sizes: the loader's estimate (or
-size_hint) before loading, the measured cost after (RSS delta; NVML's or torch's CUDA delta),
-both kept; budgets use the measurement once known.
+``measurement`` picks which figure the entry keeps. After the readings, the model's own
+tensors are counted (perfd.cache.tensors) unless the loader reported them.
 """
 
 from __future__ import annotations

@@ -49,10 +49,11 @@ class Runtime:
         return self.devices.setdefault(device, DeviceRuntime())
 
     def start(self, device: str, figure: int | None) -> None:
-        """The figure before a load: the baseline when it is the first on ``device``."""
+        """The figure before a load on ``device``: the baseline is the lowest seen (the first
+        load's, also when two first loads overlapped and the later one finished first)."""
         state = self._device(device)
-        if state.baseline is None and figure is not None:
-            state.baseline = figure
+        if figure is not None:
+            state.baseline = figure if state.baseline is None else min(state.baseline, figure)
 
     def observe(self, device: str, figure: int | None, model_bytes: int) -> None:
         """The figure now, with ``model_bytes`` of models loaded on ``device``."""
