@@ -25,72 +25,31 @@ from perfd.cache.core import ModelCache
 from perfd.cache.errors import NoCapacity
 from perfd.cache.meter import ProcessMeter, RssParts
 from perfd.loaders.base import Loaded, ModelSpec
+from tests.models.gpu import FIRST_DELTA, KEPT, LAYER, FakeCuda, cuda_layers, fake_torch
 from tests.test_cache import Clock
 
 MiB = 1 << 20
 GB = 10**9
-LAYER = 8192 * 8192 * 2  # one Linear(8192, 8192) bf16 weight, bytes
 TENSORS = 8 * LAYER  # 1_073_741_824: the model's parameters
-FIRST_DELTA = 1_621_098_496  # NVML per-process after the first load (before: 0)
-KEPT = 1_050_000_000  # what NVML still showed for perfd after the eviction
 RELOAD_DELTA = 1_070_000_000
 
 
-# -- a fake torch with cuda tensors -----------------------------------------------------------
-
-
-class FakeStorage:
-    def __init__(self, address: int, size: int) -> None:
-        self.address, self.size = address, size
-
-    def data_ptr(self) -> int:
-        return self.address
-
-    def nbytes(self) -> int:
-        return self.size
-
-
-class FakeTensor:
-    def __init__(self, storage: FakeStorage, device: str = "cuda:0") -> None:
-        kind, _, index = device.partition(":")
-        self.device = types.SimpleNamespace(type=kind, index=int(index) if index else None)
-        self._storage = storage
-
-    def untyped_storage(self) -> FakeStorage:
-        return self._storage
-
-
-class FakeModule:
-    def __init__(self, *weights: FakeTensor) -> None:
-        self.weights = list(weights)
-
-    def parameters(self) -> Iterator[FakeTensor]:
-        return iter(self.weights)
-
-    def buffers(self) -> Iterator[FakeTensor]:
-        return iter(())
+# -- the GPU: NVML's per-process figure and a fake torch -----------------------------------
 
 
 class FakeGpu:
-    """NVML's per-process figure and torch's allocated count for one process on cuda:0; an
+    """NVML's per-process figure for this process on cuda:0, and torch's cuda count; an
     empty_cache() gives back only what the H200 gave back."""
 
     def __init__(self) -> None:
         self.nvml = 0
-        self.allocated = 0
+        self.cuda = FakeCuda()
+        self.cuda.on_empty = self.empty_cache
         self.to_free_on_empty = 0
         self.loads = 0
 
     def torch(self) -> types.ModuleType:
-        module = types.ModuleType("torch")
-        module.Tensor = FakeTensor  # type: ignore[attr-defined]
-        module.nn = types.SimpleNamespace(Module=FakeModule)  # type: ignore[attr-defined]
-        module.cuda = types.SimpleNamespace(  # type: ignore[attr-defined]
-            is_available=lambda: True,
-            memory_allocated=lambda index: self.allocated,
-            empty_cache=self.empty_cache,
-        )
-        return module
+        return fake_torch(self.cuda)
 
     def empty_cache(self) -> None:
         self.nvml -= self.to_free_on_empty
@@ -114,11 +73,10 @@ class GpuLoader:
 
     def load(self, spec: ModelSpec) -> Loaded:
         sys.modules["torch"] = self.gpu.torch()
-        storages = [FakeStorage(0x7F0000000000 + i * LAYER, LAYER) for i in range(8)]
-        layers = [FakeModule(FakeTensor(s), FakeTensor(s)) for s in storages]  # tied
+        layers = cuda_layers(8)  # two weights tied to one storage in each
         model = types.SimpleNamespace(layers=layers, head=layers[-1])  # a wrapper
         self.gpu.nvml += FIRST_DELTA if self.gpu.loads == 0 else RELOAD_DELTA
-        self.gpu.allocated += TENSORS
+        self.gpu.cuda.allocated += TENSORS
         self.gpu.loads += 1
         return Loaded(model, self.estimate(spec))
 
@@ -126,7 +84,7 @@ class GpuLoader:
         return inputs
 
     def unload(self, model: Any) -> None:
-        self.gpu.allocated -= TENSORS
+        self.gpu.cuda.allocated -= TENSORS
         self.gpu.to_free_on_empty = FIRST_DELTA - KEPT
 
 

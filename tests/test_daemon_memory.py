@@ -1,7 +1,8 @@
 """The cache's memory truth in a real perfd: a torch model and a numpy model made by the
 test's own factories, loaded, evicted and reloaded over the socket, every figure checked
 against the bytes the test computes from the shapes and against the kernel's /proc figures
-for the perfd process, read by the test itself."""
+for the perfd process, read by the test itself; a GPU model through a controlled fake NVML
+(tests/fakenvml.py) and a fake torch (tests/models/gpu.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 import perfctl
 from perfctl.format import base
 from tests.conftest import Perfd, StartPerfd
+from tests.fakenvml import control_file
+from tests.models.gpu import FIRST_DELTA, KEPT, LAYER
 from tests.models.tensors import numpy_model_bytes, torch_model_bytes
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -121,4 +124,46 @@ def test_a_reload_in_a_fresh_perfd_is_the_same_bytes(start_perfd: StartPerfd) ->
     freed = before["VmRSS"] - status(perfd)["VmRSS"]
     assert abs(record["freed_rss_bytes"] - freed) <= NOISE
     assert record["freed_rss_bytes"] >= 0.8 * NUMPY_BYTES
+    assert perfd.stop() == 0
+
+
+def test_a_gpu_model_through_nvml_and_a_fake_torch(start_perfd: StartPerfd, tmp_path: Path) -> None:
+    """The issue's H200 case in a real perfd, through its real NVML probe over a controlled
+    fake NVML (perfd's per-process memory on GPU 0, as nvidia-smi lists it) and a fake torch
+    the load imports: the first load's 1.62 GB NVML delta is charged as the 1.074 GB of
+    tensors, the 0.55 GB rest is cuda:0's runtime overhead; the eviction reports the 0.57 GB
+    NVML gave back, cache.unload_leak names both, and the 1.05 GB residue stays perfd's."""
+    control = control_file(tmp_path, gpus=[{"name": "NVIDIA H200", "total": 150754820096}])
+    models = (
+        "[models.big]\n"
+        'target = "tests.models.gpu:make_cuda_model"\n'
+        'device = "cuda:0"\n'
+        f'options = {{ control = "{control.path}" }}\n'
+    )
+    perfd = start_perfd(models, env={"PYTHONPATH": ROOT}, nvml=control)
+    loaded = call(perfd, "load", model="big")
+    tensors = 8 * LAYER
+    assert (loaded["tensor_bytes"], loaded["tensor_counted_by"]) == (tensors, "torch")
+    assert (loaded["measured_bytes"], loaded["measured_by"]) == (FIRST_DELTA, "nvml")
+    assert loaded["measured_torch_bytes"] == tensors  # the load imported torch
+    assert (loaded["bytes"], loaded["bytes_source"]) == (tensors, "tensors")
+    assert runtime(call(perfd, "ps"))["cuda:0"] == FIRST_DELTA - tensors
+    devices = call(perfd, "stats")["cache"]["devices"]
+    assert devices["cuda:0"]["runtime_overhead_bytes"] == FIRST_DELTA - tensors
+    assert devices["cuda:0"]["model_bytes"] == tensors
+    text = perfd.ctl("ps", timeout=60).stdout
+    (own,) = [line.split() for line in text.splitlines() if "cuda:0" in line and "perfd" in line]
+    assert own[:2] == ["perfd", "runtime"]
+    assert " ".join(own[4:6]) == base.size(FIRST_DELTA - tensors)
+
+    (record,) = call(perfd, "evict", model="big")["records"]
+    assert record["bytes"] == tensors
+    assert record["freed_bytes"] == record["freed_gpu_bytes"] == FIRST_DELTA - KEPT
+    (leak,) = [e for e in perfd.logs() if e["event"] == "cache.unload_leak"]
+    assert (leak["bytes"], leak["freed_bytes"], leak["device"]) == (
+        tensors,
+        FIRST_DELTA - KEPT,
+        "cuda:0",
+    )
+    assert runtime(call(perfd, "ps"))["cuda:0"] == KEPT
     assert perfd.stop() == 0
