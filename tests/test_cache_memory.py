@@ -228,12 +228,20 @@ def test_torch_and_numpy_tensors_are_counted_once_per_storage() -> None:
 
 
 def test_nothing_to_count_and_bounded_walks() -> None:
-    """No tensors: None. A walk deeper than its bound stops and says so."""
+    """No tensors: None. A walk deeper than its bound, or with more to look at than its
+    bound, stops; a big dict of strings is walked through."""
     assert tensors.count({"a": [1, "x", b"y"]}) is None
     deep: Any = np.ones(10)
     for _ in range(20):
         deep = [deep]
     assert tensors.count(deep) is None or tensors.count(deep).truncated  # type: ignore[union-attr]
+    floats = [0.5] * (11 * tensors.MAX_OBJECTS)  # more to look at than a walk looks at
+    walked = tensors.count([floats, np.ones(10)])
+    assert walked is None or walked.truncated  # stopped, and says so when it found any
+    vocab = {str(i): i for i in range(tensors.MAX_OBJECTS)}  # a tokenizer's: walked through
+    found = tensors.count({"vocab": vocab, "weights": np.ones(10)})
+    assert found is not None
+    assert (found.by_device, found.truncated) == ({"cpu": 80}, False)
     counted = tensors.count(deep, max_depth=30)
     assert counted is not None
     assert counted.by_device == {"cpu": 80}

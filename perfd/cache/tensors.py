@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -55,17 +56,15 @@ class _Walk:
         self.seen: set[int] = set()
         self.storages: dict[tuple[str, int], int] = {}  # (device, address) -> bytes
         self.libraries: set[str] = set()
+        self.looked = 0  # children looked at, scalars included
         self.truncated = False
 
     def visit(self, obj: Any, depth: int) -> None:
         stack = [(obj, depth)]
         while stack:
             obj, depth = stack.pop()
-            if isinstance(obj, (*_SCALARS, *_OPAQUE)) or id(obj) in self.seen:
+            if self.skip(obj):
                 continue
-            if len(self.seen) >= self.max_objects:
-                self.truncated = True
-                return
             self.seen.add(id(obj))
             if self.tensor is not None and isinstance(obj, self.tensor):
                 self.add_tensor(obj)
@@ -75,10 +74,24 @@ class _Walk:
                 continue
             if self.module is not None and isinstance(obj, self.module):
                 self.add_module(obj)  # the registered tensors at any depth, then the rest
-            if depth >= self.max_depth:
-                self.truncated = True
-                continue
-            stack.extend((child, depth + 1) for child in _children(obj))
+            for child in _children(obj):
+                self.looked += 1
+                if self.looked > 10 * self.max_objects:
+                    self.truncated = True  # enough looking: a list of a million floats
+                    return
+                if self.skip(child):
+                    continue
+                if depth >= self.max_depth:
+                    self.truncated = True  # something left unwalked below this object
+                    break
+                if len(self.seen) + len(stack) >= self.max_objects:
+                    self.truncated = True
+                    return
+                stack.append((child, depth + 1))
+
+    def skip(self, obj: Any) -> bool:
+        """Nothing to count in it (numbers, text, classes, modules, functions), or seen."""
+        return isinstance(obj, (*_SCALARS, *_OPAQUE)) or id(obj) in self.seen
 
     def add_tensor(self, tensor: Any) -> None:
         try:
@@ -118,22 +131,24 @@ class _Walk:
                 self.add_tensor(tensor)
 
 
-def _children(obj: Any) -> list[Any]:
+def _children(obj: Any) -> Iterator[Any]:
+    """What ``obj`` holds: a dict's values, a sequence's or set's items, an object's
+    attributes (``__dict__`` and ``__slots__``), lazily."""
     if isinstance(obj, dict):
-        return list(obj.values())
+        yield from obj.values()
+        return
     if isinstance(obj, (list, tuple, set, frozenset)):
-        return list(obj)
-    children: list[Any] = []
+        yield from obj
+        return
     attributes = getattr(obj, "__dict__", None)
     if isinstance(attributes, dict):
-        children.extend(attributes.values())
+        yield from list(attributes.values())
     for cls in type(obj).__mro__:
         for name in getattr(cls, "__slots__", ()) if isinstance(cls, type) else ():
             if isinstance(name, str) and name not in ("__dict__", "__weakref__"):
                 value = getattr(obj, name, None)
                 if value is not None:
-                    children.append(value)
-    return children
+                    yield value
 
 
 def count(
