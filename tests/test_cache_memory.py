@@ -25,6 +25,7 @@ from perfd.cache.core import ModelCache
 from perfd.cache.errors import NoCapacity
 from perfd.cache.meter import ProcessMeter, RssParts
 from perfd.loaders.base import Loaded, ModelSpec
+from tests.daemons import wait_until
 from tests.models.gpu import FIRST_DELTA, KEPT, LAYER, FakeCuda, cuda_layers, fake_torch
 from tests.test_cache import Clock
 
@@ -148,6 +149,14 @@ def test_h200_first_load_charges_the_tensors_and_shows_the_overhead_apart(
     assert entry["estimate_error_percent"] == round(100 * (2 * GB - TENSORS) / TENSORS, 1)
     runtime = {r["device"]: r["runtime_overhead_bytes"] for r in cache.runtime_overhead()}
     assert runtime["cuda:0"] == FIRST_DELTA - TENSORS  # 547,356,672: ~0.55 GB
+    wait_until(lambda: events(log_lines, "cache.loaded"))  # the load thread logs it last
+    (line,) = events(log_lines, "cache.loaded")
+    assert (line["bytes"], line["tensor_bytes"], line["tensor_walk_truncated"]) == (
+        TENSORS,
+        TENSORS,
+        False,
+    )
+    assert line["runtime_overhead_bytes"] == FIRST_DELTA - TENSORS
     devices = cache.stats()["devices"]
     assert devices["cuda:0"]["model_bytes"] == TENSORS
     assert devices["cuda:0"]["tensor_bytes"] == TENSORS

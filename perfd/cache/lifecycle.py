@@ -215,6 +215,7 @@ class Lifecycle:
             measured_by=entry.measured_by,
             tensor_bytes=entry.tensor_bytes,
             tensor_counted_by=entry.tensors_by,
+            tensor_walk_truncated=outcome.counted.truncated if outcome.counted else None,
             bytes=entry.size,
             runtime_overhead_bytes=self._runtime.overhead(entry.spec.device),
         )
