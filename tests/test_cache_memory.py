@@ -333,7 +333,7 @@ def host_cache(
     return cache_obj, loader, clock
 
 
-def test_the_runtime_overhead_counts_once_against_the_budget() -> None:
+def test_the_runtime_overhead_counts_once_against_the_budget(log_lines: io.StringIO) -> None:
     """Budget 100 MiB; the first load costs 30 MiB of runtime besides its 40 MiB of tensors:
     a second 40 MiB model no longer fits beside it (30 + 40 + 40 > 100), so the first goes;
     an 80 MiB model cannot fit at all (30 + 80), and the refusal names the overhead."""
@@ -361,7 +361,7 @@ def test_the_runtime_overhead_counts_once_against_the_budget() -> None:
     assert cache.stats()["devices"]["cpu"]["runtime_overhead_bytes"] == 30 * MiB
 
 
-def test_without_overhead_both_fit() -> None:
+def test_without_overhead_both_fit(log_lines: io.StringIO) -> None:
     """The same models without a runtime cost both stay: the overhead made the difference."""
     cache, _loader, clock = host_cache({"a": 40, "b": 40}, HostMeter(overhead=0))
     cache.load("a")
@@ -406,7 +406,7 @@ def test_a_pressure_round_that_frees_nothing_is_not_repeated(log_lines: io.Strin
     assert len(events(log_lines, "cache.pressure_held")) == 3
 
 
-def test_a_pressure_round_that_frees_memory_goes_on() -> None:
+def test_a_pressure_round_that_frees_memory_goes_on(log_lines: io.StringIO) -> None:
     """When evictions give their memory back, each new sample above the watermark evicts."""
     meter = HostMeter(overhead=0)
     cache, _, clock = host_cache(
