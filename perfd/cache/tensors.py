@@ -13,6 +13,7 @@ there (the tests' fake torch with cuda tensors) is walked the same way.
 
 from __future__ import annotations
 
+import collections
 import sys
 import types
 from collections.abc import Iterator
@@ -60,9 +61,11 @@ class _Walk:
         self.truncated = False
 
     def visit(self, obj: Any, depth: int) -> None:
-        stack = [(obj, depth)]
+        """Breadth first: an object is walked from its shallowest place, so a deep path to
+        it first cannot leave it unwalked at the depth bound."""
+        stack = collections.deque([(obj, depth)])
         while stack:
-            obj, depth = stack.pop()
+            obj, depth = stack.popleft()
             if self.skip(obj):
                 continue
             self.seen.add(id(obj))
