@@ -63,9 +63,9 @@ class _Walk:
     def visit(self, obj: Any, depth: int) -> None:
         """Breadth first: an object is walked from its shallowest place, so a deep path to
         it first cannot leave it unwalked at the depth bound."""
-        stack = collections.deque([(obj, depth)])
-        while stack:
-            obj, depth = stack.popleft()
+        queue = collections.deque([(obj, depth)])
+        while queue:
+            obj, depth = queue.popleft()
             if self.skip(obj):
                 continue
             self.seen.add(id(obj))
@@ -87,10 +87,10 @@ class _Walk:
                 if depth >= self.max_depth:
                     self.truncated = True  # something left unwalked below this object
                     break
-                if len(self.seen) + len(stack) >= self.max_objects:
+                if len(self.seen) + len(queue) >= self.max_objects:
                     self.truncated = True
                     return
-                stack.append((child, depth + 1))
+                queue.append((child, depth + 1))
 
     def skip(self, obj: Any) -> bool:
         """Nothing to count in it (numbers, text, classes, modules, functions), or seen."""
