@@ -28,7 +28,7 @@ from perfd import log
 MIB = 1 << 20
 MAX_LINES = 2000  # lines kept per capture: a load logs a few hundred
 MAX_LINE = 500  # characters kept of one line
-ERROR, WARN = 3, 2  # ggml_log_level
+WARN, ERROR = 3, 4  # ggml_log_level (ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4)
 CONT = 5  # a continuation of the previous line
 _KV_SIZE = re.compile(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells")
 _BUFFER = re.compile(r"(\w+): +(\S+) +(model|KV|compute|output) buffer size = +([\d.]+) MiB")
