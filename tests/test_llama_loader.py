@@ -65,6 +65,21 @@ def test_the_registry_has_llama_cpp_without_importing_it() -> None:
     assert "llama_cpp" in Registry(group="perfd.none").names()
 
 
+def test_building_the_registry_does_not_import_llama_cpp() -> None:
+    """perfd builds its loader registry at start: llama_cpp (and its native libraries) load
+    only with the first GGUF model."""
+    code = (
+        "import sys\n"
+        "from perfd.loaders.registry import Registry\n"
+        "Registry(group='perfd.none').get('llama_cpp')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('llama_cpp', 'numpy')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize(
     ("path", "message"),
     [
