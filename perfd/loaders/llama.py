@@ -165,17 +165,13 @@ class LlamaCppLoader:
 
     def estimate(self, spec: ModelSpec) -> int:
         facts = llama_memory.read_facts(model_file(spec), spec.name)
-        options = parse_options(spec)
-        cells = llama_memory.kv_cells(options.n_ctx, facts.n_ctx_train)
-        return facts.weights_bytes + llama_memory.kv_bytes(facts, cells)
+        return llama_memory.estimate(facts, parse_options(spec).n_ctx)
 
     def load(self, spec: ModelSpec) -> Loaded:
         path = model_file(spec)
         options = parse_options(spec)
         facts = llama_memory.read_facts(path, spec.name)  # not GGUF, unsized types: fail now
-        estimate = facts.weights_bytes + llama_memory.kv_bytes(
-            facts, llama_memory.kv_cells(options.n_ctx, facts.n_ctx_train)
-        )
+        estimate = llama_memory.estimate(facts, options.n_ctx)
         llama_cpp = import_llama_cpp(spec.name)
         if options.gpu is not None and not llama_cpp.llama_supports_gpu_offload():
             raise LoaderError(

@@ -194,3 +194,8 @@ def kv_by_device(
 def kv_bytes(facts: GgufFacts, cells: int, type_k: str = "f16", type_v: str = "f16") -> int:
     """The whole KV cache's bytes for ``cells`` cells."""
     return sum(kv_by_device(facts, cells, 0, None, type_k=type_k, type_v=type_v).values())
+
+
+def estimate(facts: GgufFacts, n_ctx: int) -> int:
+    """The bytes a load with context ``n_ctx`` will hold: the weights and the f16 KV cache."""
+    return facts.weights_bytes + kv_bytes(facts, kv_cells(n_ctx, facts.n_ctx_train))
