@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from perfd.loaders import llama_log, llama_memory
 from perfd.loaders.base import LoaderError, ModelSpec
@@ -244,6 +245,32 @@ def test_the_engine_log_lines_are_read() -> None:
     assert figures.model_buffers == {"CPU_Mapped": round(6.42 * MIB)}
     assert figures.kv_buffers == {"CPU": MIB}
     assert figures.compute_buffers == {"CPU": round(4.69 * MIB)}
+
+
+def test_the_log_callback_collects_per_thread_and_forwards_warnings() -> None:
+    """Inside a capture llama.cpp's lines are kept (continuations joined, errors found);
+    outside one, info lines are dropped and warnings and errors become llama_cpp.log events."""
+    held = llama_log.Capture()
+    llama_log._local.capture = held
+    try:
+        llama_log._on_log(2, b"llama_kv_cache: size =    1.00 MiB (   512 cel", None)
+        llama_log._on_log(llama_log.CONT, b"ls,   4 layers)\n", None)
+        llama_log._on_log(llama_log.ERROR, b"llama_model_load: error loading model\n", None)
+    finally:
+        llama_log._local.capture = None
+    assert held.figures().kv_cells == 512
+    assert held.errors() == ["llama_model_load: error loading model"]
+    with capture_logs() as logs:
+        llama_log._on_log(2, b"print_info: n_ctx_train = 2048\n", None)
+        llama_log._on_log(llama_log.WARN, b"llama_context: n_ctx_seq > n_ctx_train\n", None)
+    assert logs == [
+        {
+            "event": "llama_cpp.log",
+            "log_level": "warning",
+            "level": "warning",
+            "text": "llama_context: n_ctx_seq > n_ctx_train",
+        }
+    ]
 
 
 # --- against llama.cpp itself --------------------------------------------------------------
