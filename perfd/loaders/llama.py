@@ -16,8 +16,8 @@ Options (checked before anything is loaded):
 - ``n_gpu_layers``: int, layers offloaded to the GPU, the output layer counting as one;
   -1: all. Default 0 on ``device = "cpu"`` (where only 0 is allowed), -1 on ``"cuda:N"``
   (which needs a llama-cpp-python built with CUDA).
-- ``n_threads``: int >= 1, threads for generation (default: llama-cpp-python's, half the
-  cores).
+- ``n_threads``: int from 1 to 1024, threads for prompt processing and generation (default:
+  llama-cpp-python's, half the cores for generation and all of them for prompts).
 
 A request's inputs are a JSON object: ``{"prompt": "..."}`` for a completion or
 ``{"messages": [...]}`` for a chat completion (the model's chat template), with sampling
