@@ -47,6 +47,7 @@ ACROSS_KEYS = [
     "[cache]\nlow_watermark = 95\n",
     '[models.embedder]\ntarget = "load_embedder"\n',
     '[models.ranker]\nloader = "onnx"\n',
+    '[models.chat]\nloader = "llama_cpp"\n',
     '[models.ranker]\ntarget = "myapp:load"\ndevice = "gpu0"\n',
     '[providers.openrouter]\n[models.fast]\nloader = "openai"\nprovider = "openrouter"\n',
     '[models.fast]\nloader = "openai"\nprovider = "openrouter"\nmodel = "x"\n',

@@ -1,6 +1,7 @@
 """Loader names to Loader instances: the built-ins, then third-party entry points.
 
-Built-in: ``python`` and ``onnx``; ``openai`` (perfd.loaders.openai) needs the daemon's
+Built-in: ``python``, ``onnx`` and ``llama_cpp`` (each imports its engine, onnxruntime or
+llama_cpp, only when a model loads); ``openai`` (perfd.loaders.openai) needs the daemon's
 providers, so the daemon passes it in ``extra``. Third-party packages add loaders through the
 entry-point group ``perfd.loaders`` (in their pyproject.toml)::
 
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from perfd.loaders.base import Loader, LoaderError
+from perfd.loaders.llama import LlamaCppLoader
 from perfd.loaders.onnx import OnnxLoader
 from perfd.loaders.python import PythonLoader
 
@@ -42,7 +44,11 @@ class Registry:
 
     def __init__(self, extra: Mapping[str, Loader] | None = None, *, group: str = GROUP) -> None:
         self._group = group
-        self._loaders: dict[str, Loader] = {"python": PythonLoader(), "onnx": OnnxLoader()}
+        self._loaders: dict[str, Loader] = {
+            "python": PythonLoader(),
+            "onnx": OnnxLoader(),
+            "llama_cpp": LlamaCppLoader(),
+        }
         self._loaders.update(extra or {})
         self._entry_points: dict[str, EntryPoint] | None = None  # None: not scanned yet
         self._lock = threading.Lock()

@@ -44,7 +44,8 @@ _LM_HEAD_NAMES = ("output.weight", "lm_head.weight")
 @dataclass(frozen=True)
 class WeightsInfo:
     """What a weights file's headers say: total bytes and params, bytes by dtype, the input
-    embedding's bytes (llama.cpp keeps it in RAM), and the config or GGUF metadata found."""
+    embedding's bytes (llama.cpp keeps it in RAM), the config or GGUF metadata found, and
+    each tensor's bytes by name (where llama.cpp puts each layer follows from the names)."""
 
     path: str
     kind: str  # "safetensors" or "gguf"
@@ -56,6 +57,7 @@ class WeightsInfo:
     files: int
     config: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # tensor name -> bytes
 
     @property
     def params(self) -> int:
@@ -69,6 +71,7 @@ class _Tally:
         self.embedding_bytes = 0
         self.tensors = 0
         self.dtypes: dict[str, int] = {}
+        self.sizes: dict[str, int] = {}
 
     def add(self, name: str, shape: list[int], dtype: str, size: int) -> None:
         elements = math.prod(shape)
@@ -85,6 +88,7 @@ class _Tally:
         self.bytes += size
         self.tensors += 1
         self.dtypes[dtype] = self.dtypes.get(dtype, 0) + size
+        self.sizes[name] = self.sizes.get(name, 0) + size
 
     def info(self, path: Path, kind: str, files: int, **extra: Any) -> WeightsInfo:
         return WeightsInfo(
@@ -96,6 +100,7 @@ class _Tally:
             dtypes=dict(sorted(self.dtypes.items(), key=lambda item: -item[1])),
             tensors=self.tensors,
             files=files,
+            sizes=self.sizes,
             **extra,
         )
 

@@ -80,13 +80,14 @@ class CacheConfig:
 class ModelConfig:
     loader: str = option(
         "python",
-        "`python`, `onnx`, `openai` (a remote model), or one registered under `perfd.loaders`.",
+        "`python`, `onnx`, `llama_cpp` (a GGUF model), `openai` (a remote model), or one "
+        "registered under `perfd.loaders`.",
         kind="str",
     )
     target: str = option(
         "", 'python loader: `"module:callable"`, called with `options`.', kind="str"
     )
-    path: str = option("", "onnx (and file-based loaders): the model file.", kind="path")
+    path: str = option("", "onnx, llama_cpp (and file-based loaders): the model file.", kind="path")
     device: str = option("cpu", '`"cpu"` or `"cuda:N"`.', kind="str")
     keep_alive: float | None = option(
         None, "Overrides `[cache] keep_alive` for this model.", kind="ttl", maximum=365 * DAY
@@ -122,6 +123,8 @@ class ModelConfig:
             return [("target", 'the python loader needs target = "module:callable"')]
         if self.loader == "onnx" and not self.path:
             return [("path", "the onnx loader needs path = the model file")]
+        if self.loader == "llama_cpp" and not self.path:
+            return [("path", "the llama_cpp loader needs path = the .gguf file")]
         if self.loader == "openai" and not (self.provider and self.model):
             return [("model", 'the openai loader needs provider = "NAME" and model = "id"')]
         return []
