@@ -8,17 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime
 import pytest
-from onnx import TensorProto, helper
 
 from perfd.loaders import Loaded, Loader, LoaderError, ModelSpec, Registry
 from perfd.loaders.onnx import OnnxLoader, OnnxModel
 from perfd.loaders.openai import OpenAILoader
 from perfd.loaders.python import PythonLoader, PythonModel
 from perfd.net.provider import Providers
-from tests.models import toy
+from tests.models import onnx_toy, toy
+from tests.models.onnx_toy import BIAS
 
 TOY = "tests.models.toy"
 
@@ -208,39 +207,10 @@ def test_toy_blocking_factory_waits_for_release() -> None:
 
 # -- onnx loader --------------------------------------------------------------------------------
 
-BIAS = [1.0, 2.0, 3.0, 4.0]
-
 
 def write_model(path: Path, *, with_counts: bool = False) -> Path:
     """Y = X * 2 + B and Z = X + B for X: float32 [N, 4]; with_counts adds K2 = K + K (int64)."""
-    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])
-    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 4])
-    z = helper.make_tensor_value_info("Z", TensorProto.FLOAT, ["N", 4])
-    nodes = [
-        helper.make_node("Mul", ["X", "two"], ["X2"]),
-        helper.make_node("Add", ["X2", "B"], ["Y"]),
-        helper.make_node("Add", ["X", "B"], ["Z"]),
-    ]
-    inputs, outputs = [x], [y, z]
-    if with_counts:
-        inputs.append(helper.make_tensor_value_info("K", TensorProto.INT64, ["N"]))
-        outputs.append(helper.make_tensor_value_info("K2", TensorProto.INT64, ["N"]))
-        nodes.append(helper.make_node("Add", ["K", "K"], ["K2"]))
-    graph = helper.make_graph(
-        nodes,
-        "toy",
-        inputs,
-        outputs,
-        initializer=[
-            helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
-            helper.make_tensor("B", TensorProto.FLOAT, [4], BIAS),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8  # old enough for every onnxruntime >= 1.17
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return onnx_toy.write_toy(path, with_counts=with_counts)
 
 
 @pytest.fixture
