@@ -47,11 +47,25 @@ path = "{tmp_path / "notes.bin"}"
     return config, truth
 
 
-def ps(perfd: Perfd) -> dict[str, dict[str, Any]]:
-    """``perfctl ps --json``, the real CLI: model name -> entry."""
+def ps_reply(perfd: Perfd) -> dict[str, Any]:
+    """``perfctl ps --json``, the real CLI."""
     done = perfd.ctl("ps", "--json")
     assert done.returncode == 0, done.stderr
-    return {m["name"]: m for m in json.loads(done.stdout)["models"]}
+    reply: dict[str, Any] = json.loads(done.stdout)
+    return reply
+
+
+def ps(perfd: Perfd) -> dict[str, dict[str, Any]]:
+    """``ps``' models: name -> entry."""
+    return {m["name"]: m for m in ps_reply(perfd)["models"]}
+
+
+def rss(pid: int) -> int:
+    """A process's resident set from the kernel (/proc/PID/status VmRSS), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 def load(perfd: Perfd, name: str) -> None:
@@ -98,9 +112,12 @@ def test_core_fields_onnx_tensor_bytes_are_the_initializers(
     """NEEDS THE CORE BRANCH'S ps FIELDS (tensor_bytes, bytes, bytes_source...): an ONNX
     model's tensor bytes in ps are its initializers' bytes as the onnx package reads them, on
     the first load and on a reload after an eviction, reported by the loader; the eviction
-    record carries freed_bytes."""
+    record carries freed_bytes; once both are evicted, ps' runtime line shows what stayed
+    (onnxruntime's import), as the kernel's RSS figures for perfd show it."""
     config, truth = models_config(tmp_path)
     perfd = start_perfd(config, env={"PYTHONPATH": ROOT})
+    pid = perfd.log_entry("daemon.started")["pid"]
+    before = rss(pid)
     for round_ in ("first load", "reload"):
         for name in ("toy", "linear"):
             load(perfd, name)
@@ -118,3 +135,7 @@ def test_core_fields_onnx_tensor_bytes_are_the_initializers(
             (record,) = json.loads(done.stdout)["records"]
             assert record["bytes"] == truth[name], where
             assert "freed_bytes" in record, where
+    residue = rss(pid) - before
+    (runtime,) = [r for r in ps_reply(perfd)["runtime"] if r["device"] == "cpu"]
+    assert residue > 8 << 20  # onnxruntime stays imported
+    assert abs(runtime["runtime_overhead_bytes"] - residue) <= max(residue // 4, 4 << 20)
