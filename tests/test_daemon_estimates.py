@@ -116,6 +116,7 @@ def test_core_fields_onnx_tensor_bytes_are_the_initializers(
     (onnxruntime's import), as the kernel's RSS figures for perfd show it."""
     config, truth = models_config(tmp_path)
     perfd = start_perfd(config, env={"PYTHONPATH": ROOT})
+    wait_until(lambda: "daemon.started" in perfd.events())  # perfd's log thread may lag
     pid = perfd.log_entry("daemon.started")["pid"]
     before = rss(pid)
     for round_ in ("first load", "reload"):
