@@ -33,7 +33,7 @@ from bench.common import ROOT, Check, PerfdProcess, print_table, short_tempdir
 MiB = 1 << 20
 TARGET_PERCENT = 2.0  # tensor bytes within 2% of the true bytes (issue 15's "done when")
 # The tiny-GGUF writer the llama_cpp loader's tests bring ("module:function(path) -> Path").
-GGUF_WRITER = "tests.models.gguf_toy:write_tiny_llama"
+GGUF_WRITER = "tests.ggufmodel:write_tiny_llama"
 
 
 @dataclass(frozen=True)
@@ -290,6 +290,11 @@ def _report(options: Options, out: dict[str, Any]) -> list[Check]:
         "around the load; charged = what the budget counts; freed = what the eviction gave "
         "back (freed_bytes; anon = RssAnon's drop, rss = RSS's drop). '-': not reported."
     )
+    for row in out["rows"]:
+        parts = row["entry"].get("tensor_parts") or {}
+        if row["round"] == 0 and len(parts) > 1:
+            shown_parts = ", ".join(f"{k} {_fmt(v)}" for k, v in parts.items())
+            print(f"{row['model']}: tensor_parts {shown_parts}")
     if out.get("sheds"):
         print(
             f"perfd shed idle connections {out['sheds']} times (connections.shed: its RSS passed"
