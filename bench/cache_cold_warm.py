@@ -11,7 +11,8 @@ load (onnxruntime's import lands in that one), each round evicts the model (time
 unload), times lease + infer (cold: the lease loads it), runs ``SETTLE`` untimed inferences
 (onnxruntime's first runs on a new session are slower), then times lease + infer again (warm).
 The cache's measured size of each load (``ps()``'s ``measured_bytes``, an RSS delta) is set
-against its estimate (the file size), and each eviction's ``freed_rss_bytes`` is shown.
+against its estimate (the initializers' bytes, from the file's headers), and each eviction's
+``freed_rss_bytes`` is shown.
 
 Over the socket (unless left out): the same rounds against a real perfd, with ``perfctl.Client``
 sending ``evict`` then ``infer`` (cold) and ``infer`` (warm); inputs and outputs as JSON lists.
@@ -251,8 +252,9 @@ def _report(
         f" {local['first_ms']:.0f} ms"
     )
     print(
-        f"size: estimate {local['estimated_bytes'] / MiB:.1f} MiB (file); measured (RSS delta of "
-        f"each load, median) {measured / MiB:.1f} MiB = {measured / file_bytes:.2f}x the estimate "
+        f"size: estimate {local['estimated_bytes'] / MiB:.1f} MiB (initializers); measured (RSS "
+        f"delta of each load, median) {measured / MiB:.1f} MiB = "
+        f"{measured / local['estimated_bytes']:.2f}x the estimate "
         f"(range {min(local['measured_bytes']) / MiB:.1f}-{max(local['measured_bytes']) / MiB:.1f}"
         f"); first load {first_measured / MiB:.1f} MiB (onnxruntime's import included); "
         f"freed by each evict (median) {freed / MiB:.1f} MiB"
@@ -288,7 +290,7 @@ def _report(
             "measured RSS of the loaded model",
             "MiB",
             measured / MiB,
-            "estimate (file size)",
+            "estimate (initializers)",
             local["estimated_bytes"] / MiB,
         ),
         Check("7 cache", "evict (unload) in-process", "ms", median(local["evict_ms"]), "", None),

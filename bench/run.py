@@ -37,6 +37,7 @@ BENCHMARKS = (
     "provider",
     "metrics",
     "load",
+    "memory_truth",
 )
 
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         idle,
         infer_overhead,
         load,
+        memory_truth,
         metrics,
         monitor_idle,
         provider,
@@ -125,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": lambda: metrics.run(metrics.Options(scrapes=50 if quick else 200)),
         "load": lambda: load.run(
             load.Options(requests=250 if quick else 2500, rounds=2 if quick else 4)
+        ),
+        "memory_truth": lambda: memory_truth.run(
+            memory_truth.Options(layers=4 if quick else 16, rounds=2 if quick else 3)
         ),
     }
     selected = args.only or list(BENCHMARKS)

@@ -229,6 +229,38 @@ def test_the_cache_reads_the_monitor_only_through_what_it_is_given() -> None:
     )
 
 
+FOUNDATION = (
+    "perfd.errors",
+    "perfd.log",
+    "perfd.config",
+    "perfd.settings",
+    "perfd.schema",
+    "perfd.redaction",
+    "perfd.files",
+    "perfd.systemd",
+)
+# The parts below the loaders (docs/architecture.md, Arrows): the net (the openai loader's
+# provider), the pure recommender (its header readers give the estimates), the wire's values.
+LOADERS_MAY_IMPORT = ("perfd.loaders", "perfd.net", "perfd.recommend", "perfd.wire", *FOUNDATION)
+
+
+def test_loaders_import_only_the_parts_below_them() -> None:
+    """perfd/loaders import, of perfd, only themselves, perfd.net, perfd.recommend (the
+    header readers), perfd.wire and the foundation modules: never the cache that calls them."""
+    bad = offending(
+        "perfd/loaders",
+        lambda imp: (
+            within(imp.module, "perfd")
+            and imp.module != "perfd"
+            and not within(imp.module, *LOADERS_MAY_IMPORT)
+        ),
+    )
+    assert not bad, (
+        f"perfd/loaders may import only {', '.join(LOADERS_MAY_IMPORT)} of perfd "
+        f"(docs/architecture.md, Arrows); these imports break that:\n  {bad}"
+    )
+
+
 def test_recommender_takes_hardware_as_values() -> None:
     """perfd/recommend imports neither the probes nor the monitor: hardware comes in as values."""
     bad = offending(

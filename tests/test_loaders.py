@@ -11,14 +11,15 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from onnx import TensorProto, helper
+from onnx import numpy_helper
 
 from perfd.loaders import Loaded, Loader, LoaderError, ModelSpec, Registry
 from perfd.loaders.onnx import OnnxLoader, OnnxModel
 from perfd.loaders.openai import OpenAILoader
 from perfd.loaders.python import PythonLoader, PythonModel
 from perfd.net.provider import Providers
-from tests.models import toy
+from tests.models import onnx_toy, toy
+from tests.models.onnx_toy import BIAS
 
 TOY = "tests.models.toy"
 
@@ -92,7 +93,7 @@ def test_python_dotted_attribute_target(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_python_estimate_is_the_size_hint() -> None:
-    """Python models cannot be sized before loading: estimate is size_hint or None."""
+    """Without a path a python model cannot be sized before loading: size_hint or None."""
     loader = PythonLoader()
     assert loader.estimate(python_spec(f"{TOY}:make_echo")) is None
     spec = ModelSpec(name="m", loader="python", target=f"{TOY}:make_echo", size_hint=1234)
@@ -208,39 +209,10 @@ def test_toy_blocking_factory_waits_for_release() -> None:
 
 # -- onnx loader --------------------------------------------------------------------------------
 
-BIAS = [1.0, 2.0, 3.0, 4.0]
-
 
 def write_model(path: Path, *, with_counts: bool = False) -> Path:
     """Y = X * 2 + B and Z = X + B for X: float32 [N, 4]; with_counts adds K2 = K + K (int64)."""
-    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])
-    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 4])
-    z = helper.make_tensor_value_info("Z", TensorProto.FLOAT, ["N", 4])
-    nodes = [
-        helper.make_node("Mul", ["X", "two"], ["X2"]),
-        helper.make_node("Add", ["X2", "B"], ["Y"]),
-        helper.make_node("Add", ["X", "B"], ["Z"]),
-    ]
-    inputs, outputs = [x], [y, z]
-    if with_counts:
-        inputs.append(helper.make_tensor_value_info("K", TensorProto.INT64, ["N"]))
-        outputs.append(helper.make_tensor_value_info("K2", TensorProto.INT64, ["N"]))
-        nodes.append(helper.make_node("Add", ["K", "K"], ["K2"]))
-    graph = helper.make_graph(
-        nodes,
-        "toy",
-        inputs,
-        outputs,
-        initializer=[
-            helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
-            helper.make_tensor("B", TensorProto.FLOAT, [4], BIAS),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8  # old enough for every onnxruntime >= 1.17
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return onnx_toy.write_toy(path, with_counts=with_counts)
 
 
 @pytest.fixture
@@ -258,11 +230,44 @@ def load_onnx(path: Path | str, **options: Any) -> OnnxModel:
     return loaded.model
 
 
-def test_onnx_estimate_is_the_file_size(onnx_path: Path) -> None:
-    """estimate, and the Loaded estimate, are the model file's size."""
-    size = onnx_path.stat().st_size
-    assert OnnxLoader().estimate(onnx_spec(onnx_path)) == size
-    assert OnnxLoader().load(onnx_spec(onnx_path)).estimate_bytes == size
+def test_onnx_estimate_is_the_initializer_bytes(onnx_path: Path) -> None:
+    """estimate and Loaded: the initializers' bytes as the onnx package reads them (20 for the
+    toy: a float32 scalar and a float32 [4]), not the file's size; also Loaded.tensor_bytes."""
+    truth = onnx_toy.initializer_bytes(onnx_path)
+    assert truth == onnx_toy.TOY_INITIALIZER_BYTES != onnx_path.stat().st_size
+    assert OnnxLoader().estimate(onnx_spec(onnx_path)) == truth
+    loaded = OnnxLoader().load(onnx_spec(onnx_path))
+    assert loaded.estimate_bytes == truth
+    assert loaded.tensor_bytes == {"cpu": truth}
+    assert loaded.parts == {"initializers": truth}
+
+
+def test_onnx_external_data_model_estimate_and_load(tmp_path: Path) -> None:
+    """Weights in an external data file: the estimate counts them (the .onnx file is a few
+    hundred bytes); onnxruntime loads and runs the model."""
+    path = onnx_toy.write_linear(tmp_path / "ext.onnx", width=64, layers=2, external=True)
+    truth = onnx_toy.initializer_bytes(path)
+    assert truth == 2 * (64 * 64 + 64) * 4
+    assert OnnxLoader().estimate(onnx_spec(path)) == truth > 50 * path.stat().st_size
+    loaded = OnnxLoader().load(onnx_spec(path))
+    assert (loaded.estimate_bytes, loaded.tensor_bytes) == (truth, {"cpu": truth})
+    x = np.ones((1, 64), dtype=np.float32)
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    expected = (x @ weights["W0"] + weights["B0"]) @ weights["W1"] + weights["B1"]
+    out = OnnxLoader().infer(loaded.model, x, {})
+    np.testing.assert_allclose(out["Y"], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_onnx_estimate_of_a_damaged_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A file whose headers cannot be read: estimate raises LoaderError naming the model, the
+    file and why (the cache falls back to size_hint)."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(LoaderError) as caught:
+        OnnxLoader().estimate(onnx_spec(bad))
+    message = str(caught.value)
+    assert message.startswith(f"model 'toy': cannot read the initializers of {bad}: ")
+    assert "not an ONNX model" in message
 
 
 def test_onnx_infer_nested_lists(onnx_path: Path) -> None:

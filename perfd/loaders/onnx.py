@@ -16,8 +16,11 @@ input's element type), or one bare array for a model with exactly one input. The
 dict of output name to numpy array; the request option ``outputs`` (a list of names) picks a
 subset.
 
-``estimate`` is the model file's size: a floor, not the session's real footprint (external
-data files and onnxruntime's arenas are not counted); the cache measures the real cost.
+``estimate`` is the bytes of the graph's initializers, read from the file's headers without
+onnxruntime (``perfd.recommend.onnxfile``: external data included, sparse initializers at their
+dense size), not the file's size. After a load the same figure is the model's ``tensor_bytes``
+on its device (``parts = {"initializers": ...}``); onnxruntime's arenas and buffers are not in
+it: the cache measures the process around the load for those.
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from perfd import log
 from perfd.loaders.base import Loaded, LoaderError, ModelSpec
+from perfd.recommend.onnxfile import OnnxFileError, OnnxInfo, read_onnx
 
 if TYPE_CHECKING:
     import numpy.typing as npt
+
+_log = log.get("perfd.loaders")
 
 INSTALL_HINT = 'install the onnx extra: pip install "perfd[onnx]"'
 
@@ -76,6 +83,17 @@ def model_file(spec: ModelSpec) -> str:
     return spec.path
 
 
+def initializers(spec: ModelSpec) -> OnnxInfo:
+    """The model file's initializers, from its headers; LoaderError says why they are not."""
+    path = model_file(spec)
+    try:
+        return read_onnx(path)
+    except OnnxFileError as exc:
+        raise LoaderError(
+            f"model {spec.name!r}: cannot read the initializers of {exc.path}: {exc.reason}"
+        ) from exc
+
+
 def parse_device(device: str) -> int | None:
     """None for "cpu", N for "cuda:N"; LoaderError for anything else."""
     if device == "cpu":
@@ -92,11 +110,9 @@ class OnnxLoader:
     name = "onnx"
 
     def estimate(self, spec: ModelSpec) -> int | None:
-        path = model_file(spec)
-        try:
-            return os.path.getsize(path)
-        except OSError:
-            return spec.size_hint
+        """The initializers' bytes from the file's headers; LoaderError when they cannot be
+        read (the cache then falls back to ``size_hint``)."""
+        return initializers(spec).bytes
 
     def load(self, spec: ModelSpec) -> Loaded:
         path = model_file(spec)
@@ -148,7 +164,19 @@ class OnnxLoader:
             outputs=[arg.name for arg in session.get_outputs()],
             providers=running,
         )
-        return Loaded(model=model, estimate_bytes=self.estimate(spec))
+        try:
+            info: OnnxInfo | None = initializers(spec)
+        except LoaderError as exc:  # onnxruntime read it, the header reader did not
+            _log.warning("loader.estimate_failed", model=spec.name, path=path, error=str(exc))
+            info = None
+        if info is None:
+            return Loaded(model=model, estimate_bytes=None)
+        return Loaded(
+            model=model,
+            estimate_bytes=info.bytes,
+            tensor_bytes={spec.device: info.bytes},
+            parts={"initializers": info.bytes},
+        )
 
     def infer(self, model: Any, inputs: Any, options: dict[str, Any]) -> Any:
         if not isinstance(model, OnnxModel):

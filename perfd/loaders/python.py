@@ -6,8 +6,14 @@ with the model's options as keyword arguments, except the reserved option ``meth
 is set (``method = "encode"``) a request runs ``model.encode(inputs, **options)``, otherwise
 ``model(inputs, **options)``. Unloading calls ``model.close()`` when the model has one.
 
-Python objects cannot be sized before they exist, so ``estimate`` is the config's
-``size_hint`` (or None); the cache measures the real cost around ``load``.
+Estimate: a python object cannot be sized before it exists, but the weights it will load can.
+``size_hint``, when given, is the estimate (the operator's word wins); else, when ``path`` names
+the weights (a ``.safetensors`` file or a folder of them, a ``.gguf`` file, an ``.onnx`` file),
+their bytes from the file's headers (``perfd.recommend.weights``, ``perfd.recommend.onnxfile``:
+nothing is loaded); else None. ``path`` is not passed to the factory (put it in ``options`` too
+when the factory needs it). A path whose headers cannot be read: ``estimate`` raises
+LoaderError saying why, and ``load`` logs ``loader.estimate_failed`` and loads without an
+estimate. The cache measures the real cost around ``load`` either way.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from perfd import log
 from perfd.loaders.base import Loaded, LoaderError, ModelSpec
+
+_log = log.get("perfd.loaders")
 
 RESERVED_OPTIONS = frozenset({"method"})
 
@@ -83,7 +92,12 @@ class PythonLoader:
     name = "python"
 
     def estimate(self, spec: ModelSpec) -> int | None:
-        return spec.size_hint
+        """``size_hint``, else the weights' bytes from ``path``'s headers, else None."""
+        if spec.size_hint:
+            return spec.size_hint
+        if not spec.path:
+            return None
+        return weights_bytes(spec.name, spec.path)
 
     def load(self, spec: ModelSpec) -> Loaded:
         factory = resolve(spec.target)
@@ -93,6 +107,11 @@ class PythonLoader:
                 f"model {spec.name!r}: option method must be a method name, got {method!r}"
             )
         kwargs = {k: v for k, v in spec.options.items() if k not in RESERVED_OPTIONS}
+        try:
+            estimate = self.estimate(spec)
+        except LoaderError as exc:  # an estimate is help, not a condition of the load
+            _log.warning("loader.estimate_failed", model=spec.name, path=spec.path, error=str(exc))
+            estimate = None
         try:
             obj = factory(**kwargs)
         except Exception as exc:
@@ -113,7 +132,7 @@ class PythonLoader:
                 f"model {spec.name!r}: the {type(obj).__name__} that {spec.target} returned"
                 " is not callable; set option method to the method requests should call"
             )
-        return Loaded(model=model, estimate_bytes=spec.size_hint)
+        return Loaded(model=model, estimate_bytes=estimate)
 
     def infer(self, model: Any, inputs: Any, options: dict[str, Any]) -> Any:
         if not isinstance(model, PythonModel):
@@ -136,6 +155,29 @@ class PythonLoader:
             raise LoaderError(
                 f"closing the {type(obj).__name__} failed: {type(exc).__name__}: {exc}"
             ) from exc
+
+
+WEIGHT_FILES = "a .safetensors file or a folder of them, a .gguf file or an .onnx file"
+
+
+def weights_bytes(model: str, path: str) -> int:
+    """The bytes of the weights at ``path``, from their headers; LoaderError says why not."""
+    from perfd.recommend.onnxfile import OnnxFileError, read_onnx
+    from perfd.recommend.request import RecommendError
+    from perfd.recommend.weights import read_weights
+
+    try:
+        if path.lower().endswith(".onnx"):
+            return read_onnx(path).bytes
+        return read_weights(path).bytes
+    except (OnnxFileError, RecommendError) as exc:
+        why = str(exc)
+    except Exception as exc:  # a header the readers did not foresee (a dim that is a string)
+        why = f"{path}: unreadable header ({type(exc).__name__}: {exc})"
+    raise LoaderError(
+        f"model {model!r}: cannot estimate its size from path: {why}; path names the"
+        f" weights ({WEIGHT_FILES}), or set size_hint"
+    )
 
 
 def _show(kwargs: dict[str, Any]) -> str:

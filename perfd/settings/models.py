@@ -87,7 +87,12 @@ class ModelConfig:
     target: str = option(
         "", 'python loader: `"module:callable"`, called with `options`.', kind="str"
     )
-    path: str = option("", "onnx, llama_cpp (and file-based loaders): the model file.", kind="path")
+    path: str = option(
+        "",
+        "onnx, llama_cpp (and file-based loaders): the model file; python: the weights, read"
+        " for the estimate.",
+        kind="path",
+    )
     device: str = option("cpu", '`"cpu"` or `"cuda:N"`.', kind="str")
     keep_alive: float | None = option(
         None, "Overrides `[cache] keep_alive` for this model.", kind="ttl", maximum=365 * DAY
@@ -96,7 +101,8 @@ class ModelConfig:
     preload: bool = option(False, "Load this model when perfd starts.", kind="bool")
     size_hint: int = option(
         0,
-        "Expected size when the loader cannot estimate it (0: unknown).",
+        "Expected size when the loader cannot estimate it (0: unknown); a python model's wins"
+        " over its path.",
         kind="size",
         minimum=0,
         maximum=1 << 50,
