@@ -335,16 +335,16 @@ class Parts:
 
     def _rss_limit(self, rss: int) -> int | None:
         """The limit ``rss`` is over, when it is (then idle connections are dropped): perfd's
-        RSS at start, plus its host models' (measured, else estimated), plus [server]
-        max_buffered_bytes."""
+        RSS at start, plus what its models and runtime hold in host memory
+        (perfd.cache.report.host_bytes), plus [server] max_buffered_bytes."""
         limit = self._start_rss + self.loaded.config.server.max_buffered_bytes
         if not self._start_rss or rss <= limit:
             return None
         cache = self._used_cache()
         if cache is not None:
-            for m in cache.ps():
-                if m["device"] == "cpu":
-                    limit += m["measured_bytes"] or m["estimated_bytes"] or 0
+            from perfd.cache.report import host_bytes  # the cache is imported once used
+
+            limit += host_bytes(cache.ps(), cache.runtime_overhead())
         return limit if rss > limit else None
 
     def _used_cache(self) -> ModelCache | None:

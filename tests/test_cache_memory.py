@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from perfd import config, log
-from perfd.cache import tensors
+from perfd.cache import report, tensors
 from perfd.cache.core import ModelCache
 from perfd.cache.errors import NoCapacity
 from perfd.cache.meter import ProcessMeter, RssParts
@@ -417,3 +417,22 @@ def test_a_pressure_round_that_frees_memory_goes_on(log_lines: io.StringIO) -> N
         cache.load(name)
     assert [r["model"] for r in cache.housekeep({"cpu": 90.5})] == ["a"]
     assert [r["model"] for r in cache.housekeep({"cpu": 90.5})] == ["b"]
+
+
+def test_host_bytes_count_cpu_models_the_host_share_of_gpu_models_and_the_cpu_overhead() -> None:
+    """What perfd's RSS limit allows for the cache (perfd.parts' limit on idle connections):
+    the imports that stay after every model is evicted are in it, so an RSS that only holds
+    them is not taken for buffered client data."""
+    models = [
+        {"device": "cpu", "bytes": 100, "tensor_bytes_by_device": {"cpu": 100}},
+        {"device": "cuda:0", "bytes": 5000, "tensor_bytes_by_device": {"cuda:0": 5000, "cpu": 7}},
+        {"device": "cuda:1", "bytes": 9000, "tensor_bytes_by_device": None},
+        {"device": "cpu", "bytes": None, "tensor_bytes_by_device": None},
+    ]
+    runtime = [
+        {"device": "cpu", "runtime_overhead_bytes": 1000},
+        {"device": "cuda:0", "runtime_overhead_bytes": 50000},
+    ]
+    assert report.host_bytes(models, runtime) == 100 + 7 + 1000
+    assert report.host_bytes([], runtime) == 1000
+    assert report.host_bytes([], []) == 0

@@ -193,3 +193,17 @@ def stats(
         "recent_evictions": figures.recent_evictions,
         "configured": figures.configured,
     }
+
+
+def host_bytes(models: list[dict[str, Any]], runtime: list[dict[str, Any]]) -> int:
+    """What the cache holds in host memory, from ``ps``' entries and its "runtime" list: each
+    cpu model's ``bytes``, the host share of the others' tensors, and the cpu runtime overhead
+    (imports and allocator pages that stay after every model is evicted)."""
+    total = 0
+    for m in models:
+        if m["device"] == "cpu":
+            total += m.get("bytes") or 0
+        else:
+            total += (m.get("tensor_bytes_by_device") or {}).get("cpu", 0)
+    total += sum(r["runtime_overhead_bytes"] or 0 for r in runtime if r["device"] == "cpu")
+    return total
