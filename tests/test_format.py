@@ -685,15 +685,20 @@ def test_ps_without_loaded_models() -> None:
     assert "[models.NAME]" in text
 
 
-def test_ps_fits_80_columns() -> None:
-    """Long names and many configured models still fit 80 columns: NAME narrows, names wrap."""
+def test_ps_fits_80_columns_and_never_cuts_a_name_below_its_floor() -> None:
+    """Short names fit 80 columns; a long name narrows NAME only down to NAME_FLOOR characters
+    (a name is what the operator types next), and configured models wrap within 80."""
+    short = {"models": [model("m" * 8, device="cuda:12", measured_by="torch")]}
     wide = {
         "models": [model("m" * 60, device="cuda:12", measured_by="torch")],
         "configured": [f"model-number-{i}" for i in range(20)],
     }
     for style in (base.PLAIN, base.Style(colour=True)):
-        text = ANSI.sub("", fmt_cache.format_ps(wide, style))
+        text = ANSI.sub("", fmt_cache.format_ps(short, style))
         assert max(len(row) for row in text.splitlines()) <= base.WIDTH, text
+        text = ANSI.sub("", fmt_cache.format_ps(wide, style))
+        assert text.splitlines()[1].startswith("m" * fmt_cache.NAME_FLOOR + "  ready"), text
+        assert all(len(row) <= base.WIDTH for row in text.splitlines()[2:]), text
     text = fmt_cache.format_ps(wide)
     assert text.splitlines()[2].startswith("not loaded: model-number-0, ")
     assert text.splitlines()[3].startswith("            model-number-")

@@ -121,12 +121,14 @@ def grid(
     width: int | None = None,
     shrink: int | None = None,
     sep: str = " ",
+    floor: int = 4,
 ) -> list[str]:
     """Cells aligned in columns ``sep`` apart; colour never counts towards a width.
 
     A row's last cell is not padded and may be shorter than the row above (a lost GPU's
     state spans the rest of its line). With ``width``, column ``shrink`` narrows until lines
-    fit, then a last cell that still overflows is clipped.
+    fit (never below ``floor`` characters, so lines may then be wider), then a last cell that
+    still overflows is clipped.
     """
     widths = [0] * max((len(row) for row in rows), default=0)
     for row in rows:
@@ -136,7 +138,7 @@ def grid(
         longest = max(
             sum(widths[: len(r) - 1]) + len(sep) * (len(r) - 1) + len(r[-1][0]) for r in rows
         )
-        widths[shrink] = max(4, widths[shrink] - max(0, longest - width))
+        widths[shrink] = max(min(floor, widths[shrink]), widths[shrink] - max(0, longest - width))
     lines = []
     for row in rows:
         parts, offset = [], 0

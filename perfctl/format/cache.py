@@ -10,6 +10,7 @@ from perfctl.format.base import PLAIN, WIDTH, Cell, Style, glyph, grid, size, wr
 from perfd.wire.values import FOREVER, LOADING, READY, UNLOADING
 
 _STATE_COLOURS = {READY: "green", LOADING: "yellow", UNLOADING: "dim"}
+NAME_FLOOR = 32  # ps' NAME column is never cut shorter than this
 
 
 def clock(stamp: str | None) -> str:
@@ -106,7 +107,11 @@ def format_ps(result: dict[str, Any], style: Style = PLAIN) -> str:
             overhead = _size_or_dash(row.get("runtime_overhead_bytes"))
             cells = ["perfd", "runtime", "-", "-", overhead, "-", str(row.get("device") or "-")]
             rows.append([*((text, "dim") for text in cells), ("-", "dim")])
-        lines.extend(grid(style, rows, frozenset({5}), width=WIDTH, shrink=0, sep="  "))
+        # NAME narrows to fit 80 columns, but not below NAME_FLOOR: a model's name is what the
+        # operator types next (evict, pin), so a long one widens the table instead.
+        lines.extend(
+            grid(style, rows, frozenset({5}), width=WIDTH, shrink=0, sep="  ", floor=NAME_FLOOR)
+        )
     else:
         lines.append("no models loaded")
         if runtime:
