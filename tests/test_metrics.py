@@ -289,6 +289,51 @@ def test_cache_figures_per_model() -> None:
     assert value(s, "perfd_cache_requests_total", result="miss") == 2
 
 
+def test_tensor_bytes_charged_bytes_and_runtime_overhead_are_exported() -> None:
+    """The cache's memory truth on /metrics equals its own accounting (``ps``, ``stats``):
+    a model's tensor bytes per device, what its budget charges, and perfd's runtime overhead
+    (here: a first load that grows RSS by the model's tensors plus 300 KiB of imports)."""
+    from tests.test_cache import FakeMeter
+
+    meter = FakeMeter()
+
+    class TensorLoader(SizedLoader):
+        name = "tensors"
+        first = True
+
+        def load(self, spec: ModelSpec) -> Loaded:
+            size = int(spec.options["size"])
+            meter.rss += size + (300 << 10 if self.first else 0)
+            self.first = False
+            return Loaded({"name": spec.name}, size, tensor_bytes={"cpu": size - 24, "cuda:0": 24})
+
+    cfg = config.parse(
+        {
+            "cache": {"keep_alive": "forever"},
+            "models": {"m": {"loader": "tensors", "options": {"size": 4 << 20}}},
+        }
+    )
+    loader = TensorLoader()
+    cache = ModelCache(cfg.cache, cfg.models, lambda _: loader, lambda _: 100 * GiB, meter=meter)
+    monitor, _, _, _ = two_gpu_monitor()
+    monitor.sample_once()
+    server = MetricsServer("127.0.0.1:0", replace(Sources(monitor), cache=cache.stats))
+    try:
+        server.start()
+        cache.load("m")
+        s = scrape(server)
+        (entry,) = cache.ps()
+        assert value(s, "perfd_cache_model_tensor_bytes", model="m", device="cpu") == (4 << 20) - 24
+        assert value(s, "perfd_cache_model_tensor_bytes", model="m", device="cuda:0") == 24
+        assert value(s, "perfd_cache_model_bytes", model="m", device="cpu") == entry["bytes"]
+        assert entry["bytes"] == (4 << 20) - 24
+        overhead = cache.stats()["devices"]["cpu"]["runtime_overhead_bytes"]
+        assert value(s, "perfd_cache_runtime_overhead_bytes", device="cpu") == overhead
+        assert overhead == (300 << 10) + 24  # what the RSS grew by beyond the cpu tensors
+    finally:
+        server.stop()
+
+
 def test_a_failing_load_hook_does_not_fail_the_load() -> None:
     """The cache logs an on_load hook's exception and keeps the model loaded."""
     cfg = config.parse({"models": {"m": {"loader": "sized"}}})

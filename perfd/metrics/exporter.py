@@ -230,6 +230,18 @@ def cache_families(
         "model",
         "device",
     )
+    tensors = _labelled(
+        "perfd_cache_model_tensor_bytes",
+        "The bytes of a loaded model's own tensors, per device.",
+        "model",
+        "device",
+    )
+    charged = _labelled(
+        "perfd_cache_model_bytes",
+        "What a loaded model counts for in its device's budget.",
+        "model",
+        "device",
+    )
     hits = _counter("perfd_cache_hits", "Lookups of a model that found it loaded.", "model")
     misses = _counter("perfd_cache_misses", "Lookups of a model that had to load it.", "model")
     loads = _counter("perfd_cache_loads", "Successful loads of a model.", "model")
@@ -241,6 +253,10 @@ def cache_families(
             estimated.add_metric([m["name"], m["device"]], m["estimated_bytes"])
         if m["measured_bytes"] is not None:
             measured.add_metric([m["name"], m["device"]], m["measured_bytes"])
+        for device, figure in sorted((m.get("tensor_bytes_by_device") or {}).items()):
+            tensors.add_metric([m["name"], device], figure)
+        if m["state"] == "ready" and m.get("bytes") is not None:
+            charged.add_metric([m["name"], m["device"]], m["bytes"])
         hits.add_metric([m["name"]], m["hits"])
         misses.add_metric([m["name"]], m["misses"])
         loads.add_metric([m["name"]], m["loads"])
@@ -252,7 +268,7 @@ def cache_families(
         hits.add_metric([name], hit)
         misses.add_metric([name], miss)
         loads.add_metric([name], load)
-    yield from (loaded, estimated, measured, hits, misses, loads)
+    yield from (loaded, estimated, measured, tensors, charged, hits, misses, loads)
     by_reason = _counter("perfd_cache_evictions", "Models unloaded, by reason.", "reason")
     for reason in EVICTION_REASONS:
         by_reason.add_metric([reason], evictions.get(reason, 0))
@@ -261,10 +277,18 @@ def cache_families(
     budget = _labelled(
         "perfd_cache_budget_bytes", "The cache's budget on a device in use.", "device"
     )
+    overhead = _labelled(
+        "perfd_cache_runtime_overhead_bytes",
+        "perfd's own memory on a device, apart from its models (imports, CUDA context, pools).",
+        "device",
+    )
     for device, figures in sorted((stats or {}).get("devices", {}).items()):
         if figures.get("budget_bytes"):
             budget.add_metric([device], figures["budget_bytes"])
+        if figures.get("runtime_overhead_bytes") is not None:
+            overhead.add_metric([device], figures["runtime_overhead_bytes"])
     yield budget
+    yield overhead
     requests = _counter("perfd_cache_requests", "Model lookups: hit or miss.", "result")
     requests.add_metric(["hit"], stats["hits"] if stats else 0)
     requests.add_metric(["miss"], stats["misses"] if stats else 0)
