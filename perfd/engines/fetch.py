@@ -28,6 +28,7 @@ went wrong.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import os
 import socket
@@ -75,10 +76,13 @@ def fetcher(target: Target, timeout_s: float) -> Get:
 def _connection(parts: urllib.parse.SplitResult, timeout: float) -> http.client.HTTPConnection:
     host, port = parts.hostname or "", parts.port
     if parts.scheme == "https":
-        return http.client.HTTPSConnection(
-            host, port, timeout=timeout, context=ssl.create_default_context()
-        )
+        return http.client.HTTPSConnection(host, port, timeout=timeout, context=_tls())
     return http.client.HTTPConnection(host, port, timeout=timeout)
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    return ssl.create_default_context()  # loads the system CAs once, not at every read
 
 
 def _request(
@@ -137,6 +141,12 @@ def _request(
         conn.close()
     if response.status >= 400:
         raise PayloadError(f"{where}: HTTP {response.status}{_excerpt(data)}")
+    if response.status >= 300:
+        location = redact_url(response.getheader("Location") or "nowhere")[:EXCERPT]
+        raise PayloadError(
+            f"{where}: HTTP {response.status}, a redirect to {location!r} (not followed: "
+            "point the engine's url at the final address)"
+        )
     return data
 
 
