@@ -197,6 +197,20 @@ def test_sglang_sums_dp_ranks_and_counts_tp_ranks_once(serve: list[EngineServer]
     assert (reading.kv_used_tokens, reading.kv_capacity_tokens) == (4000, 20000)
 
 
+def test_sglang_failing_server_info_leaves_the_pool_unknown(serve: list[EngineServer]) -> None:
+    """An older SGLang whose /get_server_info fails is still read: the pool is unknown and the
+    usage ratio falls back to sglang:token_usage."""
+    rank = SglangRank(used_tokens=6000, max_total_tokens=24000)
+    serve.append(server := start("sglang", "previous", figures=SglangFigures(ranks=[rank])))
+    server.set_mode("http503", paths=("/get_server_info",))
+    reading = read(server)
+    assert reading.kv_capacity_tokens is None
+    assert reading.kv_used_tokens == 6000
+    assert reading.kv_usage_ratio == pytest.approx(0.25)
+    assert reading.models[0].context is None
+    assert reading.fallbacks == ("sglang:token_usage",)
+
+
 # Ollama -----------------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ import threading
 import time
 import urllib.parse
 
-from perfd.engines.errors import EngineDown, EngineTimeout, PayloadError
+from perfd.engines.errors import EngineDown, EngineTimeout, EngineUnavailable, PayloadError
 from perfd.engines.readers import Get
 from perfd.engines.record import Target
 from perfd.redaction import redact_url
@@ -102,40 +102,20 @@ def _request(
     watchdog.daemon = True
     watchdog.start()
     try:
+        conn.connect()
+        if expired.is_set():  # the watchdog fired before there was a socket to shut down
+            raise _timeout(where, timeout_s)
         conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         data = _read(response, conn, deadline, where)
         if expired.is_set():
             raise _timeout(where, timeout_s)
-    except EngineTimeout:
-        raise
     except PayloadError:
-        if expired.is_set():
+        if expired.is_set():  # cut short by the watchdog, not by the engine
             raise _timeout(where, timeout_s) from None
         raise
-    except TimeoutError:
-        raise _timeout(where, timeout_s) from None
-    except http.client.IncompleteRead as exc:
-        if expired.is_set():
-            raise _timeout(where, timeout_s) from None
-        raise PayloadError(
-            f"{where}: truncated answer, {len(exc.partial)} bytes of "
-            f"{_expected(exc)} before the connection closed"
-        ) from None
-    except (ConnectionError, http.client.RemoteDisconnected) as exc:
-        if expired.is_set():
-            raise _timeout(where, timeout_s) from None
-        raise EngineDown(f"{where}: {_os_reason(exc)}") from None
-    except http.client.HTTPException as exc:
-        if expired.is_set():
-            raise _timeout(where, timeout_s) from None
-        raise PayloadError(f"{where}: not an HTTP answer ({type(exc).__name__})") from None
-    except ssl.SSLError as exc:
-        raise PayloadError(f"{where}: TLS failed ({exc.reason or type(exc).__name__})") from None
-    except OSError as exc:
-        if expired.is_set():
-            raise _timeout(where, timeout_s) from None
-        raise EngineDown(f"{where}: {_os_reason(exc)}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise _failure(exc, where, timeout_s, expired=expired.is_set()) from None
     finally:
         watchdog.cancel()
         conn.close()
@@ -148,6 +128,24 @@ def _request(
             "point the engine's url at the final address)"
         )
     return data
+
+
+def _failure(
+    exc: OSError | http.client.HTTPException, where: str, timeout_s: float, *, expired: bool
+) -> EngineUnavailable:
+    """The engine state and reason of a failed request."""
+    if isinstance(exc, ssl.SSLError):
+        return PayloadError(f"{where}: TLS failed ({exc.reason or type(exc).__name__})")
+    if expired or isinstance(exc, TimeoutError):
+        return _timeout(where, timeout_s)
+    if isinstance(exc, http.client.IncompleteRead):
+        return PayloadError(
+            f"{where}: truncated answer, {len(exc.partial)} bytes of "
+            f"{_expected(exc)} before the connection closed"
+        )
+    if isinstance(exc, OSError):  # refused, reset, closed without an answer, no such host
+        return EngineDown(f"{where}: {_os_reason(exc)}")
+    return PayloadError(f"{where}: not an HTTP answer ({type(exc).__name__})")
 
 
 def _read(

@@ -16,7 +16,8 @@ rank other than 0 repeat rank 0's figures and are skipped.
 /v1/models (python/sglang/srt/entrypoints/openai/protocol.py ``ModelCard``): ``data[]`` with
 ``id``, ``root`` and, in newer servers, ``max_model_len``; where it lacks the context,
 /get_server_info's ``context_length`` (a server arg, null unless set); where it lacks the
-path, /get_model_info's ``model_path``.
+path, /get_model_info's ``model_path``. Those two are read only for a figure the others lack;
+when they fail (an HTTP error, a bad payload) that figure stays unknown.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def read(target: Target, get: Get) -> Reading:
     capacity = count(samples.total(POOL, _rank_zero))
     server: dict[str, Any] | None = None
     if capacity is None or any(model.context is None for model in models):
-        server = json_object(get(SERVER_INFO), SERVER_INFO)
+        server = _optional(get, SERVER_INFO)
     if capacity is None and server is not None:
         capacity = _pool(server)
         if capacity is not None:
@@ -69,7 +70,8 @@ def read(target: Target, get: Get) -> Reading:
             fallbacks.append(f"{SERVER_INFO}:context_length")
             models = [_with(model, context=context) for model in models]
     if models and any(model.path is None for model in models):
-        path = field(json_object(get(MODEL_INFO), MODEL_INFO), "model_path", str, MODEL_INFO)
+        info = _optional(get, MODEL_INFO)
+        path = field(info, "model_path", str, MODEL_INFO) if info is not None else None
         models = [_with(model, path=model.path or path) for model in models]
     ratio = used / capacity if used is not None and capacity else None
     if ratio is None and (usage := samples.rows(USAGE, _rank_zero)):
@@ -87,6 +89,15 @@ def read(target: Target, get: Get) -> Reading:
         settings={"max_total_num_tokens": capacity} if capacity is not None else {},
         fallbacks=tuple(fallbacks),
     )
+
+
+def _optional(get: Get, path: str) -> dict[str, Any] | None:
+    """An endpoint read only for a figure the others lack: its failure leaves the figure
+    unknown rather than failing the read (EngineDown and EngineTimeout still do)."""
+    try:
+        return json_object(get(path), path)
+    except PayloadError:
+        return None
 
 
 def _pool(server: dict[str, Any]) -> int | None:
