@@ -19,8 +19,8 @@ write them. Each payload cites the engine's source it follows. Generations:
   rank labels; /v1/models with max_model_len. "previous": the 0.4 collector (model_name
   only, no max_total_num_tokens; the pool in /get_server_info) and /v1/models without
   max_model_len (the context from /get_server_info's context_length).
-- ollama "current": api/types.go ProcessModelResponse with context_length (0.9+).
-  "previous": the same without context_length (0.5-0.8).
+- ollama "current": api/types.go ProcessModelResponse with context_length (newer servers,
+  docs.ollama.com/api/ps). "previous": api/types.go before it (no context_length).
 """
 
 from __future__ import annotations
@@ -349,13 +349,13 @@ def _sglang(generation: str, f: SglangFigures, route: str) -> Answer:
             "chunked_prefill_size": 8192,
             "version": "0.5.4" if current else "0.4.3",
         }
+        info["max_total_num_tokens"] = sum(r.max_total_tokens for r in f.ranks)
         if current:
             info["internal_states"] = [
                 {"max_total_num_tokens": r.max_total_tokens, "last_gen_throughput": 40.2}
                 for r in f.ranks
             ]
         else:
-            info["max_total_num_tokens"] = sum(r.max_total_tokens for r in f.ranks)
             info["max_req_input_len"] = f.context - 5
         return _json(info)
     return NOT_FOUND

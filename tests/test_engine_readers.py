@@ -211,6 +211,21 @@ def test_sglang_failing_server_info_leaves_the_pool_unknown(serve: list[EngineSe
     assert reading.fallbacks == ("sglang:token_usage",)
 
 
+def test_sglang_pool_from_internal_states() -> None:
+    """A /get_server_info listing the pool only per rank (internal_states) sums the ranks."""
+    ranks = [SglangRank(max_total_tokens=7000), SglangRank(max_total_tokens=9000)]
+    figures = SglangFigures(ranks=ranks)
+    bodies = {path: real_of("sglang", "previous", figures, path) for path in ENDPOINTS["sglang"]}
+    bodies["/get_server_info"] = (
+        b'{"internal_states": [{"max_total_num_tokens": 7000}, '
+        b'{"max_total_num_tokens": 9000}], "context_length": 4096}'
+    )
+    t = Target(name="s", kind="sglang", url="http://127.0.0.1:1")
+    reading = reader("sglang")(t, lambda path, body=None: bodies[path])
+    assert reading.kv_capacity_tokens == 16000
+    assert reading.models[0].context == 4096
+
+
 # Ollama -----------------------------------------------------------------------------------
 
 
@@ -392,8 +407,12 @@ FIGURES = {"vllm": VllmFigures, "sglang": SglangFigures, "ollama": OllamaFigures
 
 
 def real(kind: str, generation: str, path: str) -> bytes:
+    return real_of(kind, generation, FIGURES[kind](), path)
+
+
+def real_of(kind: str, generation: str, figures: object, path: str) -> bytes:
     method, body = ("POST", b'{"model": "llama3.2:1b"}') if path == "/api/show" else ("GET", b"")
-    return answer(kind, generation, FIGURES[kind](), method=method, path=path, body=body)[2]
+    return answer(kind, generation, figures, method=method, path=path, body=body)[2]
 
 
 def reads_cleanly(kind: str, bodies: dict[str, bytes]) -> None:

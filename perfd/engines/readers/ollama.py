@@ -4,7 +4,7 @@ Shapes from ollama/ollama api/types.go and docs/api.md:
 
 - ``GET /api/ps`` -> ``ProcessResponse{models: [ProcessModelResponse]}``: ``name``, ``model``,
   ``size`` (bytes in memory), ``size_vram`` (of them on the GPU), ``digest``, ``details``,
-  ``expires_at`` (RFC 3339) and, in newer servers (0.9+), ``context_length`` (the runner's
+  ``expires_at`` (RFC 3339) and, in newer servers, ``context_length`` (the runner's
   context, in tokens). Older servers lack ``context_length``.
 - ``POST /api/show {"model": NAME}`` -> ``ShowResponse``: ``model_info`` holds the GGUF
   metadata: ``general.architecture`` (say "llama") and ``<arch>.block_count``,
