@@ -5,6 +5,7 @@ serving its health endpoint; the real process probe and the real health probe fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -117,10 +118,8 @@ class Engines:
 
     def close(self) -> None:
         for proc in self.procs:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait(timeout=10)
             if proc.stdout is not None:
                 proc.stdout.close()
