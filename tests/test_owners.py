@@ -10,10 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from perfd.engines import owners
 from perfd.engines.record import EngineRecord, Reading, ServedModel, Target
-from perfd.probes.processes import ProcessProbe, parse_cgroup
+from perfd.probes.processes import (
+    ProcessProbe,
+    parse_cgroup,
+    parse_cmdline,
+    parse_listening,
+    parse_stat,
+)
 from perfd.probes.samples import GpuProcess, GpuSample, ProcessEntry
 
 ID = "3f4e8b5f2c1d0a9e8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a"
@@ -334,3 +342,24 @@ def test_the_cgroup_is_cached_by_pid_and_start_time(tmp_path: Path) -> None:
     assert reused is not None
     assert reused.unit == "b.service"
     assert [e.pid for e in probe.scan()] == [42]
+
+
+def test_perfd_as_pid_1_owns_only_itself() -> None:
+    """perfd as pid 1 (a container's init) is every process's ancestor: only its own pid is
+    perfd's then, the others keep their owners."""
+    [account] = owners.attribute(
+        [gpu(2 << 30, (1, 1 << 30, None), (500, 1 << 30, None))], [], TABLE.get, 1
+    )
+    assert [row.owner.kind for row in account.processes] == ["perfd", "unit"]
+
+
+@given(st.text(max_size=300))
+def test_proc_parsers_never_raise_on_garbage(text: str) -> None:
+    """Whatever /proc holds (torn reads, odd names), the parsers give a value or None."""
+    parse_cgroup(text)
+    parse_stat(text)
+    parse_listening(text)
+    parse_cmdline(text.encode("utf-8", "replace"))
+    owners.pod_uid(text)
+    owners.container(text)
+    owners.service_unit(text)

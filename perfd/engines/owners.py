@@ -174,7 +174,7 @@ def owner_of(
                 model=model,
                 unit=target.unit,
             )
-    if self_pid in pids:
+    if pid == self_pid or (self_pid != 1 and self_pid in pids):  # as pid 1 all is under perfd
         return shown, Owner(kind=PERFD, name="perfd")
     cgroup = chain[0].cgroup if chain else None
     unit = service_unit(cgroup)
