@@ -91,6 +91,7 @@ class LlamaServer:
             "--threads", "1",
             "--no-webui",
             "--alias", "tiny-llama",
+            "--log-verbosity", "4",  # llama_kv_cache's info lines (the default 3 drops them)
             *self.endpoints,
         ]  # fmt: skip
 
