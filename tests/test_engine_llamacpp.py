@@ -103,7 +103,7 @@ def test_a_running_completion_shows_a_busy_slot_and_its_tokens(server: Any) -> N
 
     def complete() -> None:
         try:
-            result["reply"] = server.complete("the people of the water " * 20, n_predict=1900)
+            result["reply"] = server.complete("the people of the water " * 4, n_predict=1500)
         finally:
             done.set()
 
@@ -120,10 +120,11 @@ def test_a_running_completion_shows_a_busy_slot_and_its_tokens(server: Any) -> N
     busy = seen[0]
     assert busy.slots_busy == 1
     assert busy.requests_running == 1  # llamacpp:requests_processing
-    assert busy.kv_used_tokens is not None and busy.kv_used_tokens > 0
+    assert busy.kv_used_tokens is not None
+    assert busy.kv_used_tokens > 0
     after = read(server)
     assert after.slots_busy == 0
-    assert result["reply"]["tokens_predicted"] == 1900 or result["reply"]["stop"]
+    assert result["reply"]["tokens_predicted"] == 1500  # ignore_eos: all of them
 
 
 @needs_server
@@ -191,7 +192,8 @@ def test_the_plan_checks_kv_bytes_equal_llama_cpps_own(
     else:
         assert check.flags == ()
         assert set(reading.settings["unavailable"]) == {"/slots", "/metrics"}
-        assert reading.slots_busy is None and reading.kv_used_tokens is None
+        assert reading.slots_busy is None
+        assert reading.kv_used_tokens is None
 
 
 ENDPOINTS = ("/props", "/slots", "/metrics", "/v1/models")
