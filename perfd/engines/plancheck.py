@@ -286,7 +286,7 @@ def _context_flags(
                 f"serve at most {capacity} tokens of context, or give the KV cache more memory",
             )
         ]
-    wanted, slots = result.recommended_context, result.concurrency or 1
+    wanted, slots = result.recommended_context or trained, result.concurrency or 1
     if wanted and trained and served < min(wanted, trained) and slots > 1:
         # llama.cpp splits n_ctx among the slots: -c 8192 with 4 slots serves 2048 a request
         return [
