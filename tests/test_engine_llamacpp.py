@@ -237,3 +237,38 @@ def test_garbage_from_any_endpoint_raises_only_payload_errors(
             llamacpp.read(target("http://x"), pages.__getitem__)
         except PayloadError as exc:
             assert str(exc).startswith(endpoint), exc
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "reason"),
+    [
+        ("/slots", b"[" * 100_000, "/slots: not JSON"),
+        ("/props", b'{"a":' * 100_000, "/props: not JSON"),
+        ("/props", b'{"total_slots": true}', "/props: total_slots is True, not a count"),
+        ("/slots", b'[{"n_ctx": -3, "is_processing": false}]', "/slots: slot 0.n_ctx is -3"),
+        ("/metrics", b"llamacpp:requests_processing NaN\n", "requests_processing is nan"),
+        ("/metrics", b"\xff\xfe", "/metrics: not Prometheus text"),
+        ("/v1/models", b'{"data": []}', "/v1/models: data is not a list of model objects"),
+    ],
+)
+def test_bad_payloads_say_what_was_wrong(endpoint: str, body: bytes, reason: str) -> None:
+    with pytest.raises(PayloadError, match=re.escape(reason)):
+        llamacpp.read(target("http://x"), {**GOOD, endpoint: body}.__getitem__)
+
+
+def test_an_endpoint_answering_an_http_error_is_noted_not_fatal() -> None:
+    """/slots and /metrics answering 501 (llama-server's "not supported"): the read succeeds
+    without their figures and says why."""
+
+    def get(path: str) -> bytes:
+        if path in ("/slots", "/metrics"):
+            raise PayloadError(f"GET {path}: HTTP 501")
+        return GOOD[path]
+
+    reading = llamacpp.read(target("http://x"), get)
+    assert reading.settings["unavailable"] == {
+        "/slots": "GET /slots: HTTP 501",
+        "/metrics": "GET /metrics: HTTP 501",
+    }
+    assert reading.slots_busy is None
+    assert reading.kv_capacity_tokens == 2 * 512  # total_slots x the slot context of /props
