@@ -15,7 +15,9 @@ Pure arithmetic over the header that perfd.recommend.weights reads (tensor sizes
   the cache types (f16 by default), where ``n_embd_k_gqa = n_head_kv(il) x n_embd_head_k``
   (``key_length``, else ``n_embd / n_head``) and likewise for V (``value_length``). The cells
   are ``kv_size = GGML_PAD(n_ctx, 256)`` (``llama_context``'s constructor pads the context to
-  a multiple of 256; ``n_ctx = 0`` takes the model's ``context_length``), one stream. MLA
+  a multiple of 256; ``n_ctx = 0`` takes the model's ``context_length``), one stream. With
+  ``n_seq_max = N`` sequences and no unified cache (llama-server's ``--parallel N``) there are
+  N streams of ``GGML_PAD(n_ctx / N, 256)`` cells each: the bytes of ``N x`` that. MLA
   models (``key_length_mla`` in the header) cache K only. With offloading, each layer's cache
   lives on that layer's device. The ``llama_kv_cache: size = ... MiB`` line llama.cpp logs is
   the sum of those tensors' bytes.
