@@ -3,7 +3,6 @@ check; the owner of each GPU process for ``stats``. Read-only: everyone may run 
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from perfd import log
@@ -67,52 +66,11 @@ def section(records: tuple[EngineRecord, ...]) -> list[dict[str, Any]]:
 
 def owners(reply: dict[str, Any], snapshot: Snapshot) -> None:
     """Each GPU process in a ``stats`` reply gets its ``owner`` ({"kind", "name", ...}) and
-    each GPU its ``unaccounted_bytes`` (perfd.engines.owners.attribute); where attribution
-    fails, the process shows ``owner: null`` and the failure is logged once."""
-    try:
-        from perfd.engines import owners as attribution  # type: ignore[attr-defined,unused-ignore]
+    each GPU its ``unaccounted_bytes`` (perfd.engines.attribution)."""
+    from perfd.engines.attribution import attribute
 
-        result = attribution.attribute(snapshot.gpus, snapshot.engines)
-    except Exception as exc:  # advisory: the figures stay without their owners
-        _logged_once("stats.owners_failed", exc)
-        result = None
-    by_pid: dict[int, Any] = dict(getattr(result, "owners", None) or {})
-    unaccounted: dict[int, Any] = dict(getattr(result, "unaccounted_bytes", None) or {})
-    engine_of = {pid: r for r in snapshot.engines for pid in r.target.pids}
+    found = attribute(snapshot.gpus, snapshot.engines)
     for gpu in reply.get("gpus", []):
-        processes = gpu.get("processes", [])
-        if gpu.get("index") in unaccounted:
-            gpu["unaccounted_bytes"] = unaccounted[gpu.get("index")]
-        elif gpu.get("memory", {}).get("used_bytes") is not None:
-            held = sum(p.get("used_bytes") or 0 for p in processes)
-            gpu["unaccounted_bytes"] = max(0, gpu["memory"]["used_bytes"] - held)
-        else:
-            gpu["unaccounted_bytes"] = None
-        for process in processes:
-            pid = process.get("pid")
-            owner = _owner_dict(by_pid.get(pid)) if result is not None else None
-            process["owner"] = owner or _fallback(pid, process.get("name"), engine_of)
-
-
-def _fallback(pid: Any, name: Any, engine_of: dict[int, EngineRecord]) -> dict[str, Any]:
-    """The owner perfd knows without attribution: an engine's pid, perfd itself, else the
-    process's name."""
-    record = engine_of.get(pid) if isinstance(pid, int) else None
-    if record is not None:
-        models = record.reading.models if record.reading is not None else ()
-        out = {"kind": "engine", "name": record.target.name, "engine": record.target.kind}
-        if models:
-            out["model"] = models[0].name
-        return out
-    if pid == os.getpid():
-        return {"kind": "perfd", "name": "perfd"}
-    return {"kind": "process", "name": name or f"pid {pid}"}
-
-
-def _owner_dict(owner: object) -> dict[str, Any] | None:
-    if owner is None:
-        return None
-    if isinstance(owner, dict):
-        return {str(k): v for k, v in owner.items() if v is not None}
-    fields = ("kind", "name", "engine", "model", "unit", "container", "pod_uid")
-    return {f: getattr(owner, f) for f in fields if getattr(owner, f, None) is not None}
+        gpu["unaccounted_bytes"] = found.unaccounted_bytes.get(gpu.get("index"))
+        for process in gpu.get("processes", []):
+            process["owner"] = found.owners.get(process.get("pid"))
