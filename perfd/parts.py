@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # built by start_models(), after READY: kept off the start-up
     from perfd.cache.core import ModelCache
     from perfd.cache.housekeeping import Keeper
     from perfd.cache.meter import Meter
-    from perfd.engines.watcher import Watcher
+    from perfd.engines.watcher import Discover, Fetch, Read, Watcher
     from perfd.loaders.base import Loader
     from perfd.metrics.exporter import MetricsServer
     from perfd.monitor.sampler import GpuProbe, HostProbe
@@ -60,8 +60,9 @@ class Boundaries:
     ``host_probe`` and ``gpu_probe`` build a probe from ``[monitor]`` (the real ones:
     perfd.probes.host with psutil, perfd.probes.nvml with pynvml); ``loaders`` builds the
     loader lookup from the loaders perfd adds itself (``openai``: the default is
-    perfd.loaders.registry with its entry points); ``engines`` builds the engine watcher
-    (the real one: perfd.engines.watcher with its readers, fetcher and discovery); ``meter``
+    perfd.loaders.registry with its entry points); ``engine_read``, ``engine_fetch`` and
+    ``engine_discover`` are the engine watcher's I/O (the real ones: perfd.engines' readers,
+    fetcher and discovery); ``meter``
     measures what a model load costs this process (the real one:
     perfd.cache.meter.ProcessMeter over /proc and NVML); ``clock`` and ``wall`` are monotonic
     and wall-clock time for the monitor and the cache.
@@ -71,7 +72,9 @@ class Boundaries:
     gpu_probe: Callable[[config.MonitorConfig], GpuProbe] | None = None
     loaders: Callable[[Mapping[str, Loader]], LoaderFor] | None = None
     meter: Meter | None = None
-    engines: Callable[[config.Config], Watcher] | None = None
+    engine_read: Read | None = None
+    engine_fetch: Fetch | None = None
+    engine_discover: Discover | None = None
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
 
@@ -395,17 +398,20 @@ class Parts:
         monitor = self.monitor
         assert monitor is not None, "the monitor starts before the engines"
         cfg = self.loaded.config
-        if self.boundaries.engines is not None:
-            watcher = self.boundaries.engines(cfg)
-        else:
-            from perfd.engines.watcher import Watcher
+        from perfd.engines.watcher import Watcher
 
-            watcher = Watcher(
-                cfg.discovery,
-                cfg.engines,
-                processes=monitor.gpu_bytes_by_pid,
-                heartbeat=self.liveness.register("engines"),
-            )
+        b = self.boundaries
+        watcher = Watcher(
+            cfg.discovery,
+            cfg.engines,
+            read=b.engine_read,
+            fetch=b.engine_fetch,
+            discover=b.engine_discover,
+            processes=monitor.gpu_bytes_by_pid,
+            heartbeat=self.liveness.register("engines"),
+            clock=b.clock,
+            wall=b.wall,
+        )
         watcher.start()
         self.engines = watcher
         monitor.engines = watcher.records
