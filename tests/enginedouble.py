@@ -27,11 +27,11 @@ def fetch(target: Target, timeout: float) -> Callable[[str], bytes]:
     def get(path: str) -> bytes:
         url = target.url + path
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=timeout) as reply:
                 return bytes(reply.read(MAX_BODY))
         except urllib.error.HTTPError as exc:
             raise PayloadError(f"{path}: HTTP {exc.code}") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise EngineTimeout(f"{path}: no answer within {timeout:g}s") from None
         except (urllib.error.URLError, ConnectionError, OSError) as exc:
             reason = getattr(exc, "reason", exc)

@@ -181,7 +181,9 @@ def test_an_sglang_engine_read_down_and_up(
     until(lambda: engine(perfd)["gpu_memory_bytes"] is not None, pings, perfd)
     e = engine(perfd)
     f = sglang.figures
-    assert e["kind"] == "sglang" and e["url"] == sglang.url and e["source"] == "config"
+    assert e["kind"] == "sglang"
+    assert e["url"] == sglang.url
+    assert e["source"] == "config"
     assert e["models"][0]["name"] == sglang.model
     assert e["requests_running"] == f["num_running_reqs"]
     assert e["requests_waiting"] == f["num_queue_reqs"]
@@ -193,14 +195,19 @@ def test_an_sglang_engine_read_down_and_up(
     table = perfd.ctl("engines").stdout
     row = next(line for line in table.splitlines() if line.startswith("sg "))
     assert row.split()[:2] == ["sg", "sglang"]
-    assert "25.0" in row and "3/2" in row and "7.0 GiB" in row and row.rstrip().endswith("up")
+    assert "25.0" in row
+    assert "3/2" in row
+    assert "7.0 GiB" in row
+    assert row.rstrip().endswith("up")
     detail = perfd.ctl("engines", "sg").stdout
-    assert "1000 / 4000 tokens" in detail and "3 running, 2 waiting" in detail
+    assert "1000 / 4000 tokens" in detail
+    assert "3 running, 2 waiting" in detail
 
     stats = ctl_json(perfd, "stats")
     assert [x["name"] for x in stats["engines"]] == ["sg"]
     owner = stats["gpus"][0]["processes"][0]["owner"]
-    assert owner["kind"] == "engine" and owner["name"] == "sg"
+    assert owner["kind"] == "engine"
+    assert owner["name"] == "sg"
     assert stats["gpus"][0]["unaccounted_bytes"] == 30 * GiB - 7 * GiB
     assert "engine sg" in perfd.ctl("stats").stdout
 
@@ -213,7 +220,8 @@ def test_an_sglang_engine_read_down_and_up(
     sglang.stop()
     until(lambda: engine(perfd)["state"] == "down", pings, perfd)
     down = engine(perfd)
-    assert down["reason"] and down["models"][0]["name"] == sglang.model  # the last good read
+    assert down["reason"]
+    assert down["models"][0]["name"] == sglang.model
     until(lambda: "engine_down/sg" in firing(perfd), pings, perfd)
 
     sglang.start()
