@@ -87,7 +87,7 @@ class _Engine:
     record: EngineRecord | None = None
     counters: states.Counters | None = None
     inflight: Future[Reading] | None = None
-    started: float = 0.0  # monotonic start of the read in flight
+    started: float = 0.0  # time.monotonic() at the start of the read in flight
     lost_at: float | None = None  # a discovered engine no longer found: when (monotonic)
 
 
@@ -121,7 +121,8 @@ class Watcher:
         self._found: dict[str, Target] = {}  # discovery's last answer, by name
         self._discovery: Future[list[Target]] | None = None
         self._last_discovery: float | None = None  # wall clock
-        self._pool: ThreadPoolExecutor | None = None
+        # Threads start with the first read: building the pool costs nothing.
+        self._pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="perfd-engine-read")
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -134,7 +135,6 @@ class Watcher:
         return self._thread is not None
 
     def start(self) -> None:
-        self._pool = ThreadPoolExecutor(self.cfg.workers, thread_name_prefix="perfd-engine-read")
         self._thread = threading.Thread(target=self._run, name="perfd-engines", daemon=True)
         self._thread.start()
 
@@ -145,8 +145,7 @@ class Watcher:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 _log.warning("thread.still_alive", thread="perfd-engines", action="exiting anyway")
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)  # a hung read is not waited on
+        self._pool.shutdown(wait=False, cancel_futures=True)  # a hung read is not waited on
 
     def reconfigure(self, cfg: DiscoveryConfig, engines: Mapping[str, EngineConfig]) -> None:
         """Apply a reloaded config from the next turn on: engines added, changed or removed."""
@@ -213,17 +212,16 @@ class Watcher:
         """One turn: start a read of every engine not already being read, wait for them
         until the timeout, then record each finished read (and each overdue one as timeout)."""
         pool = self._pool
-        assert pool is not None, "start() builds the pool"
         cfg = self.cfg
-        started = self._clock()
+        started = time.monotonic()  # how long reads take is real time, whatever the clock
         with self._lock:
             engines = list(self._engines.values())
         for engine in engines:
             if engine.inflight is None:
-                engine.started = self._clock()
+                engine.started = time.monotonic()
                 engine.inflight = pool.submit(self._one, engine.target, cfg.timeout)
         pending = [e.inflight for e in engines if e.inflight is not None]
-        wait_for(pending, timeout=max(0.0, started + cfg.timeout - self._clock()))
+        wait_for(pending, timeout=max(0.0, started + cfg.timeout - time.monotonic()))
         processes = self._gpu_processes()
         for engine in engines:
             future = engine.inflight
@@ -232,7 +230,7 @@ class Watcher:
             if future.done():
                 engine.inflight = None
                 outcome: Reading | EngineUnavailable = _outcome(future)
-            elif self._clock() - engine.started >= cfg.timeout:
+            elif time.monotonic() - engine.started >= cfg.timeout:
                 outcome = EngineTimeout(f"no answer within {cfg.timeout:g}s")
             else:
                 continue
@@ -283,7 +281,7 @@ class Watcher:
     # -- discovery --------------------------------------------------------------------------
 
     def _start_discovery(self) -> None:
-        if self._discovery is None and self._pool is not None:
+        if self._discovery is None:
             self._discovery = self._pool.submit(self._discover)
 
     def _apply_discovery(self) -> None:
