@@ -30,8 +30,10 @@ def plan_dict(plan: object) -> dict[str, Any] | None:
     """A PlanCheck (perfd.engines.plancheck) as JSON values; None stays None."""
     if plan is None:
         return None
+    if isinstance(plan, dict):
+        return {str(k): _json(v) for k, v in plan.items()}
     if is_dataclass(plan) and not isinstance(plan, type):
-        return dict(asdict(plan))
+        return {str(k): _json(v) for k, v in asdict(plan).items()}
     as_dict = getattr(plan, "as_dict", None)
     if callable(as_dict):
         out: dict[str, Any] = as_dict()
