@@ -156,7 +156,7 @@ def _plan_lines(plan: Any, style: Style) -> list[str]:
 
 
 def stats_lines(engines: list[dict[str, Any]], label: int, style: Style) -> list[str]:
-    """``engines  vllm-8000 up kv 42% 3/0 · ollama-11434 down`` for ``perfctl stats``."""
+    """``engine vllm-8000 up kv 42% 3/0 · ollama-11434 down`` for ``perfctl stats``."""
     if not engines:
         return []
     items = []
@@ -171,7 +171,7 @@ def stats_lines(engines: list[dict[str, Any]], label: int, style: Style) -> list
             text += f" kv {kv:.0f}%"
         text += f" {_num(e.get('requests_running'))}/{_num(e.get('requests_waiting'))}"
         items.append(text)
-    return [f"{'engines':<{label}}" + " · ".join(items)]
+    return [f"{'engine':<{label}}" + " · ".join(items)]
 
 
 def owner_text(owner: dict[str, Any] | None) -> str:
@@ -179,7 +179,7 @@ def owner_text(owner: dict[str, Any] | None) -> str:
     if not owner:
         return "-"
     kind, name = owner.get("kind", "?"), owner.get("name", "?")
-    text = f"{kind} {name}"
+    text = str(kind) if name == kind else f"{kind} {name}"
     if owner.get("model"):
         text += f" ({owner['model']})"
     return text
