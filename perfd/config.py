@@ -143,6 +143,7 @@ RESTART_ONLY: Final = frozenset(
         "monitor.gpu",  # the probes are built once, at start
         "monitor.nvml_timeout",
         "monitor.top_processes",
+        "discovery.workers",  # the engine watcher's pool is built once, at start
     }
 )
 

@@ -270,3 +270,25 @@ def test_state_transition_is_pure() -> None:
     again, _ = state.advance(up, None, target, reading(), now=2, wall=2, processes={})
     assert state.transition(up, again) is None
     assert again.since == 1
+
+
+def test_the_pool_runs_calls_on_daemon_threads_and_never_waits_on_a_hung_one() -> None:
+    """Pool: results and exceptions come back through the futures; at most `workers` daemon
+    threads; shutdown returns while a call still hangs."""
+    from perfd.engines.pool import Pool
+
+    pool = Pool(2, "test-pool")
+    release = threading.Event()
+    hung = pool.submit(release.wait, 30)
+    assert pool.submit(lambda: 41 + 1).result(5) == 42
+    with pytest.raises(KeyError):
+        pool.submit({}.__getitem__, "x").result(5)
+    threads = [t for t in threading.enumerate() if t.name.startswith("test-pool")]
+    assert len(threads) == 2
+    assert all(t.daemon for t in threads)
+    started = time.monotonic()
+    pool.shutdown()
+    assert time.monotonic() - started < 1.0
+    assert not hung.done()
+    release.set()
+    assert hung.result(5) is True

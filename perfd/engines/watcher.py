@@ -1,7 +1,8 @@
 """The watcher: a thread that reads every known engine each ``read_interval`` and runs
 discovery each ``[discovery] interval``, keeping one ``EngineRecord`` per engine.
 
-Reads run on a small bounded pool (``[discovery] workers`` threads), each bounded by
+Reads run on a small bounded pool of daemon threads (perfd.engines.pool, ``[discovery]
+workers`` of them), each bounded by
 ``[discovery] timeout``: the turn waits for the reads until that deadline and no longer, so a
 hung engine is ``timeout`` and delays no other engine; a read still in flight is not started
 again until it ends (the real fetcher's own socket timeouts end it). Discovery runs on the same
@@ -21,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ from perfd import log
 from perfd.config import DiscoveryConfig, EngineConfig
 from perfd.engines import state as states
 from perfd.engines.errors import EngineTimeout, EngineUnavailable, PayloadError
+from perfd.engines.pool import Pool
 from perfd.engines.record import DOWN, EngineRecord, Reading, Target
 from perfd.wire.values import rfc3339
 
@@ -122,7 +124,7 @@ class Watcher:
         self._discovery: Future[list[Target]] | None = None
         self._last_discovery: float | None = None  # wall clock
         # Threads start with the first read: building the pool costs nothing.
-        self._pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="perfd-engine-read")
+        self._pool = Pool(cfg.workers, "perfd-engine-read")
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -145,7 +147,7 @@ class Watcher:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 _log.warning("thread.still_alive", thread="perfd-engines", action="exiting anyway")
-        self._pool.shutdown(wait=False, cancel_futures=True)  # a hung read is not waited on
+        self._pool.shutdown()  # daemon threads: a hung read is not waited on, even at exit
 
     def reconfigure(self, cfg: DiscoveryConfig, engines: Mapping[str, EngineConfig]) -> None:
         """Apply a reloaded config from the next turn on: engines added, changed or removed."""
