@@ -109,7 +109,36 @@ def sglang() -> Iterator[SglangServer]:
     server.stop()
 
 
-def config(server: SglangServer, metrics_port: int) -> str:
+@pytest.fixture
+def hung() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung engine)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(listener.getsockname()[1])
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def config(server: SglangServer, metrics_port: int, hung_port: int) -> str:
     return f"""
 [monitor]
 interval = "200ms"
@@ -126,6 +155,9 @@ for = "0s"
 kind = "sglang"
 url = "{server.url}"
 pid = {os.getpid()}
+[engines.stuck]
+kind = "sglang"
+url = "http://127.0.0.1:{hung_port}"
 """
 
 
@@ -136,10 +168,10 @@ def ctl_json(perfd: Perfd, *args: str) -> dict[str, Any]:
     return result
 
 
-def engine(perfd: Perfd) -> dict[str, Any]:
-    engines = ctl_json(perfd, "engines")["engines"]
-    assert [e["name"] for e in engines] == ["sg"]
-    return engines[0]
+def engine(perfd: Perfd, name: str = "sg") -> dict[str, Any]:
+    engines = {e["name"]: e for e in ctl_json(perfd, "engines")["engines"]}
+    assert sorted(engines) == ["sg", "stuck"]
+    return engines[name]
 
 
 def firing(perfd: Perfd) -> set[str]:
@@ -166,18 +198,20 @@ def until(check: Callable[[], bool], pings: list[float], perfd: Perfd) -> None:
 
 
 def test_an_sglang_engine_read_down_and_up(
-    start_perfd: StartPerfd, sglang: SglangServer, tmp_path: Path
+    start_perfd: StartPerfd, sglang: SglangServer, hung: int, tmp_path: Path
 ) -> None:
-    """perfctl engines shows the server's own figures and the NVML memory of its pid; stopping
-    the server makes it down with an engine_down alert, logged once; starting it again makes it
-    up and resolves the alert; ping answers throughout."""
+    """perfctl engines shows the server's own figures and the NVML memory of its pid, while a
+    hung engine beside it is timeout; stopping the server makes it down with an engine_down
+    alert, logged once; starting it again makes it up and resolves the alert; ping answers
+    throughout."""
     nvml = control_file(
         tmp_path, gpus=[{"used": 30 * GiB, "compute_processes": [[os.getpid(), 7 * GiB]]}]
     )
     port = free_port()
-    perfd = start_perfd(config(sglang, port), nvml=nvml, launcher_args=LAUNCHER)
+    perfd = start_perfd(config(sglang, port, hung), nvml=nvml, launcher_args=LAUNCHER)
     pings: list[float] = []
     until(lambda: engine(perfd)["state"] == "up", pings, perfd)
+    until(lambda: engine(perfd, "stuck")["state"] == "timeout", pings, perfd)
     until(lambda: engine(perfd)["gpu_memory_bytes"] is not None, pings, perfd)
     e = engine(perfd)
     f = sglang.figures
@@ -194,6 +228,7 @@ def test_an_sglang_engine_read_down_and_up(
     assert e["gpu_memory_bytes"] == 7 * GiB  # the fake NVML's figure for the engine's pid
     table = perfd.ctl("engines").stdout
     row = next(line for line in table.splitlines() if line.startswith("sg "))
+    assert "stuck: timeout:" in table
     assert row.split()[:2] == ["sg", "sglang"]
     assert "25.0" in row
     assert "3/2" in row
@@ -204,7 +239,7 @@ def test_an_sglang_engine_read_down_and_up(
     assert "3 running, 2 waiting" in detail
 
     stats = ctl_json(perfd, "stats")
-    assert [x["name"] for x in stats["engines"]] == ["sg"]
+    assert [x["name"] for x in stats["engines"]] == ["sg", "stuck"]
     owner = stats["gpus"][0]["processes"][0]["owner"]
     assert owner["kind"] == "engine"
     assert owner["name"] == "sg"
@@ -228,6 +263,7 @@ def test_an_sglang_engine_read_down_and_up(
     until(lambda: engine(perfd)["state"] == "up", pings, perfd)
     until(lambda: "engine_down/sg" not in firing(perfd), pings, perfd)
     events = perfd.events()
+    assert events.count("engine.timeout") == 1, events  # the hung one, once
     assert events.count("engine.down") == 1, events
     assert events.count("engine.up") == 2, events
     assert max(pings) < 1.0, pings
