@@ -13,7 +13,9 @@ import http.server
 import importlib.util
 import json
 import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -24,7 +26,7 @@ from typing import Any
 import pytest
 
 import perfctl
-from tests.conftest import Perfd, StartPerfd
+from tests.conftest import Perfd, StartPerfd, clean_env, command
 from tests.daemons import wait_until
 from tests.fakenvml import control_file
 
@@ -234,6 +236,20 @@ def test_an_sglang_engine_read_down_and_up(
     assert "3/2" in row
     assert "7.0 GiB" in row
     assert row.rstrip().endswith("up")
+    watch = subprocess.Popen(
+        [*command("perfctl"), "engines", "--watch", "0.2", "--json"],
+        env=clean_env(PERFD_RUNTIME_DIR=str(perfd.runtime_dir)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert watch.stdout is not None
+    redraws = [json.loads(watch.stdout.readline()) for _ in range(2)]  # one a redraw
+    watch.send_signal(signal.SIGINT)
+    _, err = watch.communicate(timeout=10)
+    assert watch.returncode == 0, err
+    assert all(r["schema"] == 1 and len(r["engines"]) == 2 for r in redraws)
     detail = perfd.ctl("engines", "sg").stdout
     assert "1000 / 4000 tokens" in detail
     assert "3 running, 2 waiting" in detail
