@@ -204,8 +204,8 @@ def test_an_sglang_engine_read_down_and_up(
 ) -> None:
     """perfctl engines shows the server's own figures and the NVML memory of its pid, while a
     hung engine beside it is timeout; stopping the server makes it down with an engine_down
-    alert, logged once; starting it again makes it up and resolves the alert; ping answers
-    throughout."""
+    alert, logged once; starting it again makes it up and resolves the alert; a reload adds
+    an engine and drops one; ping answers throughout."""
     nvml = control_file(
         tmp_path, gpus=[{"used": 30 * GiB, "compute_processes": [[os.getpid(), 7 * GiB]]}]
     )
@@ -278,8 +278,23 @@ def test_an_sglang_engine_read_down_and_up(
     sglang.start()
     until(lambda: engine(perfd)["state"] == "up", pings, perfd)
     until(lambda: "engine_down/sg" not in firing(perfd), pings, perfd)
+    # a reload adds an engine and drops one
+    text = perfd.config_path.read_text()
+    stuck = text.index("[engines.stuck]")
+    perfd.config_path.write_text(
+        text[:stuck] + f'[engines.again]\nkind = "sglang"\nurl = "{sglang.url}"\n'
+    )
+    reloaded = perfd.ctl("reload")
+    assert reloaded.returncode == 0, reloaded.stderr
+
+    def names() -> list[str]:
+        return [e["name"] for e in ctl_json(perfd, "engines")["engines"]]
+
+    until(lambda: names() == ["again", "sg"], pings, perfd)
     events = perfd.events()
     assert events.count("engine.timeout") == 1, events  # the hung one, once
     assert events.count("engine.down") == 1, events
-    assert events.count("engine.up") == 2, events
+    assert events.count("engine.up") >= 2, events  # sg twice (again may be up by now)
+    ups = [e for e in perfd.logs() if e["event"] == "engine.up" and e["engine"] == "sg"]
+    assert len(ups) == 2, ups
     assert max(pings) < 1.0, pings
