@@ -393,8 +393,7 @@ class Parts:
             _log.warning("monitor.slow_first_sample", waited_s=wait, action="ready anyway")
 
     def _start_engines(self) -> None:
-        """Watch the engines (after READY: its first reads and discovery run on its thread);
-        the monitor reads its latest records at each sample."""
+        """Watch the engines (after READY); the monitor reads their records at each sample."""
         monitor = self.monitor
         assert monitor is not None, "the monitor starts before the engines"
         cfg = self.loaded.config
@@ -409,6 +408,7 @@ class Parts:
             discover=b.engine_discover,
             processes=monitor.gpu_bytes_by_pid,
             heartbeat=self.liveness.register("engines"),
+            beat_every=(self.notifier.watchdog_interval or 10.0) / 2,
             clock=b.clock,
             wall=b.wall,
         )

@@ -46,7 +46,7 @@ Fetch = Callable[[Target, float], "Get"]
 Discover = Callable[[], list[Target]]
 Processes = Callable[[], Mapping[int, int]]  # pid -> GPU bytes (NVML, every GPU summed)
 
-_MAX_WAIT = 5.0  # the longest the thread sleeps between heartbeats
+_MAX_WAIT = 5.0  # the longest the thread goes between heartbeats (less under a short watchdog)
 # The health endpoint discovery's probe asks of each kind (each project's own server):
 # vLLM vllm/entrypoints/openai/api_server.py "/health"; llama.cpp tools/server/server.cpp
 # "/health"; SGLang python/sglang/srt/entrypoints/http_server.py "/health"; Ollama
@@ -106,6 +106,7 @@ class Watcher:
         discover: Discover | None = None,
         processes: Processes | None = None,
         heartbeat: Heartbeat | None = None,
+        beat_every: float = _MAX_WAIT,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -115,6 +116,7 @@ class Watcher:
         self._discover = discover or self._real_discover
         self._processes = processes or (lambda: {})
         self._heartbeat = heartbeat
+        self._beat_every = min(_MAX_WAIT, beat_every)  # within the watchdog's period
         self._clock, self._wall = clock, wall
         self._lock = threading.Lock()
         self._engines: dict[str, _Engine] = {
@@ -204,11 +206,14 @@ class Watcher:
             except Exception:  # a bug must not stop the engines being watched
                 _log.exception("engines.turn_failed")
                 next_read = self._clock() + cfg.read_interval
-            if self._heartbeat is not None:
-                self._heartbeat.beat()
+            self._beat()
             due = min(next_read, next_discovery) if cfg.enabled else next_read
-            self._wake.wait(min(_MAX_WAIT, max(0.0, due - self._clock())))
+            self._wake.wait(min(self._beat_every, max(0.0, due - self._clock())))
             self._wake.clear()
+
+    def _beat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.beat()
 
     def read_once(self) -> None:
         """One turn: start a read of every engine not already being read, wait for them
@@ -223,7 +228,11 @@ class Watcher:
                 engine.started = time.monotonic()
                 engine.inflight = pool.submit(self._one, engine.target, cfg.timeout)
         pending = [e.inflight for e in engines if e.inflight is not None]
-        wait_for(pending, timeout=max(0.0, started + cfg.timeout - time.monotonic()))
+        while (left := started + cfg.timeout - time.monotonic()) > 0:
+            _, waiting = wait_for(pending, timeout=min(left, self._beat_every))
+            self._beat()  # a turn waiting on slow engines is still alive
+            if not waiting:
+                break
         processes = self._gpu_processes()
         for engine in engines:
             future = engine.inflight
