@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from perfd.monitor.snapshot import Snapshot
 
 ENGINE_LABELS: Final = ("engine", "kind", "model")
-# DCGM exporter's label names where they mean the same (dcgm-exporter's
-# pkg/counters/const.go: gpu, UUID, modelName, pod, namespace, container), plus perfd's own.
+# DCGM exporter's label names where they mean the same (NVIDIA/dcgm-exporter: each device's
+# gpu, UUID and modelName labels; its Kubernetes mapper's pod, namespace and container),
+# plus perfd's own.
 PROCESS_LABELS: Final = (
     "gpu",
     "UUID",
