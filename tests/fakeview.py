@@ -152,8 +152,10 @@ class FakeView:
         monitor: bool = True,
         cache: FakeCache | None = None,
         providers: FakeProviders | None = None,
+        engines: Any = None,
     ) -> None:
         self.loaded = loaded(data)
+        self.engines = engines  # a watcher: records() and discovery()
         self.started_at = 1700000000.0
         self.started_monotonic = 0.0
         self.runtime_dir = Path("/run/perfd")
