@@ -106,6 +106,7 @@ def test_engines_reply_has_the_wire_shape() -> None:
         "settings",
         "fallbacks",
         "plan",
+        "plan_reason",
     }
     assert first["pids"] == [4242, 4243]
     assert first["read_at"] == "2023-11-14T22:13:20Z"
@@ -124,16 +125,15 @@ def test_engines_reply_has_the_wire_shape() -> None:
 
 
 def test_one_engine_by_name_with_its_plan_or_why_not() -> None:
-    """name: that engine alone, with a plan (here the plan check is not in the tree or fails:
-    a dict saying why, never an exception); an unknown name is not_found listing the known."""
+    """name: that engine alone; its model root is not on this host, so no plan, and the reason
+    says where perfd looked; an unknown name is not_found listing the known."""
     view = FakeView(snapshot=make_snapshot(), engines=FakeWatcher(VLLM, OLLAMA))
     reply = run(view, "engines", name="vllm-8000")
     assert [e["name"] for e in reply["engines"]] == ["vllm-8000"]
-    plan = reply["engines"][0]["plan"]
-    assert plan is not None
-    if "error" in plan:  # no plan check in the tree, or it failed: the reason, as text
-        assert isinstance(plan["error"], str)
-        assert "not checked" in fmt.format_engine(reply)
+    shown = reply["engines"][0]
+    assert shown["plan"] is None
+    assert shown["plan_reason"].startswith("/models/qwen/config.json: no such file on this host")
+    assert "plan      not checked: /models/qwen/config.json" in fmt.format_engine(reply)
     with pytest.raises(CommandError) as caught:
         run(view, "engines", name="nope")
     assert caught.value.code == protocol.NOT_FOUND

@@ -45,27 +45,31 @@ CONFIG = {
 CONFIG_KV_PER_TOKEN = 32 * 2 * 8 * (4096 // 32) * 2
 
 
-def gpu(index: int = 0, total: int = 80 * GiB, procs: dict[int, int] | None = None) -> GpuSample:
+def gpu(
+    index: int = 0, total: int = 80 * GiB, procs: dict[int, int] | None = None
+) -> plancheck.GpuFacts:
     processes = tuple(GpuProcess(pid, used, "python3") for pid, used in (procs or {}).items())
     used = sum(p.used_bytes or 0 for p in processes)
-    return GpuSample(
-        index=index,
-        uuid=f"GPU-{index}",
-        name="NVIDIA H100 80GB HBM3",
-        mem_total_bytes=total,
-        mem_used_bytes=used,
-        mem_free_bytes=total - used,
-        mem_reserved_bytes=0,
-        utilization_percent=None,
-        memory_utilization_percent=None,
-        temperature_c=None,
-        power_watts=None,
-        power_limit_watts=None,
-        persistence_mode=None,
-        compute_capability=(9, 0),
-        processes=processes,
-        mig_enabled=False,
-        mig=(),
+    return plancheck.GpuFacts.of(
+        GpuSample(
+            index=index,
+            uuid=f"GPU-{index}",
+            name="NVIDIA H100 80GB HBM3",
+            mem_total_bytes=total,
+            mem_used_bytes=used,
+            mem_free_bytes=total - used,
+            mem_reserved_bytes=0,
+            utilization_percent=None,
+            memory_utilization_percent=None,
+            temperature_c=None,
+            power_watts=None,
+            power_limit_watts=None,
+            persistence_mode=None,
+            compute_capability=(9, 0),
+            processes=processes,
+            mig_enabled=False,
+            mig=(),
+        )
     )
 
 

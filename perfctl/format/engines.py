@@ -129,7 +129,7 @@ def format_engine(result: dict[str, Any], style: Style = PLAIN) -> str:
     if e.get("fallbacks"):
         facts.append(("fell back to", ", ".join(e["fallbacks"])))
     lines = [table(facts)]
-    lines.extend(_plan_lines(e.get("plan"), style))
+    lines.extend(_plan_lines(e.get("plan"), style, e.get("plan_reason")))
     return "\n".join(lines)
 
 
@@ -137,22 +137,49 @@ def _ratio(value: Any) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _plan_lines(plan: Any, style: Style) -> list[str]:
+def _plan_lines(plan: Any, style: Style, reason: Any = None) -> list[str]:
+    """The plan check: the engine's figures beside perfd's, then the flags and notes."""
     if plan is None:
-        return ["plan      -"]
+        return [style.paint(f"plan      not checked: {reason}", "dim") if reason else "plan      -"]
     if not isinstance(plan, dict):
         return [f"plan      {plan}"]
     if set(plan) == {"error"}:
         return [style.paint(f"plan      not checked: {plan['error']}", "dim")]
+    error = plan.get("kv_error_percent")
+    kv_bytes = plan.get("predicted_kv_bytes")
+    rows = [
+        ("", "engine", "perfd"),
+        (
+            "kv tokens",
+            _num(plan.get("engine_kv_tokens")),
+            _num(plan.get("predicted_kv_tokens")) + ("" if error is None else f"  ({error:+.2f}%)"),
+        ),
+        ("kv bytes", "-", "-" if kv_bytes is None else f"{kv_bytes} ({size(kv_bytes)})"),
+        ("context", _num(plan.get("served_context")), _num(plan.get("recommended_context"))),
+        (
+            "concurrency",
+            _num(plan.get("concurrency")),
+            _num(plan.get("recommended_concurrency")),
+        ),
+        ("gpu memory", _bytes(plan.get("gpu_memory_bytes")), _bytes(plan.get("plan_bytes"))),
+    ]
+    width = max(len(a) for a, _, _ in rows)
+    middle = max(len(b) for _, b, _ in rows)
     out = ["plan check"]
-    flags = plan.get("flags") or []
-    for key, value in plan.items():
-        if key != "flags":
-            out.append(f"  {key:<22}{value}")
-    for flag in flags:
-        text = flag.get("message", flag) if isinstance(flag, dict) else flag
-        out.append(style.paint(f"  ! {text}", "yellow"))
+    out += [f"  {a:<{width}}  {b:>{middle}}  {c}".rstrip() for a, b, c in rows]
+    for flag in plan.get("flags") or []:
+        if isinstance(flag, dict):
+            out.append(style.paint(f"  ! {flag.get('message')}", "yellow"))
+            if flag.get("hint"):
+                out.append(f"    {flag['hint']}")
+        else:
+            out.append(style.paint(f"  ! {flag}", "yellow"))
+    out += [style.paint(f"  {note}", "dim") for note in plan.get("notes") or []]
     return out
+
+
+def _bytes(value: Any) -> str:
+    return "-" if not isinstance(value, int) else size(value)
 
 
 def stats_lines(engines: list[dict[str, Any]], label: int, style: Style) -> list[str]:

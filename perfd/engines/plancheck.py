@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from perfd.engines.record import LLAMACPP, OLLAMA, EngineRecord, Reading
 from perfd.probes.samples import GpuSample
@@ -44,6 +44,31 @@ class Flag:
     code: str
     message: str
     hint: str
+    gpu: int | None = None  # the GPU a gpu_oversubscribed flag is about
+
+
+class HeldMemory(Protocol):
+    """A GPU process as NVML lists it (probes.samples.GpuProcess, the snapshot's use)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def used_bytes(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class GpuFacts:
+    """What the plan check needs of one GPU: the probes' sample and the monitor's snapshot
+    both give it (``of`` for a sample; the monitor builds it from its own ``Gpu``)."""
+
+    index: int
+    name: str
+    total_bytes: int
+    processes: tuple[HeldMemory, ...] = ()
+
+    @classmethod
+    def of(cls, sample: GpuSample) -> GpuFacts:
+        return cls(sample.index, sample.name, sample.mem_total_bytes, sample.processes)
 
 
 @dataclass(frozen=True)
@@ -80,7 +105,7 @@ class PlanCheck:
         return out
 
 
-def engine_gpus(record: EngineRecord, gpus: Sequence[GpuSample]) -> list[GpuSample]:
+def engine_gpus(record: EngineRecord, gpus: Sequence[GpuFacts]) -> list[GpuFacts]:
     """The GPUs on which one of the engine's processes holds memory."""
     pids = set(record.target.pids)
     return [gpu for gpu in gpus if any(proc.pid in pids for proc in gpu.processes)]
@@ -88,7 +113,7 @@ def engine_gpus(record: EngineRecord, gpus: Sequence[GpuSample]) -> list[GpuSamp
 
 def check(
     record: EngineRecord,
-    gpus: Sequence[GpuSample],
+    gpus: Sequence[GpuFacts],
     arch: Arch,
     *,
     ram_bytes: int = 0,
@@ -150,7 +175,7 @@ def _recommend(
     kind: str,
     arch: Arch,
     reading: Reading,
-    on: list[GpuSample],
+    on: list[GpuFacts],
     *,
     ram_bytes: int,
     cpu_count: int,
@@ -159,7 +184,7 @@ def _recommend(
     """The recommender's plan for the engine's settings on the engine's GPU (the first, whole:
     an engine plans on an empty GPU), or None with a note saying why not."""
     gpus = tuple(
-        Gpu(index=g.index, name=g.name, total_bytes=g.mem_total_bytes, free_bytes=g.mem_total_bytes)
+        Gpu(index=g.index, name=g.name, total_bytes=g.total_bytes, free_bytes=g.total_bytes)
         for g in on[:1]
     )
     hardware = Hardware(gpus, ram_bytes, ram_bytes, None, cpu_count, "live")
@@ -201,7 +226,7 @@ def _plan_bytes(
     reading: Reading,
     plan: dict[str, Any] | None,
     kv_size: int | None,
-    on: list[GpuSample],
+    on: list[GpuFacts],
 ) -> int | None:
     """What perfd expects the engine to hold on its GPU(s): vLLM and SGLang claim their
     utilization of the GPU; llama.cpp and Ollama hold weights, KV cache and overhead."""
@@ -300,7 +325,7 @@ def _context_flags(
     return []
 
 
-def check_gpus(records: Sequence[EngineRecord], gpus: Sequence[GpuSample]) -> list[Flag]:
+def check_gpus(records: Sequence[EngineRecord], gpus: Sequence[GpuFacts]) -> list[Flag]:
     """A flag per GPU whose engines' memory claims add up to more than the GPU: a vLLM or
     SGLang claims its ``gpu_memory_utilization`` (``mem_fraction_static``) of the GPU, another
     engine what NVML shows its processes holding there."""
@@ -314,25 +339,26 @@ def check_gpus(records: Sequence[EngineRecord], gpus: Sequence[GpuSample]) -> li
                 continue
             claims.append((record.target.name, _claim(record, gpu, held)))
         total = sum(claim for _, claim in claims)
-        if len(claims) > 1 and total > gpu.mem_total_bytes:
+        if len(claims) > 1 and total > gpu.total_bytes:
             shown = ", ".join(f"{name} {_gib(claim)}" for name, claim in claims)
             flags.append(
                 Flag(
                     "gpu_oversubscribed",
-                    f"GPU {gpu.index}: engines claim {_gib(total)} of {_gib(gpu.mem_total_bytes)}"
+                    f"GPU {gpu.index}: engines claim {_gib(total)} of {_gib(gpu.total_bytes)}"
                     f" ({shown})",
                     "lower each engine's gpu_memory_utilization so they add up to less than "
                     "1.0, or move one to another GPU",
+                    gpu.index,
                 )
             )
     return flags
 
 
-def _claim(record: EngineRecord, gpu: GpuSample, held: int) -> int:
+def _claim(record: EngineRecord, gpu: GpuFacts, held: int) -> int:
     settings = record.reading.settings if record.reading else {}
     fraction = settings.get("gpu_memory_utilization", settings.get("mem_fraction_static"))
     if isinstance(fraction, int | float) and not isinstance(fraction, bool) and 0 < fraction <= 1:
-        return int(gpu.mem_total_bytes * fraction)
+        return int(gpu.total_bytes * fraction)
     return held
 
 
@@ -340,4 +366,4 @@ def _gib(size: float) -> str:
     return f"{size / (1 << 30):.1f} GiB"
 
 
-__all__ = ["Arch", "Flag", "PlanCheck", "check", "check_gpus", "engine_gpus"]
+__all__ = ["Arch", "Flag", "GpuFacts", "PlanCheck", "check", "check_gpus", "engine_gpus"]

@@ -41,8 +41,11 @@ def plan_dict(plan: object) -> dict[str, Any] | None:
     return {"value": str(plan)}
 
 
-def record_dict(record: EngineRecord, plan: object = None) -> dict[str, Any]:
-    """The record as the wire carries it; a down engine shows its last good reading."""
+def record_dict(
+    record: EngineRecord, plan: object = None, plan_reason: str | None = None
+) -> dict[str, Any]:
+    """The record as the wire carries it; a down engine shows its last good reading. ``plan``
+    is the plan check (``engines NAME`` only), ``plan_reason`` why there is none."""
     t = record.target
     r = record.reading or Reading()
     return {
@@ -71,6 +74,7 @@ def record_dict(record: EngineRecord, plan: object = None) -> dict[str, Any]:
         "settings": {str(k): _json(v) for k, v in r.settings.items()},
         "fallbacks": list(r.fallbacks),
         "plan": plan_dict(plan),
+        "plan_reason": plan_reason,
     }
 
 

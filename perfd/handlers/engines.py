@@ -26,15 +26,27 @@ def _logged_once(event: str, exc: Exception) -> str:
     return text
 
 
-def plan(record: EngineRecord, snapshot: Snapshot | None) -> object:
-    """The plan check of one engine (perfd.engines.plancheck), or a dict saying why not."""
+def plan(record: EngineRecord, snapshot: Snapshot | None) -> tuple[object, str | None]:
+    """The plan check of one engine (perfd.engines.plancheck) and None, or None and why there
+    is none (the model's architecture cannot be read here, the check failed)."""
     try:
-        from perfd.engines import plancheck  # type: ignore[attr-defined,unused-ignore]
+        from perfd.engines import archs, plancheck
+        from perfd.monitor.engine_alerts import plan_gpus
 
-        gpus = list(snapshot.gpus) if snapshot is not None else []
-        return plancheck.check(record, gpus, None)
+        arch = archs.resolve(record)
+        if isinstance(arch, str):
+            return None, arch
+        gpus = plan_gpus(snapshot.gpus) if snapshot is not None else []
+        host = snapshot.host if snapshot is not None else None
+        return plancheck.check(
+            record,
+            gpus,
+            arch,
+            ram_bytes=host.memory.total_bytes if host is not None else 0,
+            cpu_count=host.cpu_count if host is not None else 1,
+        ), None
     except Exception as exc:  # advisory: the record is shown without it
-        return {"error": _logged_once("engines.plan_failed", exc)}
+        return None, f"the plan check failed: {_logged_once('engines.plan_failed', exc)}"
 
 
 def engines(view: EnginesView, args: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +63,8 @@ def engines(view: EnginesView, args: dict[str, Any]) -> dict[str, Any]:
             known = ", ".join(r.target.name for r in records) or "none"
             raise CommandError(protocol.NOT_FOUND, f"no engine {name!r} (known: {known})")
         snapshot = view.monitor.snapshot() if view.monitor is not None else None
-        shown = [record_dict(chosen[0], plan(chosen[0], snapshot))]
+        checked, why = plan(chosen[0], snapshot)
+        shown = [record_dict(chosen[0], checked, why)]
     else:
         shown = [record_dict(r) for r in records]
     return {"engines": shown, "discovery": watcher.discovery()}

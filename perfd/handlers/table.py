@@ -100,7 +100,8 @@ def commands(view: View) -> list[Command]:
         ),
         Command("recommend", bound(recommend.recommend), slow=True, args=RECOMMEND_ARGS),
         Command("providers", bound(providers.providers)),
-        Command("engines", bound(engines.engines), args={"name": (str,)}),
+        # slow: engines NAME reads the model's header and runs the recommender (the plan check)
+        Command("engines", bound(engines.engines), slow=True, args={"name": (str,)}),
     ]
 
 

@@ -3,14 +3,15 @@
 Rules (``[alerts.*]``, perfd.settings.monitor): ``kv_cache_usage`` (percent of the engine's KV
 capacity), ``engine_waiting`` (requests in its queue), ``engine_preemptions`` (per minute),
 ``engine_down`` (down, timeout or error) per engine, the resource being the engine's name; and
-``gpu_oversubscribed`` per GPU, from the plan check's flags (perfd.engines.plancheck.check_gpus,
-imported when the first engine is seen, a failure of it logged once and judged "no flag").
+``gpu_oversubscribed`` per GPU, from the plan check's flags (perfd.engines.plancheck.check_gpus
+over ``plan_gpus``: the snapshot's GPUs as the plan check takes them; a failure of it logged
+once and judged "no flag").
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from perfd import log
 from perfd.config import AlertsConfig, StateRule, ThresholdRule
@@ -18,6 +19,9 @@ from perfd.engines.record import UP, EngineRecord
 from perfd.monitor import alerts
 from perfd.monitor.alerts import Observation, Policy
 from perfd.monitor.snapshot import Gpu
+
+if TYPE_CHECKING:
+    from perfd.engines.plancheck import GpuFacts
 
 _log = log.get("perfd.monitor")
 
@@ -99,29 +103,39 @@ def observations(
             if gpu.ok:
                 labels = {"uuid": gpu.uuid}
                 on = gpu.index in flagged
+                if on:
+                    labels["message"] = flagged[gpu.index][:200]
                 _state(
                     out, "gpu_oversubscribed", cfg.gpu_oversubscribed, f"gpu{gpu.index}", on, labels
                 )
     return out
 
 
-def _flagged_gpus(records: Sequence[EngineRecord], gpus: Sequence[Gpu]) -> set[int]:
-    """The indexes of the GPUs the plan check flags as claimed beyond their memory."""
-    try:
-        from perfd.engines import plancheck  # type: ignore[attr-defined,unused-ignore]
+def plan_gpus(gpus: Sequence[Gpu]) -> list[GpuFacts]:
+    """The snapshot's readable GPUs as the plan check takes them."""
+    from perfd.engines import plancheck  # with the recommender: only once engines are seen
 
-        flags = plancheck.check_gpus(list(records), list(gpus))
+    return [
+        plancheck.GpuFacts(gpu.index, gpu.name, gpu.memory.total_bytes, gpu.processes)
+        for gpu in gpus
+        if gpu.ok
+    ]
+
+
+def _flagged_gpus(records: Sequence[EngineRecord], gpus: Sequence[Gpu]) -> dict[int, str]:
+    """The GPUs the plan check flags as claimed beyond their memory: index -> the message."""
+    try:
+        from perfd.engines import plancheck
+
+        flags = plancheck.check_gpus(list(records), plan_gpus(gpus))
     except Exception as exc:  # the plan check is advisory: its failure is no alert
         text = f"{type(exc).__name__}: {exc}"
         if text not in _failed:
             _failed.add(text)
             _log.warning("alerts.gpu_check_failed", error=text, action="gpu_oversubscribed off")
-        return set()
-    out: set[int] = set()
-    for flag in flags:
-        index = getattr(flag, "gpu", None)
-        if isinstance(flag, dict):
-            index = flag.get("gpu")
-        if isinstance(index, int):
-            out.add(index)
-    return out
+        return {}
+    return {
+        flag.gpu: flag.message
+        for flag in flags
+        if flag.code == "gpu_oversubscribed" and flag.gpu is not None
+    }
