@@ -211,6 +211,18 @@ def test_sglang_failing_server_info_leaves_the_pool_unknown(serve: list[EngineSe
     assert reading.fallbacks == ("sglang:token_usage",)
 
 
+def test_sglang_without_a_model_list_is_read_from_its_metrics(serve: list[EngineServer]) -> None:
+    """A /v1/models that fails (404 on a server without the OpenAI routes, a 500) leaves the
+    models unknown and says why; the metrics' figures stand."""
+    rank = SglangRank(used_tokens=3000, max_total_tokens=12000)
+    serve.append(server := start("sglang", "current", figures=SglangFigures(ranks=[rank])))
+    server.set_mode("http500", paths=("/v1/models",))
+    reading = read(server)
+    assert reading.models == ()
+    assert (reading.kv_used_tokens, reading.kv_capacity_tokens) == (3000, 12000)
+    assert "HTTP 500" in reading.settings["unavailable"]["/v1/models"]
+
+
 def test_sglang_pool_from_internal_states() -> None:
     """A /get_server_info listing the pool only per rank (internal_states) sums the ranks."""
     ranks = [SglangRank(max_total_tokens=7000), SglangRank(max_total_tokens=9000)]
