@@ -19,7 +19,17 @@ from perfd.engines import owners
 from perfd.engines.owners import GpuProcessLike, Lookup, ProcessOwner
 from perfd.engines.record import EngineRecord
 
-OWNER_FIELDS = ("kind", "name", "engine", "model", "unit", "container", "pod_uid")
+OWNER_FIELDS = (
+    "kind",
+    "name",
+    "engine",
+    "engine_kind",
+    "model",
+    "unit",
+    "container",
+    "runtime",
+    "pod_uid",
+)
 
 
 @dataclass(frozen=True)
