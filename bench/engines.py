@@ -11,15 +11,12 @@ N SGLang-shaped /metrics servers on 127.0.0.1, one port each, so their CPU is no
             with no engines and discovery off; ``stats`` sent to them in alternation: the
             latency ratio on / off, median and p95
 
-Where perfd.engines' fetcher and SGLang reader are not in the tree, the watcher reads through
-tests/enginedouble.py (the same contract, urllib and prometheus_client's parser), and the
-engines-on perfd is started through tests/launcher.py --engines-double.
+The reads go through perfd's own fetcher (perfd.engines.fetch) and SGLang reader.
 """
 
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
 import subprocess
 import sys
@@ -44,10 +41,6 @@ from bench.common import (
 
 COUNTS = (1, 8, 32)
 READ_INTERVAL = 5.0  # [discovery] read_interval's default
-REAL = all(
-    importlib.util.find_spec(m) is not None
-    for m in ("perfd.engines.fetch", "perfd.engines.readers.sglang")
-)
 
 
 @dataclass(frozen=True)
@@ -120,16 +113,6 @@ def _engines_toml(ports: list[int]) -> dict[str, Any]:
     }
 
 
-def _io() -> dict[str, Any]:
-    if REAL:
-        return {}
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from tests import enginedouble
-
-    return {"read": enginedouble.read, "fetch": enginedouble.fetch}
-
-
 def _read_point(options: Options, count: int) -> dict[str, Any]:
     from perfd import config
     from perfd.engines.watcher import Watcher
@@ -139,7 +122,7 @@ def _read_point(options: Options, count: int) -> dict[str, Any]:
         cfg = config.parse(
             {"engines": _engines_toml(ports), "discovery": {"enabled": False, "timeout": "2s"}}
         )
-        watcher = Watcher(cfg.discovery, cfg.engines, discover=list, **_io())
+        watcher = Watcher(cfg.discovery, cfg.engines, discover=list)
         watcher.read_once()  # warm: imports, connections, the pool's threads
         states = {r.state for r in watcher.records()}
         if states != {"up"}:
@@ -174,14 +157,11 @@ def _stats_point(options: Options) -> dict[str, Any]:
     )
     on_cfg = '[discovery]\nenabled = false\nread_interval = "500ms"\ntimeout = "400ms"\n' + engines
     off_cfg = "[discovery]\nenabled = false\n"
-    launcher = [] if REAL else [PYTHON, "-m", "tests.launcher", "--engines-double", "--"]
     try:
         with short_tempdir() as tmp:
             (tmp / "on").mkdir()
             (tmp / "off").mkdir()
-            on = PerfdProcess(
-                tmp / "on", config=on_cfg, env={"PYTHONPATH": str(ROOT)}, program=launcher
-            )
+            on = PerfdProcess(tmp / "on", config=on_cfg)
             off = PerfdProcess(tmp / "off", config=off_cfg)
             with on, off:
                 times: dict[str, list[float]] = {"on": [], "off": []}
@@ -221,8 +201,7 @@ def run(options: Options) -> tuple[dict[str, Any], list[Check]]:
     with captured_log():  # the watcher's engine.up lines
         reads = [_read_point(options, n) for n in COUNTS]
     print_table(
-        f"engines: reading N SGLang engines, {options.turns} turns each"
-        + ("" if REAL else " (tests/enginedouble.py's reader)"),
+        f"engines: reading N SGLang engines, {options.turns} turns each",
         ["engines", "CPU ms/turn", "CPU ms/engine", "wall ms/turn", "wall p95", "% core at 5s"],
         [
             (

@@ -62,10 +62,10 @@ class Boundaries:
     loader lookup from the loaders perfd adds itself (``openai``: the default is
     perfd.loaders.registry with its entry points); ``engine_read``, ``engine_fetch`` and
     ``engine_discover`` are the engine watcher's I/O (the real ones: perfd.engines' readers,
-    fetcher and discovery); ``meter``
-    measures what a model load costs this process (the real one:
+    fetcher, and a process scan with perfd.probes.processes then perfd.engines.health);
+    ``meter`` measures what a model load costs this process (the real one:
     perfd.cache.meter.ProcessMeter over /proc and NVML); ``clock`` and ``wall`` are monotonic
-    and wall-clock time for the monitor and the cache.
+    and wall-clock time for the monitor, the cache and the engines.
     """
 
     host_probe: Callable[[config.MonitorConfig], HostProbe] | None = None
@@ -251,9 +251,8 @@ class Parts:
             if not self._cache_used:
                 keeper.start(self.liveness.register("keeper"))
                 self._cache_used = True
-                _log.info(
-                    "component.started", component="cache", models=sorted(self.loaded.config.models)
-                )
+                names = sorted(self.loaded.config.models)
+                _log.info("component.started", component="cache", models=names)
         return cache
 
     @property
@@ -267,11 +266,8 @@ class Parts:
         with self._lock:
             if not self._providers_used:
                 self._providers_used = True
-                _log.info(
-                    "component.started",
-                    component="providers",
-                    providers=sorted(self.loaded.config.providers),
-                )
+                names = sorted(self.loaded.config.providers)
+                _log.info("component.started", component="providers", providers=names)
         return providers
 
     def request_counts(self) -> dict[str, Any]:
@@ -397,15 +393,19 @@ class Parts:
         monitor = self.monitor
         assert monitor is not None, "the monitor starts before the engines"
         cfg = self.loaded.config
+        from perfd.engines.health import found_now
         from perfd.engines.watcher import Watcher
+        from perfd.probes.processes import ProcessProbe
 
-        b = self.boundaries
+        b, table = self.boundaries, ProcessProbe()
+        monitor.process_lookup = table.process  # the GPU processes' owners (cgroup, parent)
         watcher = Watcher(
             cfg.discovery,
             cfg.engines,
             read=b.engine_read,
             fetch=b.engine_fetch,
-            discover=b.engine_discover,
+            discover=b.engine_discover
+            or (lambda: found_now(table.scan, self.loaded.config.discovery.timeout)),
             processes=monitor.gpu_bytes_by_pid,
             heartbeat=self.liveness.register("engines"),
             beat_every=(self.notifier.watchdog_interval or 10.0) / 2,

@@ -156,12 +156,10 @@ def start_perfd(short_dir: Path, tmp_path: Path) -> Iterator[StartPerfd]:
         runtime_dir: Path | None = None,
         nofile: int | tuple[int, int] | None = None,
         nvml: NvmlControl | None = None,
-        launcher_args: tuple[str, ...] = (),
     ) -> Perfd:
         """``nofile``: run perfd with this RLIMIT_NOFILE: soft = hard = N (the unit's limit,
         which perfd cannot raise), or (soft, hard). ``nvml``: start it through tests/launcher.py
-        with a ControlledNvml reading that control file (tests/fakenvml.py). ``launcher_args``:
-        start it through tests/launcher.py with these options too."""
+        with a ControlledNvml reading that control file (tests/fakenvml.py)."""
         index = len(started)
         rundir = runtime_dir or short_dir / f"run{index}"
         config_path = tmp_path / f"perfd{index}.toml"
@@ -170,11 +168,9 @@ def start_perfd(short_dir: Path, tmp_path: Path) -> Iterator[StartPerfd]:
         log_path = tmp_path / f"perfd{index}.log"
         full_env = clean_env(NOTIFY_SOCKET=str(notify.path), **(env or {}))
         program = command("perfd")
-        if nvml is not None or launcher_args:
+        if nvml is not None:
             full_env.setdefault("PYTHONPATH", str(ROOT))
-            launcher = [sys.executable, "-m", "tests.launcher", *launcher_args]
-            if nvml is not None:
-                launcher += ["--nvml-control", str(nvml.path)]
+            launcher = [sys.executable, "-m", "tests.launcher", "--nvml-control", str(nvml.path)]
             program = [*launcher, "--"]
         with log_path.open("wb") as out:
             proc = subprocess.Popen(

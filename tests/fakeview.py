@@ -31,6 +31,7 @@ class FakeMonitor:
     def __init__(self, snapshot: Snapshot | None) -> None:
         self.sample = snapshot
         self.alert_states: dict[str, Any] = {"alerts": []}
+        self.process_lookup: Any = None  # no process table: owners by engine pid and name
 
     def snapshot(self) -> Snapshot | None:
         return self.sample

@@ -5,8 +5,7 @@
 runs perfd's own ``perfd.daemon.main`` with the arguments after ``--``; its GPU probe is the
 real ``perfd.probes.nvml.GpuProbe`` over a ``tests.fakenvml.ControlledNvml`` reading FILE
 (written by ``NvmlControl.set`` while perfd runs), retrying nvmlInit every
-``--nvml-retry`` seconds (0.2) instead of every minute after the driver went away. With
-``--engines-double`` it reads engines through tests/enginedouble.py, without discovery.
+``--nvml-retry`` seconds (0.2) instead of every minute after the driver went away.
 """
 
 from __future__ import annotations
@@ -45,11 +44,6 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("--nvml-control", metavar="FILE", help="a ControlledNvml's script")
     parser.add_argument("--nvml-retry", type=float, default=0.2, metavar="SECONDS")
-    parser.add_argument(
-        "--engines-double",
-        action="store_true",
-        help="read engines through tests/enginedouble.py (SGLang only), no discovery",
-    )
     args = parser.parse_args(argv[:cut])
     if cut == len(argv):
         parser.error("give perfd's arguments after --")
@@ -58,20 +52,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, perfd_args = parse(sys.argv[1:] if argv is None else argv)
-    engines: dict[str, object] = {}
-    if args.engines_double:
-        from tests import enginedouble
-
-        engines = {
-            "engine_read": enginedouble.read,
-            "engine_fetch": enginedouble.fetch,
-            "engine_discover": list,
-        }
     boundaries = Boundaries(
         gpu_probe=(
             controlled_gpu_probe(args.nvml_control, args.nvml_retry) if args.nvml_control else None
-        ),
-        **engines,  # type: ignore[arg-type]
+        )
     )
     return daemon.main(perfd_args, boundaries=boundaries)
 

@@ -3,14 +3,12 @@ server on 127.0.0.1, shown by perfctl engines, stats and /metrics; the server st
 an engine_down alert) and started again (up); ping stays fast throughout.
 
 The server here is minimal (SGLang's /metrics, names from sgl-project/sglang
-python/sglang/srt/metrics/collector.py). Without perfd.engines' fetcher and SGLang reader in
-the tree, perfd reads it through tests/enginedouble.py (tests/launcher.py --engines-double).
+python/sglang/srt/metrics/collector.py), read by perfd's own fetcher and SGLang reader.
 """
 
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
 import os
 import signal
@@ -31,11 +29,6 @@ from tests.daemons import wait_until
 from tests.fakenvml import control_file
 
 GiB = 1 << 30
-REAL = all(
-    importlib.util.find_spec(m) is not None
-    for m in ("perfd.engines.fetch", "perfd.engines.readers.sglang")
-)
-LAUNCHER = () if REAL else ("--engines-double",)
 
 
 def sglang_metrics(f: dict[str, float], model: str) -> str:
@@ -49,7 +42,8 @@ def sglang_metrics(f: dict[str, float], model: str) -> str:
 
 
 class SglangServer:
-    """SGLang's /metrics and /health on a fixed 127.0.0.1 port; stop() and start() again."""
+    """SGLang's /metrics, /v1/models and /health on a fixed 127.0.0.1 port; stop() and start()
+    again."""
 
     def __init__(self, figures: dict[str, float], model: str = "Qwen/Qwen3-0.6B") -> None:
         self.figures, self.model = figures, model
@@ -74,6 +68,9 @@ class SglangServer:
                     body = sglang_metrics(owner.figures, owner.model).encode()
                 elif self.path == "/health":
                     body = b""
+                elif self.path == "/v1/models":  # srt/entrypoints/openai/protocol.py ModelCard
+                    card = {"id": owner.model, "object": "model", "max_model_len": 32768}
+                    body = json.dumps({"object": "list", "data": [card]}).encode()
                 else:
                     self.send_error(404)
                     return
@@ -210,7 +207,7 @@ def test_an_sglang_engine_read_down_and_up(
         tmp_path, gpus=[{"used": 30 * GiB, "compute_processes": [[os.getpid(), 7 * GiB]]}]
     )
     port = free_port()
-    perfd = start_perfd(config(sglang, port, hung), nvml=nvml, launcher_args=LAUNCHER)
+    perfd = start_perfd(config(sglang, port, hung), nvml=nvml)
     pings: list[float] = []
     until(lambda: engine(perfd)["state"] == "up", pings, perfd)
     until(lambda: engine(perfd, "stuck")["state"] == "timeout", pings, perfd)

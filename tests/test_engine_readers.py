@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from perfd.engines.errors import EngineDown, EngineTimeout, PayloadError
 from perfd.engines.fetch import MAX_BODY, fetcher
-from perfd.engines.readers import reader
+from perfd.engines.readers import llamacpp, ollama, payload, reader, sglang, vllm
 from perfd.engines.record import Reading, Target
 from tests.enginepayloads import (
     OllamaFigures,
@@ -209,6 +209,18 @@ def test_sglang_failing_server_info_leaves_the_pool_unknown(serve: list[EngineSe
     assert reading.kv_usage_ratio == pytest.approx(0.25)
     assert reading.models[0].context is None
     assert reading.fallbacks == ("sglang:token_usage",)
+
+
+def test_sglang_without_a_model_list_is_read_from_its_metrics(serve: list[EngineServer]) -> None:
+    """A /v1/models that fails (404 on a server without the OpenAI routes, a 500) leaves the
+    models unknown and says why; the metrics' figures stand."""
+    rank = SglangRank(used_tokens=3000, max_total_tokens=12000)
+    serve.append(server := start("sglang", "current", figures=SglangFigures(ranks=[rank])))
+    server.set_mode("http500", paths=("/v1/models",))
+    reading = read(server)
+    assert reading.models == ()
+    assert (reading.kv_used_tokens, reading.kv_capacity_tokens) == (3000, 12000)
+    assert "HTTP 500" in reading.settings["unavailable"]["/v1/models"]
 
 
 def test_sglang_pool_from_internal_states() -> None:
@@ -502,3 +514,22 @@ def test_fuzz_wrongly_shaped_json_only_payload_errors(kind: str, data: st.DataOb
         if path != "/metrics" and data.draw(st.booleans()):
             bodies[path] = json.dumps(data.draw(JSONISH)).encode()
     reads_cleanly(kind, bodies)
+
+
+def test_the_dispatch_gives_each_kind_its_own_reader() -> None:
+    """readers.reader(kind) is that kind's module's read (imported on first use)."""
+    modules = {"vllm": vllm, "sglang": sglang, "ollama": ollama, "llamacpp": llamacpp}
+    for kind, module in modules.items():
+        assert reader(kind) is module.read
+
+
+def test_payload_errors_name_the_endpoint() -> None:
+    """The shared payload helpers: JSON that is not an object, and Prometheus text that is
+    not, are PayloadErrors naming the endpoint; a NaN sample counts as absent."""
+    with pytest.raises(PayloadError, match="/v1/models"):
+        payload.json_object(b"[1, 2]", "/v1/models")
+    with pytest.raises(PayloadError, match="/metrics"):
+        payload.prometheus(b"vllm:num_requests_running{ 3\n", "/metrics")
+    samples = payload.prometheus(b"sglang:num_queue_reqs NaN\nsglang:num_running_reqs 2\n", "m")
+    assert samples.total("sglang:num_queue_reqs") is None
+    assert samples.total("sglang:num_running_reqs") == 2

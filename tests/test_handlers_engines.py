@@ -12,6 +12,7 @@ import pytest
 
 from perfctl.format import engines as fmt
 from perfctl.format import stats as fmt_stats
+from perfd.engines.owners import OWNER_LABELS
 from perfd.engines.record import EngineRecord, Reading, ServedModel, Target
 from perfd.errors import CommandError
 from perfd.handlers import table
@@ -255,5 +256,8 @@ def test_process_series_carry_the_owner_with_dcgm_label_names() -> None:
     assert labels["UUID"] == gpu.uuid
     assert labels["modelName"] == gpu.name
     assert (labels["owner_kind"], labels["owner"]) == ("engine", "vllm-8000")
-    unaccounted = got[("perfd_gpu_memory_unaccounted_bytes", (("gpu", "0"),))]
+    assert (labels["engine"], labels["engine_kind"]) == ("vllm-8000", "vllm")
+    assert set(labels) == {"gpu", "UUID", "modelName", *OWNER_LABELS}
+    gpu_key = (("UUID", gpu.uuid), ("gpu", "0"), ("modelName", gpu.name))
+    unaccounted = got[("perfd_gpu_memory_unaccounted_bytes", gpu_key)]
     assert unaccounted == gpu.memory.used_bytes - 63 * GiB

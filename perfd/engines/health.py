@@ -18,9 +18,15 @@ it finds).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
+from perfd.engines import discovery
 from perfd.engines.errors import EngineUnavailable
 from perfd.engines.fetch import fetcher
 from perfd.engines.record import LLAMACPP, OLLAMA, SGLANG, VLLM, Target
+from perfd.probes.samples import ProcessEntry
+
+Scan = Callable[[Callable[[tuple[str, ...]], bool]], Iterable[ProcessEntry]]
 
 HEALTH_PATHS = {VLLM: "/health", LLAMACPP: "/health", OLLAMA: "/api/version", SGLANG: "/health"}
 
@@ -37,3 +43,11 @@ def probe(kind: str, url: str, timeout_s: float = 1.0) -> bool:
     except (EngineUnavailable, ValueError):
         return False
     return True
+
+
+def found_now(scan: Scan, timeout_s: float) -> list[Target]:
+    """One discovery run: a fresh process scan (``scan``: the process probe's, which reads the
+    listening ports of the processes ``discovery.is_engine`` picks), then each candidate's
+    health endpoint, ``timeout_s`` each."""
+    entries = scan(discovery.is_engine)
+    return discovery.discover(entries, lambda kind, url: probe(kind, url, timeout_s))

@@ -22,9 +22,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from perfd.engines.record import EngineRecord, Target
-from perfd.probes.samples import GpuSample, ProcessEntry
+from perfd.probes.samples import ProcessEntry
 
 ENGINE, PERFD, POD, CONTAINER, UNIT, PROCESS = (
     "engine",
@@ -38,6 +39,34 @@ OWNER_KINDS = (ENGINE, PERFD, POD, CONTAINER, UNIT, PROCESS)
 MAX_DEPTH = 64
 
 Lookup = Callable[[int], ProcessEntry | None]
+
+
+class GpuProcessLike(Protocol):
+    """A GPU process as NVML gives it (probes.samples.GpuProcess, the snapshot's
+    GpuProcessUse)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def used_bytes(self) -> int | None: ...
+    @property
+    def name(self) -> str | None: ...
+
+
+class GpuLike(Protocol):
+    """What attribution reads of a GPU (probes.samples.GpuSample has exactly these)."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def mem_used_bytes(self) -> int: ...
+    @property
+    def processes(self) -> Sequence[GpuProcessLike]: ...
+
 
 # Pod UIDs (kubelet's cgroup names): the systemd driver writes the UID with "_" for "-"
 # (kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice), the cgroupfs
@@ -192,7 +221,7 @@ def owner_of(
 
 
 def attribute(
-    gpus: Sequence[GpuSample],
+    gpus: Sequence[GpuLike],
     engines: Sequence[Target | EngineRecord],
     lookup: Lookup,
     self_pid: int,

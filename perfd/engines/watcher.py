@@ -13,8 +13,11 @@ Each state change is logged once (``engine.up``, ``engine.down``, ``engine.timeo
 ``engine.error`` with the reason), never per read.
 
 The I/O comes in through the constructor (``read``, ``fetch``, ``discover``, ``processes``:
-the GPU memory per pid from the monitor's latest snapshot); each default is the real thing,
-imported when first used (perfd.engines.readers, .fetch, .discovery and perfd.probes.processes).
+the GPU memory per pid from the monitor's latest snapshot). ``read`` and ``fetch`` default to
+the real ones (perfd.engines.readers and .fetch, imported when first used); the real
+``discover`` (a process scan through perfd.probes.processes, then each kind's health endpoint:
+perfd.engines.discovery and .health) is built by perfd.parts, as the engines may not import a
+probe.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from perfd import log
 from perfd.config import DiscoveryConfig, EngineConfig
+from perfd.engines import discovery
 from perfd.engines import state as states
 from perfd.engines.errors import EngineTimeout, EngineUnavailable, PayloadError
 from perfd.engines.pool import Pool
@@ -47,11 +51,6 @@ Discover = Callable[[], list[Target]]
 Processes = Callable[[], Mapping[int, int]]  # pid -> GPU bytes (NVML, every GPU summed)
 
 _MAX_WAIT = 5.0  # the longest the thread goes between heartbeats (less under a short watchdog)
-# The health endpoint discovery's probe asks of each kind (each project's own server):
-# vLLM vllm/entrypoints/openai/api_server.py "/health"; llama.cpp tools/server/server.cpp
-# "/health"; SGLang python/sglang/srt/entrypoints/http_server.py "/health"; Ollama
-# server/routes.go "/api/version".
-HEALTH = {"vllm": "/health", "llamacpp": "/health", "sglang": "/health", "ollama": "/api/version"}
 
 
 def configured(engines: Mapping[str, EngineConfig]) -> dict[str, Target]:
@@ -68,6 +67,11 @@ def configured(engines: Mapping[str, EngineConfig]) -> dict[str, Target]:
         )
         for name, e in engines.items()
     }
+
+
+def _nothing_found() -> list[Target]:
+    """Discovery without a process table (perfd.parts passes the real one in)."""
+    return []
 
 
 def _real_read(target: Target, get: Get) -> Reading:
@@ -113,15 +117,14 @@ class Watcher:
         self.cfg = cfg
         self._read = read or _real_read
         self._fetch = fetch or _real_fetch
-        self._discover = discover or self._real_discover
+        self._discover = discover or _nothing_found
         self._processes = processes or (lambda: {})
         self._heartbeat = heartbeat
         self._beat_every = min(_MAX_WAIT, beat_every)  # within the watchdog's period
         self._clock, self._wall = clock, wall
         self._lock = threading.Lock()
-        self._engines: dict[str, _Engine] = {
-            name: _Engine(t) for name, t in configured(engines).items()
-        }
+        self._hints = configured(engines)  # the [engines.NAME] tables, as given
+        self._engines: dict[str, _Engine] = {name: _Engine(t) for name, t in self._hints.items()}
         self._found: dict[str, Target] = {}  # discovery's last answer, by name
         self._discovery: Future[list[Target]] | None = None
         self._last_discovery: float | None = None  # wall clock
@@ -156,6 +159,7 @@ class Watcher:
         wanted = configured(engines)
         with self._lock:
             self.cfg = cfg
+            self._hints = wanted
             for name in [n for n, e in self._engines.items() if e.target.source == "config"]:
                 if name not in wanted:
                     del self._engines[name]
@@ -309,36 +313,37 @@ class Watcher:
         self.merge(found)
 
     def merge(self, found: list[Target]) -> None:
-        """Discovery's answer: a configured engine at the same URL takes the found pids and
-        unit; a new one is added; a discovered engine no longer found stays (it reads down)
-        and is forgotten after ten discovery intervals without being found."""
+        """Discovery's answer: a configured engine found (at its URL, holding its pid hint, or
+        in its unit: perfd.engines.discovery.merge) takes the found pids and unit; a new one
+        is added; a discovered engine no longer found stays (it reads down) and is forgotten
+        after ten discovery intervals without being found."""
         now = self._clock()
         with self._lock:
             if not self.cfg.enabled:
                 return
-            by_url = {_url_key(e.target.url): e for e in self._engines.values()}
             seen: set[str] = set()
-            for target in found:
-                known = by_url.get(_url_key(target.url))
+            hints = list(self._hints.values())
+            merged = discovery.merge(hints, found)  # the configured ones first, as given
+            for given in merged[: len(hints)]:
+                known = self._engines.get(given.name)
+                if known is not None and known.target.source == "config":
+                    known.target = given
+            for target in (replace(t, source="discovered") for t in merged[len(hints) :]):
+                known = self._engines.get(target.name)
+                seen.add(target.name)
                 if known is not None:
-                    seen.add(known.target.name)
                     known.lost_at = None
-                    pids = target.pids or known.target.pids
-                    unit = known.target.unit or target.unit
-                    if known.target.source == "config" and known.target.pids:
-                        pids = tuple(dict.fromkeys(known.target.pids + target.pids))
-                    known.target = replace(known.target, pids=pids, unit=unit)
-                elif target.name not in self._engines:
-                    self._engines[target.name] = _Engine(replace(target, source="discovered"))
-                    seen.add(target.name)
-                    _log.info(
-                        "engine.discovered",
-                        engine=target.name,
-                        kind=target.kind,
-                        url=_shown_url(target.url),
-                        pids=list(target.pids),
-                        unit=target.unit,
-                    )
+                    known.target = target
+                    continue
+                self._engines[target.name] = _Engine(target)
+                _log.info(
+                    "engine.discovered",
+                    engine=target.name,
+                    kind=target.kind,
+                    url=_shown_url(target.url),
+                    pids=list(target.pids),
+                    unit=target.unit,
+                )
             forget = 10 * self.cfg.interval
             for name, engine in list(self._engines.items()):
                 if engine.target.source != "discovered" or name in seen:
@@ -348,22 +353,6 @@ class Watcher:
                 if down and now - engine.lost_at >= forget:
                     del self._engines[name]
                     _log.info("engine.forgotten", engine=name, after_s=round(now - engine.lost_at))
-
-    def _real_discover(self) -> list[Target]:
-        from perfd.engines import discovery  # type: ignore[attr-defined,unused-ignore]
-        from perfd.probes import processes  # type: ignore[attr-defined,unused-ignore]
-
-        found: list[Target] = discovery.discover(processes.table(), self._probe)
-        return found
-
-    def _probe(self, kind: str, url: str) -> bool:
-        """Whether ``url`` answers ``kind``'s health endpoint (discovery's probe)."""
-        target = Target(name="probe", kind=kind, url=url, source="discovered")
-        try:
-            self._fetch(target, self.cfg.timeout)(HEALTH.get(kind, "/health"))
-        except EngineUnavailable:
-            return False
-        return True
 
 
 def _outcome(future: Future[Reading]) -> Reading | EngineUnavailable:
@@ -383,14 +372,6 @@ def _unread(target: Target) -> EngineRecord:
 
 def _moved(known: _Engine, target: Target) -> bool:
     return (known.target.kind, known.target.url) != (target.kind, target.url)
-
-
-def _url_key(url: str) -> str:
-    rest = url.split("://", 1)[-1].rstrip("/")
-    host, _, port = rest.rpartition(":")
-    if host in ("localhost", "0.0.0.0", "[::]", "[::1]", "::1", ""):
-        host = "127.0.0.1"
-    return f"{host}:{port}"
 
 
 def _shown_url(url: str) -> str:

@@ -11,6 +11,7 @@ from perfd.handlers.view import EnginesView
 from perfd.wire import protocol
 
 if TYPE_CHECKING:
+    from perfd.engines.owners import Lookup
     from perfd.engines.record import EngineRecord
     from perfd.monitor.snapshot import Snapshot
 
@@ -77,13 +78,15 @@ def section(records: tuple[EngineRecord, ...]) -> list[dict[str, Any]]:
     return [record_dict(r) for r in records]
 
 
-def owners(reply: dict[str, Any], snapshot: Snapshot) -> None:
+def owners(reply: dict[str, Any], snapshot: Snapshot, lookup: Lookup | None) -> None:
     """Each GPU process in a ``stats`` reply gets its ``owner`` ({"kind", "name", ...}) and
-    each GPU its ``unaccounted_bytes`` (perfd.engines.attribution)."""
+    each GPU its ``unaccounted_bytes`` (perfd.engines.attribution; ``lookup``: the process
+    probe's, through the monitor)."""
     from perfd.engines.attribution import attribute
 
-    found = attribute(snapshot.gpus, snapshot.engines)
+    found = attribute(snapshot.gpus, snapshot.engines, lookup)
     for gpu in reply.get("gpus", []):
         gpu["unaccounted_bytes"] = found.unaccounted_bytes.get(gpu.get("index"))
+        gpu["unaccounted_reason"] = found.unaccounted_reason.get(gpu.get("index"))
         for process in gpu.get("processes", []):
             process["owner"] = found.owners.get(process.get("pid"))

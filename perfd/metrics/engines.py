@@ -19,27 +19,17 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from perfd.engines.attribution import attribute
+from perfd.engines.owners import GPU_LABELS, OWNER_LABELS, Lookup, owner_labels
 from perfd.engines.record import UP, EngineRecord
 
 if TYPE_CHECKING:
     from perfd.monitor.snapshot import Snapshot
 
 ENGINE_LABELS: Final = ("engine", "kind", "model")
-# DCGM exporter's label names where they mean the same (NVIDIA/dcgm-exporter: each device's
-# gpu, UUID and modelName labels; its Kubernetes mapper's pod, namespace and container),
-# plus perfd's own.
-PROCESS_LABELS: Final = (
-    "gpu",
-    "UUID",
-    "modelName",
-    "pid",
-    "owner_kind",
-    "owner",
-    "pod",
-    "pod_uid",
-    "namespace",
-    "container",
-)
+# DCGM exporter's label names where they mean the same (gpu, UUID, modelName), then the
+# owner's (perfd.engines.owners.OWNER_LABELS: its pod UID and container id from the cgroup
+# path, never under DCGM's pod/container, which are Kubernetes names perfd does not read).
+PROCESS_LABELS: Final = (*GPU_LABELS, *OWNER_LABELS)
 
 
 def _model(record: EngineRecord) -> str:
@@ -96,9 +86,9 @@ def engine_families(records: Sequence[EngineRecord]) -> Iterator[Metric]:
             yield preemptions
 
 
-def process_families(snapshot: Snapshot) -> Iterator[Metric]:
+def process_families(snapshot: Snapshot, lookup: Lookup | None = None) -> Iterator[Metric]:
     """Each GPU process's memory with its owner; each GPU's memory no process accounts for."""
-    found = attribute(snapshot.gpus, snapshot.engines)
+    found = attribute(snapshot.gpus, snapshot.engines, lookup)
     used = GaugeMetricFamily(
         "perfd_gpu_process_memory_used_bytes",
         "GPU memory a process holds (NVML), with its owner.",
@@ -107,33 +97,21 @@ def process_families(snapshot: Snapshot) -> Iterator[Metric]:
     unaccounted = GaugeMetricFamily(
         "perfd_gpu_memory_unaccounted_bytes",
         "GPU memory used that no process accounts for (used minus the processes' sum).",
-        labels=("gpu",),
+        labels=GPU_LABELS,
     )
     for gpu in snapshot.gpus:
         if not gpu.ok:
             continue
+        gpu_labels = [str(gpu.index), gpu.uuid, gpu.name]
         for p in gpu.processes:
-            if p.used_bytes is None:
+            process = found.processes.get(p.pid)
+            if p.used_bytes is None or process is None:
                 continue
-            owner = found.owners.get(p.pid) or {}
-            used.add_metric(
-                [
-                    str(gpu.index),
-                    gpu.uuid,
-                    gpu.name,
-                    str(p.pid),
-                    str(owner.get("kind", "process")),
-                    str(owner.get("name", "")),
-                    str(owner.get("pod") or ""),
-                    str(owner.get("pod_uid") or ""),
-                    str(owner.get("namespace") or ""),
-                    str(owner.get("container") or ""),
-                ],
-                float(p.used_bytes),
-            )
+            owner = owner_labels(process)
+            used.add_metric([*gpu_labels, *(owner[k] for k in OWNER_LABELS)], float(p.used_bytes))
         left = found.unaccounted_bytes.get(gpu.index)
         if left is not None:
-            unaccounted.add_metric([str(gpu.index)], float(left))
+            unaccounted.add_metric(gpu_labels, float(left))
     if used.samples:
         yield used
     if unaccounted.samples:

@@ -350,7 +350,7 @@ class PerfdCollector:
         if snapshot is not None:
             yield from host_families(snapshot)
             yield from gpu_families(snapshot)
-            yield from process_families(snapshot)
+            yield from process_families(snapshot, monitor.process_lookup)
             yield from engine_families(snapshot.engines)
         yield from alert_families(monitor.firing())
         cache = src.cache()

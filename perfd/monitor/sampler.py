@@ -38,7 +38,7 @@ from perfd.monitor.alerts import (
 )
 from perfd.monitor.sinks import Sinks
 from perfd.monitor.snapshot import AlertCounts, Gpu, SelfUse, Snapshot, TopProcess
-from perfd.probes.samples import GpuReading, HostSample
+from perfd.probes.samples import GpuReading, HostSample, ProcessEntry
 from perfd.systemd import Heartbeat
 from perfd.wire.values import rfc3339
 
@@ -115,6 +115,9 @@ class Monitor:
         self.cfg, self.alerts_cfg = cfg, alerts_cfg
         self._sinks = sinks  # webhook / Alertmanager delivery; never blocks _record
         self.engines = engines  # the watcher's latest records (never waits on a read)
+        # pid -> its process facts (the process probe's ``process``: cgroup, parent), for the
+        # owners of the GPU processes; set by perfd.parts with the engines.
+        self.process_lookup: Callable[[int], ProcessEntry | None] | None = None
         if host_probe is None or (gpu_probe is None and cfg.gpu):
             from perfd.probes import (  # psutil (and later pynvml) load here, not at import
                 host,

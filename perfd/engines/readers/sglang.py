@@ -17,7 +17,8 @@ rank other than 0 repeat rank 0's figures and are skipped.
 ``id``, ``root`` and, in newer servers, ``max_model_len``; where it lacks the context,
 /get_server_info's ``context_length`` (a server arg, null unless set); where it lacks the
 path, /get_model_info's ``model_path``. Those two are read only for a figure the others lack;
-when they fail (an HTTP error, a bad payload) that figure stays unknown.
+when they fail (an HTTP error, a bad payload) that figure stays unknown. A /v1/models that
+fails leaves the models unknown, noted in ``settings["unavailable"]``; the metrics stand.
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ def read(target: Target, get: Get) -> Reading:
             f"{METRICS}: no sglang: series (not an SGLang server, or no --enable-metrics)"
         )
     fallbacks: list[str] = []
-    models = _models(get(MODELS))
+    unavailable: dict[str, str] = {}
+    try:  # the metrics are the engine's figures; its model list is their label
+        models = _models(get(MODELS))
+    except PayloadError as exc:
+        unavailable[MODELS] = str(exc)
+        models = []
     used = count(samples.total(USED, _rank_zero))
     capacity = count(samples.total(POOL, _rank_zero))
     server: dict[str, Any] | None = None
@@ -86,7 +92,10 @@ def read(target: Target, get: Get) -> Reading:
         requests_running=count(samples.total(RUNNING, _rank_zero)),
         requests_waiting=count(samples.total(WAITING, _rank_zero)),
         prefix_cache_hit_ratio=sum(v for _, v in hits) / len(hits) if hits else None,
-        settings={"max_total_num_tokens": capacity} if capacity is not None else {},
+        settings={
+            **({"max_total_num_tokens": capacity} if capacity is not None else {}),
+            **({"unavailable": unavailable} if unavailable else {}),
+        },
         fallbacks=tuple(fallbacks),
     )
 
