@@ -66,7 +66,9 @@ class LlamaServer:
         parallel: int = 2,
         port: int = 0,
         endpoints: tuple[str, ...] = ("--metrics", "--slots"),
+        cwd: Path | None = None,
     ) -> None:
+        """``cwd``: the server's working directory (``model`` may then be relative to it)."""
         found = binary()
         assert found is not None, MISSING
         self.binary = found
@@ -75,6 +77,7 @@ class LlamaServer:
         self.ctx_size = ctx_size
         self.parallel = parallel
         self.endpoints = endpoints
+        self.cwd = cwd
         self.port = port or closed_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -103,7 +106,11 @@ class LlamaServer:
             out.write(f"\n==== start {self.starts}\n".encode())
             out.flush()
             self.proc = subprocess.Popen(
-                self.argv(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                self.argv(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.cwd,
             )
         deadline = time.monotonic() + timeout
         while True:
