@@ -284,6 +284,8 @@ def test_ollama_reading_equals_what_the_server_serves(
             "value_length": want.value_length,
             "embedding_length": want.embedding_length,
             "context_length": want.trained_context,
+            "feed_forward_length": 8192,  # as tests/enginepayloads.py serves them
+            "vocab_size": 128256,
         }
     assert reading.kv_capacity_tokens == (4096 + 8192 if current else None)
     shows = [r for r in server.requests if r.path == "/api/show"]

@@ -41,6 +41,8 @@ FACTS = {
     "attention.value_length": "value_length",
     "embedding_length": "embedding_length",
     "context_length": "context_length",
+    "feed_forward_length": "feed_forward_length",  # the weights, for the plan check
+    "vocab_size": "vocab_size",
 }
 
 
