@@ -95,8 +95,8 @@ def test_disabled_rules_observe_nothing() -> None:
     assert [o.rule for o in engine_alerts.observations([down()], (), cfg)] == []
 
 
-def test_gpu_check_failure_is_no_alert() -> None:
-    """Where the plan check cannot judge the GPUs, gpu_oversubscribed observes no flag."""
+def test_a_gpu_without_engines_on_it_is_not_oversubscribed() -> None:
+    """An engine none of whose processes is on the GPU claims nothing there: no flag."""
     snapshot = make_snapshot(host_sample(), gpu_sample(0))
     obs = engine_alerts.observations([up()], snapshot.gpus, alerts_cfg())
     over = [o for o in obs if o.rule == "gpu_oversubscribed"]
@@ -120,3 +120,28 @@ def test_the_monitor_reads_the_records_at_each_sample() -> None:
     records[0] = up()
     monitor.sample_once()
     assert monitor.firing() == []
+
+
+def test_two_vllms_at_0_9_on_one_gpu_raise_gpu_oversubscribed() -> None:
+    """check_gpus' flag (the plan check's shape: its gpu index) fires the GPU's alert, with the
+    flag's message; one of them alone fits, and the alert observes no flag."""
+    from perfd.probes.samples import GpuProcess
+
+    sample = dataclasses.replace(
+        gpu_sample(0),
+        processes=(GpuProcess(11, 30 << 30, "vllm"), GpuProcess(22, 30 << 30, "vllm")),
+    )
+    snapshot = make_snapshot(host_sample(), sample)
+    settings = {"gpu_memory_utilization": 0.9}
+    records = [
+        dataclasses.replace(
+            up(settings=settings), target=Target(name, "vllm", f"http://127.0.0.1:{port}", (pid,))
+        )
+        for name, port, pid in (("a", 8000, 11), ("b", 8001, 22))
+    ]
+    obs = engine_alerts.observations(records, snapshot.gpus, alerts_cfg())
+    over = [o for o in obs if o.rule == "gpu_oversubscribed"]
+    assert [(o.resource, o.level) for o in over] == [("gpu0", "warning")]
+    assert str(over[0].labels["message"]).startswith("GPU 0: engines claim 144.0 GiB of 80.0 GiB")
+    alone = engine_alerts.observations(records[:1], snapshot.gpus, alerts_cfg())
+    assert [o.level for o in alone if o.rule == "gpu_oversubscribed"] == [None]
