@@ -87,7 +87,7 @@ def test_a_llama_server_found_read_checked_down_and_up(
     perfd = start_perfd(CONFIG)
     pings: list[float] = []
     until(lambda: ctl_json(perfd, "engines")["discovery"]["last_run"] is not None, pings, perfd)
-    assert engines(perfd) == {}
+    assert name not in engines(perfd)  # (other llama-servers on this host may be listed)
 
     server.start()
     healthy = time.monotonic()
