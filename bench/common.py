@@ -235,7 +235,8 @@ class PerfdProcess:
     ``workdir`` gets ``run/`` (the sockets), ``notify.sock``, ``perfd.toml`` (``config``, empty
     by default, so the defaults apply whatever /etc or $XDG_CONFIG_HOME hold) and ``perfd.log``
     (its output). ``env`` adds variables to its clean environment (``PYTHONPATH`` for models
-    that live in the repository).
+    that live in the repository); ``program`` replaces the perfd command (tests/launcher.py
+    with its options and ``--``).
     """
 
     def __init__(
@@ -245,8 +246,10 @@ class PerfdProcess:
         watchdog_usec: int | None = None,
         config: str = "",
         env: dict[str, str] | None = None,
+        program: list[str] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.program = program or []  # what runs perfd's arguments (tests/launcher.py ... --)
         self.config = config
         self.extra_env = dict(env or {})
         self.runtime_dir = workdir / "run"
@@ -279,7 +282,8 @@ class PerfdProcess:
         )
         if self.watchdog_usec is not None:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
-        cmd = [*console_script("perfd"), "--config", str(self.config_path)]
+        perfd = self.program or console_script("perfd")
+        cmd = [*perfd, "--config", str(self.config_path)]
         with self.log_path.open("ab") as log:
             started = time.perf_counter()
             self.proc = subprocess.Popen(

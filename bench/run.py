@@ -38,6 +38,7 @@ BENCHMARKS = (
     "metrics",
     "load",
     "memory_truth",
+    "engines",
 )
 
 
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench import (
         cache_bookkeeping,
         cache_cold_warm,
+        engines,
         idle,
         infer_overhead,
         load,
@@ -127,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": lambda: metrics.run(metrics.Options(scrapes=50 if quick else 200)),
         "load": lambda: load.run(
             load.Options(requests=250 if quick else 2500, rounds=2 if quick else 4)
+        ),
+        "engines": lambda: engines.run(
+            engines.Options(turns=10 if quick else 30, stats=100 if quick else 300)
         ),
         "memory_truth": lambda: memory_truth.run(
             memory_truth.Options(layers=4 if quick else 16, rounds=2 if quick else 3)

@@ -31,6 +31,7 @@ from perfctl.errors import (
 )
 from perfctl.format import alerts as fmt_alerts
 from perfctl.format import cache as fmt_cache
+from perfctl.format import engines as fmt_engines
 from perfctl.format import providers as fmt_providers
 from perfctl.format import safe
 from perfctl.format import stats as fmt_stats
@@ -59,6 +60,7 @@ _FORMATTERS: dict[str, Formatter] = {
     "unpin": fmt_cache.format_pin,
     "infer": fmt_cache.format_infer,
     "providers": fmt_providers.format_providers,
+    "engines": fmt_engines.format_engines,
 }
 
 
@@ -84,6 +86,8 @@ def _render(args: argparse.Namespace, style: Style) -> Callable[[dict[str, Any]]
         return lambda result: fmt_alerts.format_alerts(result, style, history_limit=limit)
     if args.command == "load":
         return lambda result: fmt_cache.format_load(result, style, name=args.name)
+    if args.command == "engines" and args.name is not None:
+        return lambda result: fmt_engines.format_engine(result, style)
     if args.command == "infer":
         pretty = sys.stdout.isatty()
         return lambda result: fmt_cache.format_infer(result, style, pretty=pretty)
@@ -97,6 +101,8 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     if cmd == "evict":
         flags = {k: True for k in ("all", "idle", "dry_run") if getattr(args, k)}
         return {"model": args.name, **flags} if args.name is not None else flags
+    if cmd == "engines":
+        return {} if args.name is None else {"name": args.name}
     if cmd not in ("load", "pin", "unpin", "infer"):
         return {}
     request: dict[str, Any] = {"model": args.name}
@@ -153,6 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         with connect() as client:
             if watch is not None:
                 from perfctl import watch as watching
+
+                if args.command == "engines":
+                    render = _render(args, style)
+
+                    def fetch() -> dict[str, Any]:
+                        return client.call("engines", **_request(args))
+
+                    def draw(result: dict[str, Any]) -> str:
+                        return _human(result, render)
+
+                    return watching.run(fetch, watch, as_json, draw, schema=JSON_SCHEMA)
 
                 def screen(result: dict[str, Any]) -> str:
                     return _human(result, lambda r: fmt_stats.format_stats(r, style, redraw=watch))

@@ -44,6 +44,9 @@ HELP: dict[str, str] = {
     "infer": "run a model on JSON inputs and print its outputs (admin)",
     "providers": "show the remote model APIs: base URL, requests, retries, failures, latency, "
     "connections",
+    "engines": "show the inference engines on the host (vLLM, llama.cpp, Ollama, SGLang): "
+    "model, context, KV cache, queue, preemptions, GPU memory, state; NAME: one in detail "
+    "with its plan check",
     "recommend": "how much context and how many sequences a model gets here, with settings "
     "for vLLM, llama.cpp and Ollama (--offline: no daemon needed)",
     "keygen": "write a CURVE key pair for perfd's tcp endpoint: NAME.key and NAME.key_secret, "
@@ -157,6 +160,18 @@ def build_parser() -> Parser:
         metavar="SECONDS",
         help=f"redraw every SECONDS (default {DEFAULT_WATCH:g}) until q or Ctrl-C; "
         "with --json, print one JSON object per line for each new sample",
+    )
+    commands["engines"].add_argument(
+        "name", nargs="?", metavar="NAME", help="one engine in detail, with its plan check"
+    )
+    commands["engines"].add_argument(
+        "--watch",
+        nargs="?",
+        const=DEFAULT_WATCH,
+        type=_seconds,
+        metavar="SECONDS",
+        help=f"redraw every SECONDS (default {DEFAULT_WATCH:g}) until q or Ctrl-C; "
+        "with --json, print one JSON object per line for each redraw",
     )
     commands["alerts"].add_argument(
         "--all",

@@ -22,6 +22,7 @@ from typing import Any, Final
 from perfd import files, schema
 from perfd.errors import ConfigError
 from perfd.schema import option, section, section_map
+from perfd.settings.engines import ENGINE_KINDS, DiscoveryConfig, EngineConfig
 from perfd.settings.models import (
     OPENROUTER_URL,
     CacheConfig,
@@ -34,6 +35,7 @@ from perfd.settings.monitor import (
     ExhaustionRule,
     MonitorConfig,
     SinkConfig,
+    StateRule,
     ThresholdRule,
 )
 from perfd.settings.server import (
@@ -48,6 +50,7 @@ from perfd.settings.server import (
 from perfd.wire import paths
 
 __all__ = [
+    "ENGINE_KINDS",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "OPENROUTER_URL",
@@ -56,6 +59,8 @@ __all__ = [
     "AlertsConfig",
     "CacheConfig",
     "Config",
+    "DiscoveryConfig",
+    "EngineConfig",
     "ExhaustionRule",
     "LoadedConfig",
     "LogConfig",
@@ -66,6 +71,7 @@ __all__ = [
     "RemoteConfig",
     "ServerConfig",
     "SinkConfig",
+    "StateRule",
     "ThresholdRule",
     "changed_keys",
     "load",
@@ -99,6 +105,12 @@ class Config:
     providers: dict[str, ProviderConfig] = section_map(
         ProviderConfig, "One table per remote API (OpenRouter and other OpenAI-compatible ones)."
     )
+    engines: dict[str, EngineConfig] = section_map(
+        EngineConfig, "One table per inference engine perfd reads (docs/engines.md)."
+    )
+    discovery: DiscoveryConfig = section(
+        DiscoveryConfig, "Finding and reading the engines on the host (docs/engines.md)."
+    )
 
     def problems(self) -> list[tuple[str, str]]:
         for name, model in self.models.items():
@@ -131,6 +143,7 @@ RESTART_ONLY: Final = frozenset(
         "monitor.gpu",  # the probes are built once, at start
         "monitor.nvml_timeout",
         "monitor.top_processes",
+        "discovery.workers",  # the engine watcher's pool is built once, at start
     }
 )
 

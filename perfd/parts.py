@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # built by start_models(), after READY: kept off the start-up
     from perfd.cache.core import ModelCache
     from perfd.cache.housekeeping import Keeper
     from perfd.cache.meter import Meter
+    from perfd.engines.watcher import Discover, Fetch, Read, Watcher
     from perfd.loaders.base import Loader
     from perfd.metrics.exporter import MetricsServer
     from perfd.monitor.sampler import GpuProbe, HostProbe
@@ -59,15 +60,21 @@ class Boundaries:
     ``host_probe`` and ``gpu_probe`` build a probe from ``[monitor]`` (the real ones:
     perfd.probes.host with psutil, perfd.probes.nvml with pynvml); ``loaders`` builds the
     loader lookup from the loaders perfd adds itself (``openai``: the default is
-    perfd.loaders.registry with its entry points); ``meter`` measures what a model load costs
-    this process (the real one: perfd.cache.meter.ProcessMeter over /proc and NVML); ``clock``
-    and ``wall`` are monotonic and wall-clock time for the monitor and the cache.
+    perfd.loaders.registry with its entry points); ``engine_read``, ``engine_fetch`` and
+    ``engine_discover`` are the engine watcher's I/O (the real ones: perfd.engines' readers,
+    fetcher, and a process scan with perfd.probes.processes then perfd.engines.health);
+    ``meter`` measures what a model load costs this process (the real one:
+    perfd.cache.meter.ProcessMeter over /proc and NVML); ``clock`` and ``wall`` are monotonic
+    and wall-clock time for the monitor, the cache and the engines.
     """
 
     host_probe: Callable[[config.MonitorConfig], HostProbe] | None = None
     gpu_probe: Callable[[config.MonitorConfig], GpuProbe] | None = None
     loaders: Callable[[Mapping[str, Loader]], LoaderFor] | None = None
     meter: Meter | None = None
+    engine_read: Read | None = None
+    engine_fetch: Fetch | None = None
+    engine_discover: Discover | None = None
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
 
@@ -118,6 +125,7 @@ class Parts:
         self._cache: ModelCache | None = None
         self._keeper: Keeper | None = None
         self._providers: Providers | None = None
+        self.engines: Watcher | None = None
         self._cache_used = self._providers_used = False
         self._lock = threading.Lock()  # first uses, and a reload meanwhile
 
@@ -166,6 +174,7 @@ class Parts:
             on_load=self.metrics.observe_load if self.metrics is not None else None,
         )
         self._keeper = housekeeping.Keeper(self._cache, monitor, None)
+        self._start_engines()
         self.preload()
 
     def close(self) -> None:
@@ -183,6 +192,10 @@ class Parts:
         providers = self._used_providers()
         if providers is not None:
             providers.close()
+        if self.engines is not None:
+            if self.monitor is not None:
+                self.monitor.engines = None
+            self.engines.stop(self.loaded.config.discovery.timeout + 2)
         if self.monitor is not None:
             self.monitor.stop(self.loaded.config.monitor.nvml_timeout + 2)
         self.endpoints.close()
@@ -214,6 +227,7 @@ class Parts:
             "providers": "started" if self._providers_used else "not_started",
             "workers": "started" if self.server.pool_started else "not_started",
             "metrics": "started" if self.metrics is not None else "off",
+            "engines": "started" if self.engines is not None else "not_started",
             "remote": self.endpoints.remote_endpoint or "off",
         }
 
@@ -237,9 +251,8 @@ class Parts:
             if not self._cache_used:
                 keeper.start(self.liveness.register("keeper"))
                 self._cache_used = True
-                _log.info(
-                    "component.started", component="cache", models=sorted(self.loaded.config.models)
-                )
+                names = sorted(self.loaded.config.models)
+                _log.info("component.started", component="cache", models=names)
         return cache
 
     @property
@@ -253,11 +266,8 @@ class Parts:
         with self._lock:
             if not self._providers_used:
                 self._providers_used = True
-                _log.info(
-                    "component.started",
-                    component="providers",
-                    providers=sorted(self.loaded.config.providers),
-                )
+                names = sorted(self.loaded.config.providers)
+                _log.info("component.started", component="providers", providers=names)
         return providers
 
     def request_counts(self) -> dict[str, Any]:
@@ -331,6 +341,8 @@ class Parts:
                 self._cache.reconfigure(cfg.cache, cfg.models)
             if self._providers is not None:
                 self._providers.reconfigure(cfg.providers)
+            if self.engines is not None:
+                self.engines.reconfigure(cfg.discovery, cfg.engines)
             self.loaded = new
 
     def _rss_limit(self, rss: int) -> int | None:
@@ -375,6 +387,35 @@ class Parts:
         wait = max(cfg.monitor.nvml_timeout, probes_init_timeout()) + 5.0
         if not self.monitor.first_sample.wait(wait):
             _log.warning("monitor.slow_first_sample", waited_s=wait, action="ready anyway")
+
+    def _start_engines(self) -> None:
+        """Watch the engines (after READY); the monitor reads their records at each sample."""
+        monitor = self.monitor
+        assert monitor is not None, "the monitor starts before the engines"
+        cfg = self.loaded.config
+        from perfd.engines.health import found_now
+        from perfd.engines.watcher import Watcher
+        from perfd.probes.processes import ProcessProbe
+
+        b, table = self.boundaries, ProcessProbe()
+        monitor.process_lookup = table.process  # the GPU processes' owners (cgroup, parent)
+        watcher = Watcher(
+            cfg.discovery,
+            cfg.engines,
+            read=b.engine_read,
+            fetch=b.engine_fetch,
+            discover=b.engine_discover
+            or (lambda: found_now(table.scan, self.loaded.config.discovery.timeout)),
+            processes=monitor.gpu_bytes_by_pid,
+            heartbeat=self.liveness.register("engines"),
+            beat_every=(self.notifier.watchdog_interval or 10.0) / 2,
+            clock=b.clock,
+            wall=b.wall,
+        )
+        watcher.start()
+        self.engines = watcher
+        monitor.engines = watcher.records
+        _log.info("component.started", component="engines", discovery=cfg.discovery.enabled)
 
     def _start_metrics(self, listen: str) -> None:
         """Serve /metrics (prometheus_client is imported only here); a bind error is a

@@ -31,6 +31,7 @@ class FakeMonitor:
     def __init__(self, snapshot: Snapshot | None) -> None:
         self.sample = snapshot
         self.alert_states: dict[str, Any] = {"alerts": []}
+        self.process_lookup: Any = None  # no process table: owners by engine pid and name
 
     def snapshot(self) -> Snapshot | None:
         return self.sample
@@ -152,8 +153,10 @@ class FakeView:
         monitor: bool = True,
         cache: FakeCache | None = None,
         providers: FakeProviders | None = None,
+        engines: Any = None,
     ) -> None:
         self.loaded = loaded(data)
+        self.engines = engines  # a watcher: records() and discovery()
         self.started_at = 1700000000.0
         self.started_monotonic = 0.0
         self.runtime_dir = Path("/run/perfd")

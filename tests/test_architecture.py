@@ -261,6 +261,37 @@ def test_loaders_import_only_the_parts_below_them() -> None:
     )
 
 
+# The parts below the engines (docs/architecture.md, Arrows): the probes' values (the process
+# table discovery matches, the GPU processes owners attribute), the recommender (the plan
+# check), the net, the wire and the foundation modules.
+ENGINES_MAY_IMPORT = (
+    "perfd.engines",
+    "perfd.probes.samples",
+    "perfd.recommend",
+    "perfd.net",
+    "perfd.wire",
+    *FOUNDATION,
+)
+
+
+def test_engines_import_only_the_parts_below_them() -> None:
+    """perfd/engines import, of perfd, only themselves, the probes' values, the recommender,
+    the net, the wire and the foundation modules: never a probe's library, the monitor or
+    the handlers that read them."""
+    bad = offending(
+        "perfd/engines",
+        lambda imp: (
+            within(imp.module, "perfd")
+            and imp.module != "perfd"
+            and not within(imp.module, *ENGINES_MAY_IMPORT)
+        ),
+    )
+    assert not bad, (
+        f"perfd/engines may import only {', '.join(ENGINES_MAY_IMPORT)} of perfd "
+        f"(docs/architecture.md, Arrows); these imports break that:\n  {bad}"
+    )
+
+
 def test_recommender_takes_hardware_as_values() -> None:
     """perfd/recommend imports neither the probes nor the monitor: hardware comes in as values."""
     bad = offending(

@@ -68,6 +68,8 @@ def cases(tmp: Path) -> dict[tuple[str, int], Case]:
         table[name, 0] = Case(argv)
         table[name, 1] = Case([*argv[:1], "nope", *argv[2:]])
     table["reload", 1] = Case(["reload"], before=_break_config, after=_mend_config)
+    table["engines", 0] = Case(["engines"])
+    table["engines", 1] = Case(["engines", "nope"])
     table["recommend", 0] = Case(["recommend", "llama-3.1-70b", "--gpu", "RTX 4090"])
     table["recommend", 1] = Case(["recommend", "llama-3.1-8b", "--gpu", "NOSUCHGPU"])
     table["recommend --offline", 0] = Case(
@@ -79,7 +81,7 @@ def cases(tmp: Path) -> dict[tuple[str, int], Case]:
     table["recommend --offline", 2] = Case(["recommend", "--offline", "llama-3.1-8b"])
     table["keygen", 0] = Case(["keygen", str(tmp / "client")])
     table["keygen", 2] = Case(["keygen"])
-    for name in (*READ_ONLY, "reload", *CACHE, "recommend"):
+    for name in (*READ_ONLY, "engines", "reload", *CACHE, "recommend"):
         table[name, 2] = Case([name, "--no-such-option"])
         table[name, 3] = Case(_valid(name), where="none")
         table[name, 4] = Case(_valid(name), where="denied")

@@ -34,7 +34,10 @@ from tests.conftest import StartPerfd, clean_env, command
 ENTRY = "bad"  # the NAME of the [models.NAME], [providers.NAME] (or later) table under test
 # What an entry of a map needs besides the key under test to be valid; maps not listed need
 # nothing (test_map_entries_are_valid says when a new map needs a line here).
-VALID_ENTRY: dict[str, dict[str, Any]] = {"models": {"loader": "python", "target": "json:loads"}}
+VALID_ENTRY: dict[str, dict[str, Any]] = {
+    "models": {"loader": "python", "target": "json:loads"},
+    "engines": {"kind": "sglang", "url": "http://127.0.0.1:30000"},
+}
 
 HUGE = 10**400  # tomllib reads it, though beyond TOML's 64 bits and every float
 HUGE_TEXT = "9" * 400

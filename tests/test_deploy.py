@@ -100,6 +100,16 @@ PERFD_METRICS = frozenset(
         "perfd_provider_failures_total",
         "perfd_provider_latency_seconds",
         "perfd_provider_connections_opened_total",
+        # the engines, and each GPU process's owner
+        "perfd_engine_up",
+        "perfd_engine_kv_usage_ratio",
+        "perfd_engine_kv_capacity_tokens",
+        "perfd_engine_requests_running",
+        "perfd_engine_requests_waiting",
+        "perfd_engine_preemptions_total",
+        "perfd_engine_gpu_memory_bytes",
+        "perfd_gpu_process_memory_used_bytes",
+        "perfd_gpu_memory_unaccounted_bytes",
     }
 )
 # prometheus_client's ProcessCollector, and Prometheus' own scrape health.
@@ -134,6 +144,13 @@ THRESHOLD_ALERTS = {
     "PerfdMemoryPressure": ("psi", "perfd_host_psi_memory_some_ratio", 0.01),
     "PerfdGpuMemoryHigh": ("gpu_memory", "perfd_gpu_memory_used_ratio", 0.01),
     "PerfdGpuTemperatureHigh": ("gpu_temperature", "perfd_gpu_temperature_celsius", 1.0),
+    "PerfdEngineKvCacheHigh": ("kv_cache_usage", "perfd_engine_kv_usage_ratio", 0.01),
+    "PerfdEngineQueueHigh": ("engine_waiting", "perfd_engine_requests_waiting", 1.0),
+    "PerfdEnginePreempting": (
+        "engine_preemptions",
+        "instance_engine:perfd_engine_preemptions:rate5m_per_minute",
+        1.0,
+    ),
 }
 EXHAUSTION_ALERTS = {
     "PerfdHostMemoryExhaustion": "perfd_host_memory",
@@ -478,6 +495,11 @@ REQUIRED_PANELS = [
     ("provider requests", "rate(perfd_provider_requests_total{", None, "timeseries"),
     ("provider failures", "rate(perfd_provider_failures_total{", None, "timeseries"),
     ("provider latency p95", 'quantile="0.95"', "s", "timeseries"),
+    ("engine kv cache used", "perfd_engine_kv_usage_ratio{", "percentunit", "timeseries"),
+    ("engine requests running and waiting", "perfd_engine_requests_waiting{", None, "timeseries"),
+    ("engine preemptions", "rate(perfd_engine_preemptions_total{", None, "timeseries"),
+    ("engines up", "perfd_engine_up{", None, "timeseries"),
+    ("gpu memory by owner", "perfd_gpu_process_memory_used_bytes{", "bytes", "timeseries"),
 ]
 
 

@@ -615,6 +615,7 @@ WALL_CLOCK_ALLOWED = {
     ("monitor/sampler.py", "__init__(wall=)"): "sampled_at and alert `since` stamps",
     ("probes/host.py", "__init__(wall=)"): "each sample's `wall` stamp",
     ("monitor/sinks.py", "_ends_at"): "Alertmanager's endsAt is a time of day",
+    ("engines/watcher.py", "__init__(wall=)"): "each engine record's read_at and since stamps",
 }
 _WALL_CLOCK = {("time", "time"), ("time", "time_ns"), ("datetime", "now"), ("datetime", "utcnow")}
 

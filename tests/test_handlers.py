@@ -86,6 +86,7 @@ def test_stats_adds_the_cache_and_the_providers_used_without_building_them() -> 
     assert run(view, "stats") == {
         **stats_reply(snapshot),
         "cache": {"started": False, "configured": ["a", "b"]},
+        "engines": [],
     }
     assert view.builds == []
     used = {"base_url": "u", "used": True, "requests": 2}

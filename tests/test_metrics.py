@@ -416,14 +416,26 @@ def _everything() -> MetricsServer:
     return server
 
 
+# The GPU process series take DCGM exporter's label names (gpu, UUID, modelName: issue 16),
+# so that one query joins both exporters; promtool's style lint wants snake_case for those.
+DCGM_CAMEL_CASE = {
+    f"{name} label names should be written in 'snake_case' not 'camelCase'"
+    for name in ("perfd_gpu_process_memory_used_bytes", "perfd_gpu_memory_unaccounted_bytes")
+}
+
+
 def test_promtool_check_metrics_passes() -> None:
-    """`promtool check metrics` finds no problem in perfd's exposition."""
+    """`promtool check metrics` finds no problem in perfd's exposition, but the camelCase of
+    the DCGM exporter label names the GPU process series share with it."""
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (apt-get install prometheus)")
     text = _everything().exposition()
+    assert b"perfd_gpu_memory_unaccounted_bytes{" in text  # the lint below sees those series
     out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
-    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+    problems = set((out.stdout + out.stderr).decode().splitlines()) - DCGM_CAMEL_CASE
+    assert problems == set(), problems
+    assert out.returncode in (0, 3)  # 3: lint findings, all of them the DCGM names above
 
 
 def test_openmetrics_exposition_parses() -> None:

@@ -69,7 +69,8 @@ def test_parts_are_built_at_start_and_started_on_first_use(
     assert host.calls  # ...and the injected host probe
     components = built.components()
     assert (components["cache"], components["providers"]) == ("not_started", "not_started")
-    assert liveness.stale(-1) == ["monitor"]
+    assert components["engines"] == "started"  # its thread, after READY, like the models'
+    assert liveness.stale(-1) == ["engines", "monitor"]
     assert not keeper_running()
 
     with capture_logs() as logs:
@@ -86,11 +87,12 @@ def test_parts_are_built_at_start_and_started_on_first_use(
     ]
     assert built.components()["cache"] == "started"
     assert built.components()["providers"] == "not_started"  # no remote model used one
-    assert liveness.stale(-1) == ["keeper", "monitor"]
+    assert liveness.stale(-1) == ["engines", "keeper", "monitor"]
     assert keeper_running()
 
     built.close()
     assert not keeper_running()
+    assert "perfd-engines" not in {t.name for t in threading.enumerate()}
     assert gpu.closed
     assert built.components()["metrics"] == "off"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from perfctl.format import engines
 from perfctl.format.base import (
     LABEL,
     PLAIN,
@@ -80,6 +81,8 @@ def format_stats(result: dict[str, Any], style: Style = PLAIN, redraw: float | N
     lines = [_headline(result, style, redraw)]
     lines.extend(_host_lines(host, result.get("trends", {}).get("host_memory"), style))
     lines.extend(_gpu_lines(result, style))
+    lines.extend(_gpu_process_lines(result, style))
+    lines.extend(engines.stats_lines(result.get("engines") or [], LABEL, style))
     lines.extend(_process_lines(host, style))
     if result.get("cache") is not None:  # perfd before the model cache sends none
         lines.extend(_cache_lines(result["cache"], style))
@@ -207,6 +210,36 @@ def _gpu_row(gpu: dict[str, Any], style: Style) -> list[Cell]:
         (verdict or "-", _VERDICT_COLOURS.get(verdict or "")),
         (trend_text(gpu.get("trend"), style, rate=False), None),
     ]
+
+
+def _gpu_process_lines(result: dict[str, Any], style: Style) -> list[str]:
+    """Each GPU process with its owner, then the memory no process accounts for."""
+    rows: list[list[Cell]] = []
+    for gpu in result.get("gpus") or []:
+        for proc in gpu.get("processes") or []:
+            used = proc.get("used_bytes")
+            rows.append(
+                [
+                    (f"gpu{gpu.get('index', '?')}", None),
+                    (str(proc.get("pid", "?")), None),
+                    ("-" if used is None else size(used), None),
+                    (engines.owner_text(proc.get("owner")), None),
+                ]
+            )
+        unaccounted = gpu.get("unaccounted_bytes")
+        if unaccounted:
+            rows.append(
+                [
+                    (f"gpu{gpu.get('index', '?')}", None),
+                    ("-", None),
+                    (size(unaccounted), None),
+                    ("unaccounted (no process holds it)", "dim"),
+                ]
+            )
+    if not rows:
+        return []
+    head: list[Cell] = [("GPU", None), ("PID", None), ("GPU-MEM", None), ("OWNER", None)]
+    return grid(style, [head, *rows], frozenset({1, 2}), width=WIDTH, sep="  ")
 
 
 def _process_lines(host: dict[str, Any], style: Style) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from perfd.errors import CommandError
+from perfd.handlers import engines
 from perfd.handlers.providers import provider_counts
 from perfd.handlers.view import MonitorView, StatsView
 from perfd.monitor.snapshot import stats_reply
@@ -23,7 +24,8 @@ def running_monitor(view: MonitorView) -> Monitor:
 
 
 def stats(view: StatsView, _args: dict[str, Any]) -> dict[str, Any]:
-    snapshot = running_monitor(view).snapshot()
+    monitor = running_monitor(view)
+    snapshot = monitor.snapshot()
     if snapshot is None:
         raise CommandError(protocol.BUSY, "no sample yet; retry shortly")
     if view.cache_started:
@@ -31,6 +33,8 @@ def stats(view: StatsView, _args: dict[str, Any]) -> dict[str, Any]:
     else:
         cache = {"started": False, "configured": sorted(view.loaded.config.models)}
     result = {**stats_reply(snapshot), "cache": cache}
+    result["engines"] = engines.section(snapshot.engines)
+    engines.owners(result, snapshot, monitor.process_lookup)
     counts = provider_counts(view.providers.stats()) if view.providers_started else {}
     if counts:  # only once a provider has been used
         result["providers"] = counts

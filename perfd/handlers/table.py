@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from perfd.handlers import cache, errors, providers, recommend, stats, status
+from perfd.handlers import cache, engines, errors, providers, recommend, stats, status
 from perfd.handlers.view import ConfigView, DaemonView, View
 from perfd.server.commands import Command
 
@@ -100,6 +100,8 @@ def commands(view: View) -> list[Command]:
         ),
         Command("recommend", bound(recommend.recommend), slow=True, args=RECOMMEND_ARGS),
         Command("providers", bound(providers.providers)),
+        # slow: engines NAME reads the model's header and runs the recommender (the plan check)
+        Command("engines", bound(engines.engines), slow=True, args={"name": (str,)}),
     ]
 
 

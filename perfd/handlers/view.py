@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # the cache (ctypes, statistics, loaders) is imported when first used
     from perfd import config
     from perfd.cache.core import ModelCache
+    from perfd.engines.watcher import Watcher
     from perfd.monitor.sampler import Monitor
     from perfd.net.provider import Providers  # requests: imported when a provider is first used
 
@@ -70,8 +71,15 @@ class ProvidersView(ConfigView, Protocol):
     def providers_started(self) -> bool: ...
 
 
-class StatsView(MonitorView, CacheView, ProvidersView, Protocol):
-    """``stats``: the monitor's snapshot, with the cache's and the providers' counters."""
+class EnginesView(MonitorView, Protocol):
+    """The engine watcher, None until it has started (after READY)."""
+
+    @property
+    def engines(self) -> Watcher | None: ...
+
+
+class StatsView(CacheView, ProvidersView, EnginesView, Protocol):
+    """``stats``: the monitor's snapshot, with the cache's, the providers' and the engines'."""
 
 
 class View(StatusView, StatsView, Protocol):

@@ -20,13 +20,14 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from perfd import log
 from perfd.config import AlertsConfig, MonitorConfig
-from perfd.monitor import trends
+from perfd.engines.record import EngineRecord
+from perfd.monitor import engine_alerts, trends
 from perfd.monitor import verdicts as assess
 from perfd.monitor.alerts import (
     CRITICAL,
@@ -37,7 +38,7 @@ from perfd.monitor.alerts import (
 )
 from perfd.monitor.sinks import Sinks
 from perfd.monitor.snapshot import AlertCounts, Gpu, SelfUse, Snapshot, TopProcess
-from perfd.probes.samples import GpuReading, HostSample
+from perfd.probes.samples import GpuReading, HostSample, ProcessEntry
 from perfd.systemd import Heartbeat
 from perfd.wire.values import rfc3339
 
@@ -109,9 +110,14 @@ class Monitor:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         sinks: Sinks | None = None,
+        engines: Callable[[], Sequence[EngineRecord]] | None = None,
     ) -> None:
         self.cfg, self.alerts_cfg = cfg, alerts_cfg
         self._sinks = sinks  # webhook / Alertmanager delivery; never blocks _record
+        self.engines = engines  # the watcher's latest records (never waits on a read)
+        # pid -> its process facts (the process probe's ``process``: cgroup, parent), for the
+        # owners of the GPU processes; set by perfd.parts with the engines.
+        self.process_lookup: Callable[[int], ProcessEntry | None] | None = None
         if host_probe is None or (gpu_probe is None and cfg.gpu):
             from perfd.probes import (  # psutil (and later pynvml) load here, not at import
                 host,
@@ -269,6 +275,7 @@ class Monitor:
             host_trend=host_trend,
             perfd=SelfUse(host.self_rss_bytes, cpu),
             alerts=AlertCounts(0, 0),
+            engines=tuple(self.engines()) if self.engines is not None else (),
         )
 
     def _trend(
@@ -359,6 +366,17 @@ class Monitor:
                 return sum(p.used_bytes or 0 for p in gpu.processes if p.pid == os.getpid())
         return None
 
+    def gpu_bytes_by_pid(self) -> dict[int, int]:
+        """Each GPU process's memory in the latest snapshot (NVML's per-process figures, every
+        GPU summed), by pid: what the engines' processes hold."""
+        snapshot = self._snapshot
+        out: dict[int, int] = {}
+        for gpu in snapshot.gpus if snapshot is not None else ():
+            for p in gpu.processes:
+                if p.used_bytes is not None:
+                    out[p.pid] = out.get(p.pid, 0) + p.used_bytes
+        return out
+
     @property
     def sinks(self) -> Sinks | None:
         """The alert sinks this monitor delivers to (for their metrics)."""
@@ -386,5 +404,6 @@ class Monitor:
 
 
 def _enabled_rules(cfg: AlertsConfig) -> set[str]:
-    rules = ("host_memory", "swap", "psi", "gpu_memory", "gpu_temperature", "exhaustion")
+    rules: tuple[str, ...] = ("host_memory", "swap", "psi", "gpu_memory", "gpu_temperature")
+    rules = (*rules, "exhaustion", *engine_alerts.RULES)
     return {name for name in rules if getattr(cfg, name).enabled}

@@ -15,8 +15,12 @@ Sizes are bytes, percentages 0-100, ``None`` means "not available", never zero.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from perfd.monitor.trends import Trend
+
+if TYPE_CHECKING:
+    from perfd.engines.record import EngineRecord
 
 JsonValue = object  # what json.dumps takes: the reply's leaves are str, int, float, bool, None
 
@@ -162,6 +166,7 @@ class Snapshot:
     host_trend: Trend
     perfd: SelfUse
     alerts: AlertCounts
+    engines: tuple[EngineRecord, ...] = ()  # the watcher's latest records at this sample
 
 
 # -- the one view on the wire -----------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Final
 
 from perfd.config import AlertsConfig, ExhaustionRule, ThresholdRule
-from perfd.monitor import alerts
+from perfd.monitor import alerts, engine_alerts
 from perfd.monitor.alerts import Observation, Policy
 from perfd.monitor.snapshot import (
     CgroupLimit,
@@ -253,6 +253,7 @@ def observations(snapshot: Snapshot, cfg: AlertsConfig) -> list[Observation]:
         above("gpu_temperature", cfg.gpu_temperature, resource, gpu.temperature_c, "C", **labels)
         free = round(100 - gpu.memory.used_percent, 2)
         exhaustion(resource, free, gpu.trend, **labels)
+    out.extend(engine_alerts.observations(snapshot.engines, snapshot.gpus, cfg))
     return out
 
 

@@ -110,3 +110,33 @@ class GpuReading:
     error: str | None
     driver_version: str | None
     gpus: tuple[GpuSample, ...]
+
+
+# --- the process table (perfd.probes.processes) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Listen:
+    """One listening TCP socket: the address it binds ("0.0.0.0", "::", "127.0.0.1"...)."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ProcessEntry:
+    """One process of the table discovery matches over.
+
+    ``ports``: its listening TCP sockets; None when unknown (not read for this process, or
+    perfd may not read its file descriptors: another user's process without privileges),
+    never an empty guess. ``cgroup``: the cgroup v2 path, else the v1 ``name=systemd`` one.
+    """
+
+    pid: int
+    ppid: int
+    name: str  # the kernel's comm (15 characters at most)
+    cmdline: tuple[str, ...]  # argv; empty for a kernel thread or an unreadable process
+    start_ticks: int  # start time since boot, in clock ticks: with pid, one process for sure
+    cgroup: str | None = None
+    unit: str | None = None
+    ports: tuple[Listen, ...] | None = None

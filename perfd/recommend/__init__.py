@@ -14,8 +14,9 @@ Modules: ``request`` (Query, RecommendError, check_limits: every field bounded; 
 the one way a caller's words become a Query),
 ``bounds`` (the range of every config.json number), ``catalog`` (built-in models and GPUs),
 ``arch`` (config.json -> shape, parameter counts, KV elements), ``precision`` (bits per weight
-and per KV element), ``weights`` (safetensors and GGUF headers), ``resolve`` (request ->
-model), ``hardware`` (live and planned machines), ``plan`` (the memory math and its
+and per KV element), ``weights`` (safetensors and GGUF headers), ``llama_memory`` (what a
+GGUF costs llama.cpp: weights per device and the KV cache it allocates), ``resolve`` (request
+-> model), ``hardware`` (live and planned machines), ``plan`` (the memory math and its
 constants, with sources), ``advice`` (settings, tips, smallest change), ``report``.
 
 The result (``recommend``), every size in bytes and every device figure per device:

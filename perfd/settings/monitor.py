@@ -112,6 +112,39 @@ class ThresholdRule:
 
 
 @dataclass(frozen=True)
+class StateRule:
+    """An alert on a state (an engine down, a GPU claimed beyond its memory): firing at
+    `severity` once the state has held `for`."""
+
+    enabled: bool = option(True, "Evaluate this rule.", kind="bool")
+    severity: str = option(
+        "critical", "The alert's severity.", kind="choice", choices=("warning", "critical")
+    )
+    clear: int = option(
+        1,
+        "Samples without the state needed to resolve.",
+        kind="int",
+        minimum=1,
+        maximum=10000,
+    )
+    for_: float = option(
+        30.0,
+        "How long the state must hold before the alert fires.",
+        kind="duration",
+        minimum=0,
+        maximum=DAY,
+        key="for",
+    )
+    repeat: float = option(
+        4 * 3600.0,
+        "Log a still-firing alert again after this long.",
+        kind="duration",
+        minimum=60,
+        maximum=30 * DAY,
+    )
+
+
+@dataclass(frozen=True)
 class ExhaustionRule:
     """Predicted exhaustion: little free AND the trend says full soon."""
 
@@ -248,6 +281,26 @@ class AlertsConfig:
     exhaustion: ExhaustionRule = section(
         ExhaustionRule,
         "Host memory and each GPU: under `free_below` percent free and filling up.",
+    )
+    kv_cache_usage: ThresholdRule = section(
+        lambda: ThresholdRule(warn=90.0, crit=98.0, for_=60.0),
+        "Each engine's KV cache used, percent of its capacity.",
+    )
+    engine_waiting: ThresholdRule = section(
+        lambda: ThresholdRule(warn=10.0, crit=50.0, for_=60.0, unit_max=1e6),
+        "Each engine's requests waiting in its queue.",
+    )
+    engine_preemptions: ThresholdRule = section(
+        lambda: ThresholdRule(warn=1.0, crit=10.0, for_=60.0, unit_max=1e6),
+        "Each engine's preemptions per minute (requests evicted from a full KV cache).",
+    )
+    engine_down: StateRule = section(
+        lambda: StateRule(severity="critical", for_=30.0),
+        "An engine that cannot be read: down, timeout or error.",
+    )
+    gpu_oversubscribed: StateRule = section(
+        lambda: StateRule(severity="warning", for_=0.0),
+        "Engines on one GPU whose memory claims add up to more than the GPU.",
     )
     webhook: SinkConfig = section(
         SinkConfig, "Also POST each alert transition as JSON to this URL."

@@ -64,7 +64,7 @@ ERROR_CODES: Final = frozenset(
 
 # Commands anyone who can reach the read-only socket may run; everything else is admin-only.
 READ_ONLY_COMMANDS: Final = frozenset(
-    {"ping", "status", "config", "stats", "alerts", "ps", "recommend", "providers"}
+    {"ping", "status", "config", "stats", "alerts", "ps", "recommend", "providers", "engines"}
 )
 
 _REQUEST_KEYS: Final = frozenset({"v", "id", "cmd", "args"})
