@@ -70,6 +70,7 @@ PERFD_METRICS = frozenset(
         "perfd_gpu_memory_free_bytes",
         "perfd_gpu_memory_reserved_bytes",
         "perfd_gpu_memory_used_ratio",
+        "perfd_gpu_engine_claims_ratio",
         "perfd_gpu_utilization_ratio",
         "perfd_gpu_temperature_celsius",
         "perfd_gpu_power_watts",

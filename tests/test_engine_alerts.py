@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
+
 from perfd import config
 from perfd.engines.record import EngineRecord, Reading, Target
 from perfd.monitor import engine_alerts
@@ -145,3 +147,29 @@ def test_two_vllms_at_0_9_on_one_gpu_raise_gpu_oversubscribed() -> None:
     assert str(over[0].labels["message"]).startswith("GPU 0: engines claim 144.0 GiB of 80.0 GiB")
     alone = engine_alerts.observations(records[:1], snapshot.gpus, alerts_cfg())
     assert [o.level for o in alone if o.rule == "gpu_oversubscribed"] == [None]
+
+
+def test_the_claims_ratio_on_metrics_is_what_the_alert_judges() -> None:
+    """/metrics' perfd_gpu_engine_claims_ratio (PerfdGpuOversubscribed's input) is the claims
+    check_gpus adds up: two vLLMs at 0.9 on one GPU claim 1.8 of it; one alone 0.9."""
+    from perfd.metrics.engines import claim_families
+    from perfd.probes.samples import GpuProcess
+
+    sample = dataclasses.replace(
+        gpu_sample(0),
+        processes=(GpuProcess(11, 30 << 30, "vllm"), GpuProcess(22, 30 << 30, "vllm")),
+    )
+    settings = {"gpu_memory_utilization": 0.9}
+    records = tuple(
+        dataclasses.replace(
+            up(settings=settings), target=Target(name, "vllm", f"http://127.0.0.1:{port}", (pid,))
+        )
+        for name, port, pid in (("a", 8000, 11), ("b", 8001, 22))
+    )
+    for engines, expected in ((records, 1.8), (records[:1], 0.9)):
+        snapshot = dataclasses.replace(make_snapshot(host_sample(), sample), engines=engines)
+        (family,) = claim_families(snapshot)
+        ((labels, value),) = [(s.labels, s.value) for s in family.samples]
+        assert labels == {"gpu": "0"}
+        assert value == pytest.approx(expected, rel=1e-6)
+    assert list(claim_families(make_snapshot(host_sample(), sample))) == []  # no engines

@@ -325,19 +325,33 @@ def _context_flags(
     return []
 
 
-def check_gpus(records: Sequence[EngineRecord], gpus: Sequence[GpuFacts]) -> list[Flag]:
-    """A flag per GPU whose engines' memory claims add up to more than the GPU: a vLLM or
-    SGLang claims its ``gpu_memory_utilization`` (``mem_fraction_static``) of the GPU, another
-    engine what NVML shows its processes holding there."""
-    flags = []
+def gpu_claims(
+    records: Sequence[EngineRecord], gpus: Sequence[GpuFacts]
+) -> dict[int, list[tuple[str, int]]]:
+    """Each GPU's engine memory claims, (engine, bytes): a vLLM or SGLang claims its
+    ``gpu_memory_utilization`` (``mem_fraction_static``) of the GPU, another engine what NVML
+    shows its processes holding there. GPUs no engine holds memory on are left out."""
+    out: dict[int, list[tuple[str, int]]] = {}
     for gpu in gpus:
         claims: list[tuple[str, int]] = []
         for record in records:
             pids = set(record.target.pids)
-            held = sum(p.used_bytes or 0 for p in gpu.processes if p.pid in pids)
             if not any(p.pid in pids for p in gpu.processes):
                 continue
+            held = sum(p.used_bytes or 0 for p in gpu.processes if p.pid in pids)
             claims.append((record.target.name, _claim(record, gpu, held)))
+        if claims:
+            out[gpu.index] = claims
+    return out
+
+
+def check_gpus(records: Sequence[EngineRecord], gpus: Sequence[GpuFacts]) -> list[Flag]:
+    """A flag per GPU whose engines' memory claims (``gpu_claims``) add up to more than the
+    GPU."""
+    flags = []
+    every = gpu_claims(records, gpus)
+    for gpu in gpus:
+        claims = every.get(gpu.index, [])
         total = sum(claim for _, claim in claims)
         if len(claims) > 1 and total > gpu.total_bytes:
             shown = ", ".join(f"{name} {_gib(claim)}" for name, claim in claims)
@@ -366,4 +380,13 @@ def _gib(size: float) -> str:
     return f"{size / (1 << 30):.1f} GiB"
 
 
-__all__ = ["Arch", "Flag", "GpuFacts", "PlanCheck", "check", "check_gpus", "engine_gpus"]
+__all__ = [
+    "Arch",
+    "Flag",
+    "GpuFacts",
+    "PlanCheck",
+    "check",
+    "check_gpus",
+    "engine_gpus",
+    "gpu_claims",
+]

@@ -116,3 +116,26 @@ def process_families(snapshot: Snapshot, lookup: Lookup | None = None) -> Iterat
         yield used
     if unaccounted.samples:
         yield unaccounted
+
+
+def claim_families(snapshot: Snapshot) -> Iterator[Metric]:
+    """Each GPU's engine memory claims as a fraction of the GPU (perfd.engines.plancheck's
+    gpu_claims: what the gpu_oversubscribed alert judges), on GPUs an engine holds memory on."""
+    if not snapshot.engines:
+        return
+    from perfd.engines import plancheck  # with the recommender: only once engines are seen
+    from perfd.monitor.engine_alerts import plan_gpus
+
+    gpus = plan_gpus(snapshot.gpus)
+    totals = {gpu.index: gpu.total_bytes for gpu in gpus}
+    ratio = GaugeMetricFamily(
+        "perfd_gpu_engine_claims_ratio",
+        "The engines' memory claims on a GPU, summed, as a fraction of its memory (above 1: "
+        "oversubscribed).",
+        labels=("gpu",),
+    )
+    for index, claims in sorted(plancheck.gpu_claims(list(snapshot.engines), gpus).items()):
+        if totals.get(index):
+            ratio.add_metric([str(index)], sum(claim for _, claim in claims) / totals[index])
+    if ratio.samples:
+        yield ratio

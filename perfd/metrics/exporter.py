@@ -39,7 +39,7 @@ from prometheus_client.metrics_core import (
 
 from perfd import __version__, log
 from perfd.errors import StartupError
-from perfd.metrics.engines import engine_families, process_families
+from perfd.metrics.engines import claim_families, engine_families, process_families
 from perfd.metrics.server import BoundedHTTPServer, Limits, prometheus_reply
 from perfd.monitor import verdicts as assess
 from perfd.probes.samples import GPU_STATES
@@ -376,6 +376,7 @@ class PerfdCollector:
             yield from gpu_families(snapshot)
             yield from process_families(snapshot, monitor.process_lookup)
             yield from engine_families(snapshot.engines)
+            yield from claim_families(snapshot)
         yield from alert_families(monitor.firing())
         cache = src.cache()
         configured = set(cache["configured"] if cache is not None else src.configured_models())
