@@ -28,8 +28,17 @@ GOLDEN: dict[str, dict[str, Any]] = json.loads(
 def _metrics(monitor: Monitor) -> list[str]:
     text = MetricsServer("127.0.0.1:0", Sources(monitor)).exposition().decode()
     skip = ("process_", "# HELP process_", "# TYPE process_")
-    # Series added since the recording (each GPU process's owner: tests/test_metrics_engines.py)
-    added = ("perfd_gpu_process_memory_used_bytes", "perfd_gpu_memory_unaccounted_bytes")
+    # Series added since the recording: each GPU process's owner and the engines' claims
+    # (tests/test_handlers_engines.py, tests/test_engine_alerts.py), the cache's tensor bytes,
+    # charged bytes and runtime overhead (tests/test_metrics.py).
+    added = (
+        "perfd_gpu_process_memory_used_bytes",
+        "perfd_gpu_memory_unaccounted_bytes",
+        "perfd_gpu_engine_claims_ratio",
+        "perfd_cache_model_tensor_bytes",
+        "perfd_cache_model_bytes",
+        "perfd_cache_runtime_overhead_bytes",
+    )
     skip += (*added, *(f"# {w} {name}" for name in added for w in ("HELP", "TYPE")))
     return [
         line

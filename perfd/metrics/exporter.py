@@ -225,24 +225,12 @@ def cache_families(
     estimated = _labelled(
         "perfd_cache_model_estimated_bytes", "A model's size before loading.", "model", "device"
     )
-    measured = _labelled(
-        "perfd_cache_model_measured_bytes",
-        "A model's measured cost once loaded.",
-        "model",
-        "device",
-    )
-    tensors = _labelled(
-        "perfd_cache_model_tensor_bytes",
-        "The bytes of a loaded model's own tensors, per device.",
-        "model",
-        "device",
-    )
-    charged = _labelled(
-        "perfd_cache_model_bytes",
-        "What a loaded model counts for in its device's budget.",
-        "model",
-        "device",
-    )
+    doc = "A model's measured cost once loaded."
+    measured = _labelled("perfd_cache_model_measured_bytes", doc, "model", "device")
+    doc = "The bytes of a loaded model's own tensors, per device."
+    tensors = _labelled("perfd_cache_model_tensor_bytes", doc, "model", "device")
+    doc = "What a loaded model counts for in its device's budget."
+    charged = _labelled("perfd_cache_model_bytes", doc, "model", "device")
     hits = _counter("perfd_cache_hits", "Lookups of a model that found it loaded.", "model")
     misses = _counter("perfd_cache_misses", "Lookups of a model that had to load it.", "model")
     loads = _counter("perfd_cache_loads", "Successful loads of a model.", "model")
@@ -275,14 +263,19 @@ def cache_families(
         by_reason.add_metric([reason], evictions.get(reason, 0))
     yield by_reason
     yield _gauge("perfd_cache_models_loaded", "Models loaded now.", stats["loaded"] if stats else 0)
-    budget = _labelled(
-        "perfd_cache_budget_bytes", "The cache's budget on a device in use.", "device"
-    )
-    overhead = _labelled(
-        "perfd_cache_runtime_overhead_bytes",
-        "perfd's own memory on a device, apart from its models (imports, CUDA context, pools).",
-        "device",
-    )
+    yield from _device_families(stats)
+    requests = _counter("perfd_cache_requests", "Model lookups: hit or miss.", "result")
+    requests.add_metric(["hit"], stats["hits"] if stats else 0)
+    requests.add_metric(["miss"], stats["misses"] if stats else 0)
+    yield requests
+
+
+def _device_families(stats: Mapping[str, Any] | None) -> Iterator[Metric]:
+    """The cache's figures per device: its budget and perfd's runtime overhead there."""
+    doc = "The cache's budget on a device in use."
+    budget = _labelled("perfd_cache_budget_bytes", doc, "device")
+    doc = "perfd's own memory on a device, apart from its models (imports, CUDA context, pools)."
+    overhead = _labelled("perfd_cache_runtime_overhead_bytes", doc, "device")
     for device, figures in sorted((stats or {}).get("devices", {}).items()):
         if figures.get("budget_bytes"):
             budget.add_metric([device], figures["budget_bytes"])
@@ -290,10 +283,6 @@ def cache_families(
             overhead.add_metric([device], figures["runtime_overhead_bytes"])
     yield budget
     yield overhead
-    requests = _counter("perfd_cache_requests", "Model lookups: hit or miss.", "result")
-    requests.add_metric(["hit"], stats["hits"] if stats else 0)
-    requests.add_metric(["miss"], stats["misses"] if stats else 0)
-    yield requests
 
 
 def provider_families(stats: Mapping[str, Mapping[str, Any]] | None) -> Iterator[Metric]:
