@@ -12,6 +12,7 @@ class (called with no arguments) or an instance implementing Loader.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +52,17 @@ class Loaded:
 
 class LoaderError(Exception):
     """A model cannot be resolved, loaded or run; the message says why and what to check."""
+
+
+def model_file(spec: ModelSpec, needs: str) -> str:
+    """``spec.path``, checked to be an existing file; ``needs`` says what the loader wants
+    when there is none ("the onnx loader needs path (the .onnx file)")."""
+    if not spec.path:
+        raise LoaderError(f"model {spec.name!r}: {needs}")
+    if not os.path.isfile(spec.path):
+        problem = "is not a file" if os.path.exists(spec.path) else "does not exist"
+        raise LoaderError(f"model {spec.name!r}: path {spec.path} {problem}")
+    return spec.path
 
 
 class Loader(Protocol):

@@ -38,12 +38,11 @@ unmaps the file and frees the KV cache and buffers, so eviction gives both kinds
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from perfd.loaders import llama_log, llama_memory
+from perfd.loaders import base, llama_log, llama_memory
 from perfd.loaders.base import Loaded, LoaderError, ModelSpec
 from perfd.loaders.onnx import parse_device
 
@@ -98,12 +97,7 @@ class LlamaModel:
 
 def model_file(spec: ModelSpec) -> str:
     """``spec.path``, checked to be an existing file."""
-    if not spec.path:
-        raise LoaderError(f"model {spec.name!r}: the llama_cpp loader needs path (a .gguf file)")
-    if not os.path.isfile(spec.path):
-        problem = "is not a file" if os.path.exists(spec.path) else "does not exist"
-        raise LoaderError(f"model {spec.name!r}: path {spec.path} {problem}")
-    return spec.path
+    return base.model_file(spec, "the llama_cpp loader needs path (a .gguf file)")
 
 
 def parse_options(spec: ModelSpec) -> LlamaOptions:

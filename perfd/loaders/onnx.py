@@ -25,12 +25,12 @@ it: the cache measures the process around the load for those.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from perfd import log
+from perfd.loaders import base
 from perfd.loaders.base import Loaded, LoaderError, ModelSpec
 from perfd.recommend.onnxfile import OnnxFileError, OnnxInfo, read_onnx
 
@@ -75,12 +75,7 @@ class OnnxModel:
 
 def model_file(spec: ModelSpec) -> str:
     """``spec.path``, checked to be an existing file."""
-    if not spec.path:
-        raise LoaderError(f"model {spec.name!r}: the onnx loader needs path (the .onnx file)")
-    if not os.path.isfile(spec.path):
-        problem = "is not a file" if os.path.exists(spec.path) else "does not exist"
-        raise LoaderError(f"model {spec.name!r}: path {spec.path} {problem}")
-    return spec.path
+    return base.model_file(spec, "the onnx loader needs path (the .onnx file)")
 
 
 def initializers(spec: ModelSpec) -> OnnxInfo:

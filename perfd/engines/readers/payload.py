@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from perfd.engines.errors import PayloadError
+from perfd.engines.record import ServedModel
 
 MAX_TEXT = 200
 T = TypeVar("T")
@@ -160,3 +161,25 @@ def _short(exc: BaseException) -> str:
     message = " ".join(str(exc).split())
     message = "".join(c if c.isprintable() else "?" for c in message)
     return message[:MAX_TEXT] or type(exc).__name__
+
+
+def openai_models(data: bytes, where: str) -> list[ServedModel]:
+    """An OpenAI-compatible ``/v1/models`` list (vLLM's and SGLang's ``ModelCard``): ``id``,
+    ``root`` (the weights) and ``max_model_len`` (the served context) of each model; entries
+    with a ``parent`` (vLLM's LoRA adapters) are not models of their own."""
+    doc = json_object(data, where)
+    cards = field(doc, "data", list, where)
+    if cards is None:
+        raise PayloadError(f"{where}: no 'data' list of models")
+    models = []
+    for card in cards:
+        if not isinstance(card, dict):
+            raise PayloadError(f"{where}: a model entry is {type(card).__name__}, not an object")
+        name = field(card, "id", str, where)
+        if name is None:
+            raise PayloadError(f"{where}: a model entry without an 'id'")
+        if card.get("parent") is not None:
+            continue
+        context = field(card, "max_model_len", int, where)
+        models.append(ServedModel(name=name, context=context, path=field(card, "root", str, where)))
+    return models

@@ -27,7 +27,14 @@ from typing import Any
 
 from perfd.engines.errors import PayloadError
 from perfd.engines.readers import Get
-from perfd.engines.readers.payload import Labels, count, field, json_object, prometheus
+from perfd.engines.readers.payload import (
+    Labels,
+    count,
+    field,
+    json_object,
+    openai_models,
+    prometheus,
+)
 from perfd.engines.record import Reading, ServedModel, Target
 
 METRICS = "/metrics"
@@ -57,7 +64,7 @@ def read(target: Target, get: Get) -> Reading:
     fallbacks: list[str] = []
     unavailable: dict[str, str] = {}
     try:  # the metrics are the engine's figures; its model list is their label
-        models = _models(get(MODELS))
+        models = openai_models(get(MODELS), MODELS)
     except PayloadError as exc:
         unavailable[MODELS] = str(exc)
         models = []
@@ -127,25 +134,3 @@ def _with(model: ServedModel, **changes: Any) -> ServedModel:
     from dataclasses import replace
 
     return replace(model, **changes)
-
-
-def _models(data: bytes) -> list[ServedModel]:
-    doc = json_object(data, MODELS)
-    cards = field(doc, "data", list, MODELS)
-    if cards is None:
-        raise PayloadError(f"{MODELS}: no 'data' list of models")
-    models = []
-    for card in cards:
-        if not isinstance(card, dict):
-            raise PayloadError(f"{MODELS}: a model entry is {type(card).__name__}, not an object")
-        name = field(card, "id", str, MODELS)
-        if name is None:
-            raise PayloadError(f"{MODELS}: a model entry without an 'id'")
-        models.append(
-            ServedModel(
-                name=name,
-                context=field(card, "max_model_len", int, MODELS),
-                path=field(card, "root", str, MODELS),
-            )
-        )
-    return models

@@ -33,14 +33,13 @@ from perfd.engines.readers import Get
 from perfd.engines.readers.payload import (
     Samples,
     count,
-    field,
-    json_object,
     label_float,
     label_int,
+    openai_models,
     prometheus,
     text,
 )
-from perfd.engines.record import Reading, ServedModel, Target
+from perfd.engines.record import Reading, Target
 
 METRICS = "/metrics"
 MODELS = "/v1/models"
@@ -62,7 +61,7 @@ def read(target: Target, get: Get) -> Reading:
         raise PayloadError(
             f"{METRICS}: no vllm: series (not a vLLM server, or its metrics are off)"
         )
-    models = _models(get(MODELS))
+    models = tuple(openai_models(get(MODELS), MODELS))
     fallbacks: list[str] = []
 
     def pick(names: tuple[str, ...]) -> float | None:
@@ -139,24 +138,3 @@ def _settings(labels: dict[str, str] | Any) -> dict[str, Any]:
     if (tokens := label_int(labels, "kv_cache_size_tokens")) is not None:
         settings["kv_cache_size_tokens"] = tokens
     return settings
-
-
-def _models(data: bytes) -> tuple[ServedModel, ...]:
-    doc = json_object(data, MODELS)
-    cards = field(doc, "data", list, MODELS)
-    if cards is None:
-        raise PayloadError(f"{MODELS}: no 'data' list of models")
-    models = []
-    for card in cards:
-        if not isinstance(card, dict):
-            raise PayloadError(f"{MODELS}: a model entry is {type(card).__name__}, not an object")
-        name = field(card, "id", str, MODELS)
-        if name is None:
-            raise PayloadError(f"{MODELS}: a model entry without an 'id'")
-        if card.get("parent") is not None:
-            continue
-        context = field(card, "max_model_len", int, MODELS)
-        models.append(
-            ServedModel(name=name, context=context, path=field(card, "root", str, MODELS))
-        )
-    return tuple(models)
