@@ -77,14 +77,18 @@ def test_real_memory_pressure_fires_and_resolves(start_perfd: StartPerfd) -> Non
     """A child touching memory past a warn threshold set just above current use fires the
     host_memory alert; when it exits, the alert resolves."""
     total = _meminfo()["MemTotal"]
-    margin = max(1.0, 100 * (256 << 20) / total)  # at least 256 MiB above current use
+    # The threshold sits well above current use (4 %, at least 1 GiB), so that the rest of
+    # the host (processes of earlier tests still exiting or starting) cannot keep the alert
+    # firing after the hog is gone; discovery is off: an engine found on the host would be
+    # another alert.
+    margin = max(4.0, 100 * (1 << 30) / total)
     warn = round(_used_percent() + margin, 2)
     crit = min(100.0, warn + 40)
     hog_bytes = int((margin / 100 + 0.02) * total) + (128 << 20)
     perfd = start_perfd(
         FAST
         + f"[alerts.host_memory]\nwarn = {warn}\ncrit = {crit}\nfor = 0\nclear = 3\n"
-        + "[alerts.exhaustion]\nenabled = false\n"
+        + "[alerts.exhaustion]\nenabled = false\n[discovery]\nenabled = false\n"
     )
     assert "· 0 alerts" in perfd.notify.messages[-1]
     with subprocess.Popen(
@@ -109,7 +113,14 @@ def test_real_memory_pressure_fires_and_resolves(start_perfd: StartPerfd) -> Non
         finally:
             hog.stdin.close()
             hog.wait(30)
-    perfd.notify.wait_for("· 0 alerts", timeout=30)
+    try:
+        perfd.notify.wait_for("· 0 alerts", timeout=30)
+    except (AssertionError, TimeoutError):
+        firing = [e for e in perfd.logs() if str(e.get("event", "")).startswith("alert.")]
+        raise AssertionError(
+            f"still firing after the hog exited: used {_used_percent()} % (warn {warn});"
+            f" alert events {firing}; last status {perfd.notify.messages[-3:]}"
+        ) from None
     events = [
         (e["event"], e.get("id"))
         for e in perfd.logs()
