@@ -40,6 +40,22 @@ PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 JSON = "application/json"
 
 
+# A Llama-shaped config.json, as a vLLM or SGLang model root holds it (the plan check reads it;
+# Ollama's /api/show facts come to the same architecture).
+LLAMA_CONFIG: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 8192,
+    "vocab_size": 128256,
+    "torch_dtype": "bfloat16",
+}
+
+
 @dataclass
 class VllmCore:
     """One engine core (data parallel: several per server)."""

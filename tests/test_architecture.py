@@ -244,21 +244,26 @@ FOUNDATION = (
 LOADERS_MAY_IMPORT = ("perfd.loaders", "perfd.net", "perfd.recommend", "perfd.wire", *FOUNDATION)
 
 
-def test_loaders_import_only_the_parts_below_them() -> None:
-    """perfd/loaders import, of perfd, only themselves, perfd.net, perfd.recommend (the
-    header readers), perfd.wire and the foundation modules: never the cache that calls them."""
+def assert_imports_only(folder: str, allowed: tuple[str, ...]) -> None:
+    """Every import of perfd in ``folder`` is of one of ``allowed`` (or of perfd itself)."""
     bad = offending(
-        "perfd/loaders",
+        folder,
         lambda imp: (
             within(imp.module, "perfd")
             and imp.module != "perfd"
-            and not within(imp.module, *LOADERS_MAY_IMPORT)
+            and not within(imp.module, *allowed)
         ),
     )
     assert not bad, (
-        f"perfd/loaders may import only {', '.join(LOADERS_MAY_IMPORT)} of perfd "
+        f"{folder} may import only {', '.join(allowed)} of perfd "
         f"(docs/architecture.md, Arrows); these imports break that:\n  {bad}"
     )
+
+
+def test_loaders_import_only_the_parts_below_them() -> None:
+    """perfd/loaders import, of perfd, only themselves, perfd.net, perfd.recommend (the
+    header readers), perfd.wire and the foundation modules: never the cache that calls them."""
+    assert_imports_only("perfd/loaders", LOADERS_MAY_IMPORT)
 
 
 # The parts below the engines (docs/architecture.md, Arrows): the probes' values (the process
@@ -278,18 +283,7 @@ def test_engines_import_only_the_parts_below_them() -> None:
     """perfd/engines import, of perfd, only themselves, the probes' values, the recommender,
     the net, the wire and the foundation modules: never a probe's library, the monitor or
     the handlers that read them."""
-    bad = offending(
-        "perfd/engines",
-        lambda imp: (
-            within(imp.module, "perfd")
-            and imp.module != "perfd"
-            and not within(imp.module, *ENGINES_MAY_IMPORT)
-        ),
-    )
-    assert not bad, (
-        f"perfd/engines may import only {', '.join(ENGINES_MAY_IMPORT)} of perfd "
-        f"(docs/architecture.md, Arrows); these imports break that:\n  {bad}"
-    )
+    assert_imports_only("perfd/engines", ENGINES_MAY_IMPORT)
 
 
 def test_recommender_takes_hardware_as_values() -> None:

@@ -25,6 +25,7 @@ from tests.conftest import Perfd, StartPerfd
 from tests.daemons import wait_until
 from tests.enginepayloads import (
     GENERATIONS,
+    LLAMA_CONFIG,
     OllamaFigures,
     OllamaModel,
     SglangFigures,
@@ -37,19 +38,6 @@ from tests.fakenvml import control_file
 from tests.httpservers import closed_port
 
 GiB = 1 << 30
-# A Llama-shaped config.json, as a vLLM or SGLang model root holds it
-CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "max_position_embeddings": 8192,
-    "vocab_size": 128256,
-    "torch_dtype": "bfloat16",
-}
 CONFIG_KV_PER_TOKEN = 32 * 2 * 8 * (4096 // 32) * 2  # K and V, every layer, 16-bit
 VLLM_FALLBACKS = {
     "current": [],
@@ -118,7 +106,7 @@ def firing(perfd: Perfd) -> set[str]:
 def model_root(tmp_path: Path) -> Path:
     root = tmp_path / "Llama-3.1-8B-Instruct"
     root.mkdir()
-    (root / "config.json").write_text(json.dumps(CONFIG))
+    (root / "config.json").write_text(json.dumps(LLAMA_CONFIG))
     return root
 
 

@@ -25,23 +25,11 @@ from perfd.recommend.hardware import Gpu, Hardware
 from perfd.recommend.llama_memory import read_facts
 from perfd.recommend.report import recommend
 from perfd.recommend.request import Query
+from tests.enginepayloads import LLAMA_CONFIG
 from tests.ggufmodel import TinyLlama, write_tiny_llama
 
 GiB = 1 << 30
-# A Llama-shaped config.json (as a vLLM model root holds, or Ollama's /api/show facts become)
-CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "max_position_embeddings": 8192,
-    "vocab_size": 128256,
-    "torch_dtype": "bfloat16",
-}
-# K and V, every layer, 16-bit: the textbook bytes per token for CONFIG
+# K and V, every layer, 16-bit: the textbook bytes per token for LLAMA_CONFIG
 CONFIG_KV_PER_TOKEN = 32 * 2 * 8 * (4096 // 32) * 2
 
 
@@ -111,10 +99,10 @@ def test_vllm_capacity_against_perfds_prediction() -> None:
     check = plancheck.check(
         record(VLLM, 100, vllm_reading(engine_tokens), gpu_memory=70 * GiB),
         [on],
-        plancheck.Arch(Query(config=CONFIG)),
+        plancheck.Arch(Query(config=LLAMA_CONFIG)),
     )
     planned = recommend(
-        Query(config=CONFIG, engine="vllm", utilization=0.9),
+        Query(config=LLAMA_CONFIG, engine="vllm", utilization=0.9),
         Hardware((Gpu(0, on.name, 80 * GiB, 80 * GiB),), 0, 0, None, 1, "live"),
     )
     predicted = planned["vllm"]["gpu_kv_cache_tokens"]
@@ -134,7 +122,9 @@ def test_ollama_from_its_architecture_facts() -> None:
     the context (padded to 256 cells) times the model's bytes per token."""
     reading = Reading(models=(ServedModel("llama3", context=8000),), kv_capacity_tokens=8000)
     check = plancheck.check(
-        record(OLLAMA, 7, reading), [gpu(procs={7: 20 * GiB})], plancheck.Arch(Query(config=CONFIG))
+        record(OLLAMA, 7, reading),
+        [gpu(procs={7: 20 * GiB})],
+        plancheck.Arch(Query(config=LLAMA_CONFIG)),
     )
     assert check.predicted_kv_tokens == 8192
     assert check.predicted_kv_bytes == 8192 * CONFIG_KV_PER_TOKEN
@@ -149,7 +139,7 @@ def test_a_full_kv_cache_with_preemptions_is_flagged_with_perfds_tips(
     check = plancheck.check(
         record(VLLM, 100, reading, preemptions_per_min=preemptions),
         [gpu(procs={100: 70 * GiB})],
-        plancheck.Arch(Query(config=CONFIG)),
+        plancheck.Arch(Query(config=LLAMA_CONFIG)),
     )
     codes = [flag.code for flag in check.flags]
     assert codes == ["kv_near_full_with_preemptions"]
@@ -162,13 +152,13 @@ def test_a_full_kv_cache_without_pressure_is_not_flagged() -> None:
     check = plancheck.check(
         record(VLLM, 100, vllm_reading(400_000, kv_usage_ratio=0.99, requests_waiting=0)),
         [gpu(procs={100: 70 * GiB})],
-        plancheck.Arch(Query(config=CONFIG)),
+        plancheck.Arch(Query(config=LLAMA_CONFIG)),
     )
     assert check.flags == ()
 
 
 def test_a_context_beyond_the_model_or_the_cache_is_unreachable() -> None:
-    arch = plancheck.Arch(Query(config=CONFIG))
+    arch = plancheck.Arch(Query(config=LLAMA_CONFIG))
     beyond_model = plancheck.check(
         record(VLLM, 1, vllm_reading(400_000, context=16384)), [gpu(procs={1: GiB})], arch
     )
